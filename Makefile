@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+# Each creates .venv when missing and (re)installs when pyproject.toml changes.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint install bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/trio-gateway serve --config examples/quickstart.yaml --data-dir ./data
+
+lint: $(STAMP)
+	$(BIN)/ruff check trio_gateway tests examples
+	$(BIN)/ruff format --check trio_gateway tests examples
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,544 @@
+"""The live configuration and its only write path.
+
+Theory of operation
+-------------------
+The whole configuration lives in memory as an immutable :class:`Snapshot`. Readers
+(the admin API, the data plane) take ``catalog.snapshot`` and never wait on the
+store. A write:
+
+1. stages its edits in a :class:`Draft` over the current snapshot (pure, no I/O):
+   input is merged, validated, secrets restored, references and names checked;
+2. commits the draft's batch to the store, shielded from cancellation so that a
+   client hanging up cannot leave memory and disk disagreeing;
+3. publishes the new snapshot and wakes :meth:`Catalog.wait_changed` waiters.
+
+Writes are serialized by one lock, so each draft starts from the latest snapshot.
+A failed check raises before anything is written; a failed commit publishes
+nothing.
+
+Update semantics (PUT): fields the client sends replace the stored ones, fields it
+omits keep their value, ``null`` resets a field to its default. Targets are
+matched by ``id`` and merged the same way; a target sent without ``id`` keeps the
+id of the stored target with the same endpoint and credential, so health state
+survives an edit of its weight. A masked secret sent back stands for the stored
+secret it masks.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import attrs
+import trio
+
+from trio_gateway import serde
+from trio_gateway.config import secrets
+from trio_gateway.config.models import (
+    ApiKey,
+    Credentials,
+    Entity,
+    Gateway,
+    Kind,
+    Rule,
+    Service,
+    Target,
+    Upstream,
+    check_upstream,
+)
+from trio_gateway.errors import Conflict, NotFound, Problem, ValidationFailed
+from trio_gateway.store import Change, Store
+
+T = TypeVar("T")
+
+#: Fields the gateway sets. Clients may echo them back; the gateway ignores them.
+READ_ONLY = frozenset({"id", "gateway_id", "created_at", "updated_at"})
+READ_ONLY_BY_KIND: Mapping[Kind, frozenset[str]] = {
+    kind: READ_ONLY | ({"prefix"} if kind is Kind.API_KEY else frozenset()) for kind in Kind
+}
+#: Fields that exist only inside the gateway; a client sending one gets "unknown field".
+INTERNAL_BY_KIND: Mapping[Kind, frozenset[str]] = {
+    kind: frozenset({"key_hash"}) if kind is Kind.API_KEY else frozenset() for kind in Kind
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+@attrs.frozen
+class Snapshot:
+    """The configuration at one generation. Never mutated: a write makes a new one."""
+
+    generation: int
+    entities: Mapping[Kind, Mapping[str, Entity]]
+
+    @classmethod
+    def empty(cls) -> Snapshot:
+        return cls(generation=0, entities={kind: {} for kind in Kind})
+
+    @classmethod
+    def of(cls, entities: Iterable[Entity], generation: int = 1) -> Snapshot:
+        by_kind: dict[Kind, dict[str, Entity]] = {kind: {} for kind in Kind}
+        for entity in entities:
+            by_kind[Kind.of(entity)][entity.id] = entity
+        return cls(generation=generation, entities=by_kind)
+
+    def get(self, kind: Kind, entity_id: str) -> Entity | None:
+        return self.entities[kind].get(entity_id)
+
+    def in_gateway(self, kind: Kind, gateway_id: str) -> Iterator[Any]:
+        return (e for e in self.entities[kind].values() if e.gateway_id == gateway_id)
+
+    @property
+    def gateways(self) -> Mapping[str, Gateway]:
+        return self.entities[Kind.GATEWAY]  # type: ignore[return-value]
+
+    @property
+    def upstreams(self) -> Mapping[str, Upstream]:
+        return self.entities[Kind.UPSTREAM]  # type: ignore[return-value]
+
+    @property
+    def services(self) -> Mapping[str, Service]:
+        return self.entities[Kind.SERVICE]  # type: ignore[return-value]
+
+    @property
+    def rules(self) -> Mapping[str, Rule]:
+        return self.entities[Kind.RULE]  # type: ignore[return-value]
+
+    @property
+    def api_keys(self) -> Mapping[str, ApiKey]:
+        return self.entities[Kind.API_KEY]  # type: ignore[return-value]
+
+
+class Draft:
+    """Edits staged over a snapshot. Pure: nothing here does I/O.
+
+    Every method checks what it changes and raises :class:`ValidationFailed`,
+    :class:`NotFound` or :class:`Conflict` before touching the draft.
+    """
+
+    def __init__(self, base: Snapshot, now: datetime) -> None:
+        self.base = base
+        self.now = now
+        self._entities = {kind: dict(by_id) for kind, by_id in base.entities.items()}
+        self._puts: dict[tuple[Kind, str], Entity] = {}
+        self._deletes: set[tuple[Kind, str]] = set()
+
+    # --- reading ------------------------------------------------------------------
+
+    def get(self, kind: Kind, entity_id: str, gateway_id: str | None = None) -> Any:
+        """The entity, or :class:`NotFound` (also when it lives in another gateway)."""
+        entity = self._entities[kind].get(entity_id)
+        if entity is None or (gateway_id is not None and entity.gateway_id != gateway_id):
+            raise NotFound(f"no {kind.label} with id {entity_id!r}")
+        return entity
+
+    def in_gateway(self, kind: Kind, gateway_id: str) -> Iterator[Any]:
+        return (e for e in self._entities[kind].values() if e.gateway_id == gateway_id)
+
+    def find(self, kind: Kind, name: str, gateway_id: str | None = None) -> Any | None:
+        pool = (
+            self._entities[kind].values()
+            if gateway_id is None
+            else self.in_gateway(kind, gateway_id)
+        )
+        return next((e for e in pool if e.name == name), None)
+
+    # --- writing ------------------------------------------------------------------
+
+    def create(self, kind: Kind, data: Any, gateway_id: str | None = None) -> Entity:
+        if kind is Kind.API_KEY:
+            raise TypeError("use create_api_key")
+        fields = _input_fields(kind, data, creating=True)
+        if kind is not Kind.GATEWAY:
+            self.get(Kind.GATEWAY, gateway_id)
+        entity = self._build(kind, fields, old=None, gateway_id=gateway_id or "")
+        self._check(entity)
+        return self._put(entity)
+
+    def create_api_key(
+        self, gateway_id: str, data: Any, key: str | None = None
+    ) -> tuple[ApiKey, str]:
+        """A new key for ``gateway_id``; returns the entity and the key in plain text."""
+        fields = _input_fields(Kind.API_KEY, data, creating=True)
+        self.get(Kind.GATEWAY, gateway_id)
+        key = key or secrets.new_api_key()
+        entity = self._build(Kind.API_KEY, fields, old=None, gateway_id=gateway_id)
+        entity = attrs.evolve(
+            entity, key_hash=secrets.hash_api_key(key), prefix=secrets.key_prefix(key)
+        )
+        self._check(entity)
+        return self._put(entity), key
+
+    def replace(
+        self,
+        kind: Kind,
+        entity_id: str,
+        data: Any,
+        gateway_id: str | None = None,
+        *,
+        keep_omitted: bool = True,
+    ) -> Entity:
+        """Update an entity; returns the stored entity (``old`` itself when nothing changed).
+
+        ``keep_omitted`` (PUT): omitted fields keep their value. Without it (the
+        configuration file), the data is the whole entity and omitted fields reset.
+        """
+        old = self.get(kind, entity_id, gateway_id)
+        fields = _input_fields(kind, data, creating=False, entity_id=entity_id)
+        server_fields = READ_ONLY_BY_KIND[kind] | INTERNAL_BY_KIND[kind]
+        base = serde.STORE.unstructure(old) if keep_omitted else {}
+        merged = _merge(base, fields, server_fields)
+        if kind is Kind.UPSTREAM and "targets" in fields:
+            merged["targets"] = _merge_targets(fields["targets"], old.targets)
+        entity = self._build(kind, merged, old=old, gateway_id=old.gateway_id)
+        self._check(entity)
+        return self._put(entity)
+
+    def set_api_key(self, entity: ApiKey, key: str) -> ApiKey:
+        """Point an existing key entity at a new key (declared keys in the config file)."""
+        return self._put(
+            attrs.evolve(entity, key_hash=secrets.hash_api_key(key), prefix=secrets.key_prefix(key))
+        )
+
+    def delete(self, kind: Kind, entity_id: str, gateway_id: str | None = None) -> None:
+        entity = self.get(kind, entity_id, gateway_id)
+        if kind is Kind.UPSTREAM:
+            users = [
+                s.name
+                for s in self.in_gateway(Kind.SERVICE, entity.gateway_id)
+                if s.upstream_id == entity_id
+            ]
+            if users:
+                raise Conflict(f"upstream {entity.name!r} is used by service(s) {_names(users)}")
+        elif kind is Kind.SERVICE:
+            users = [
+                r.name
+                for r in self.in_gateway(Kind.RULE, entity.gateway_id)
+                if r.service_id == entity_id
+            ]
+            if users:
+                raise Conflict(f"service {entity.name!r} is used by rule(s) {_names(users)}")
+        elif kind is Kind.GATEWAY:
+            for child in reversed(Kind):
+                if child is not Kind.GATEWAY:
+                    for e in list(self.in_gateway(child, entity_id)):
+                        self._remove(child, e.id)
+        self._remove(kind, entity_id)
+
+    # --- results --------------------------------------------------------------------
+
+    def change(self) -> Change:
+        return Change(puts=list(self._puts.values()), deletes=sorted(self._deletes))
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(generation=self.base.generation + 1, entities=self._entities)
+
+    # --- internals ------------------------------------------------------------------
+
+    def _put(self, entity: Any) -> Any:
+        """Stage ``entity``; if it equals the stored one but for ``updated_at``, keep the stored one."""
+        kind = Kind.of(entity)
+        old = self._entities[kind].get(entity.id)
+        if old is not None and attrs.evolve(old, updated_at=entity.updated_at) == entity:
+            return old
+        self._entities[kind][entity.id] = entity
+        self._puts[kind, entity.id] = entity
+        self._deletes.discard((kind, entity.id))
+        return entity
+
+    def _remove(self, kind: Kind, entity_id: str) -> None:
+        del self._entities[kind][entity_id]
+        self._puts.pop((kind, entity_id), None)
+        self._deletes.add((kind, entity_id))
+
+    def _build(self, kind: Kind, fields: dict[str, Any], old: Any, gateway_id: str) -> Any:
+        entity = serde.structure(fields, kind.model)
+        stamps = {
+            "id": old.id if old else new_id(),
+            "created_at": old.created_at if old else self.now,
+            "updated_at": self.now,
+        }
+        if kind is not Kind.GATEWAY:
+            stamps["gateway_id"] = gateway_id
+        if kind is Kind.API_KEY and old:
+            stamps |= {"key_hash": old.key_hash, "prefix": old.prefix}
+        entity = attrs.evolve(entity, **stamps)
+        if kind is Kind.UPSTREAM:
+            entity = _finish_upstream(entity, old)
+        return entity
+
+    def _check(self, entity: Any) -> None:
+        kind = Kind.of(entity)
+        scope = None if kind is Kind.GATEWAY else entity.gateway_id
+        same_name = self.find(kind, entity.name, scope)
+        if same_name is not None and same_name.id != entity.id:
+            where = "" if scope is None else " in this gateway"
+            raise Conflict(f"a {kind.label} named {entity.name!r} already exists{where}")
+        match entity:
+            case Gateway(subdomain=str(sub)):
+                taken = next(
+                    (
+                        g
+                        for g in self._entities[Kind.GATEWAY].values()
+                        if g.subdomain == sub and g.id != entity.id
+                    ),
+                    None,
+                )
+                if taken:
+                    raise Conflict(f"gateway {taken.name!r} already uses subdomain {sub!r}")
+            case Upstream():
+                if problems := check_upstream(entity):
+                    raise ValidationFailed.of(problems)
+            case Service():
+                target = self._entities[Kind.UPSTREAM].get(entity.upstream_id)
+                if target is None or target.gateway_id != entity.gateway_id:
+                    raise ValidationFailed.single(
+                        "upstream_id", "no upstream with this id in this gateway"
+                    )
+            case Rule():
+                target = self._entities[Kind.SERVICE].get(entity.service_id)
+                if target is None or target.gateway_id != entity.gateway_id:
+                    raise ValidationFailed.single(
+                        "service_id", "no service with this id in this gateway"
+                    )
+                if len(set(entity.methods)) != len(entity.methods):
+                    raise ValidationFailed.single("methods", "lists a method more than once")
+                if entity.active:
+                    for other in self.in_gateway(Kind.RULE, entity.gateway_id):
+                        shared = set(other.methods) & set(entity.methods)
+                        if (
+                            other.id != entity.id
+                            and other.active
+                            and other.path == entity.path
+                            and shared
+                        ):
+                            raise Conflict(
+                                f"active rule {other.name!r} already routes "
+                                f"{'/'.join(sorted(shared))} {entity.path}"
+                            )
+
+
+# --- input handling (pure) ---------------------------------------------------------
+
+
+def _input_fields(
+    kind: Kind, data: Any, *, creating: bool, entity_id: str | None = None
+) -> dict[str, Any]:
+    """The client's fields, minus the server-assigned ones it may echo back."""
+    if not isinstance(data, dict):
+        raise ValidationFailed.single("$", "must be a JSON object")
+    if internal := sorted(INTERNAL_BY_KIND[kind] & data.keys()):
+        raise ValidationFailed.of([Problem(name, "unknown field") for name in internal])
+    sent_id = data.get("id")
+    if creating and sent_id is not None:
+        raise ValidationFailed.single("id", "is assigned by the gateway; leave it out")
+    if not creating and sent_id is not None and sent_id != entity_id:
+        raise ValidationFailed.single("id", "does not match the id in the URL")
+    return {k: v for k, v in data.items() if k not in READ_ONLY_BY_KIND[kind]}
+
+
+def _merge(base: dict[str, Any], sent: Mapping[str, Any], drop: Iterable[str]) -> dict[str, Any]:
+    """Sent fields replace, omitted fields stay, ``null`` resets to the default."""
+    merged = {k: v for k, v in base.items() if k not in drop}
+    for key, value in sent.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _merge_targets(sent: Any, old: tuple[Target, ...]) -> Any:
+    if not isinstance(sent, list):
+        return sent  # let the converter report the type error with its path
+    by_id = {t.id: t for t in old}
+    merged = []
+    problems = []
+    for i, target in enumerate(sent):
+        if isinstance(target, dict) and target.get("id") is not None:
+            current = by_id.get(target["id"])
+            if current is None:
+                problems.append(
+                    Problem(f"targets[{i}].id", "no target with this id in this upstream")
+                )
+                continue
+            base = serde.STORE.unstructure(current)
+            target = {"id": current.id, **_merge(base, target, {"id"})}
+        merged.append(target)
+    if problems:
+        raise ValidationFailed.of(problems)
+    return merged
+
+
+def _finish_upstream(upstream: Upstream, old: Upstream | None) -> Upstream:
+    """Restore masked secrets, then give every target a stable id."""
+    old_targets = old.targets if old else ()
+    old_by_id = {t.id: t for t in old_targets}
+    problems: list[Problem] = []
+
+    def restore(value: str, loc: str, candidates: list[str]) -> str:
+        real = secrets.unmask(value, candidates)
+        if real is None:
+            problems.append(
+                Problem(loc, "is a masked value that matches no stored secret; send the full value")
+            )
+            return value
+        return real
+
+    def restore_headers(headers: Mapping[str, str], loc: str, before: Mapping[str, str]) -> dict:
+        return {
+            name: restore(value, f"{loc}[{name!r}]", [before.get(name, "")])
+            if secrets.is_masked(value)
+            else value
+            for name, value in headers.items()
+        }
+
+    all_secrets = [t.credentials.header_value for t in old_targets if t.credentials]
+    targets = []
+    for i, target in enumerate(upstream.targets):
+        previous = old_by_id.get(target.id)
+        changes: dict[str, Any] = {}
+        if target.credentials and secrets.is_masked(target.credentials.header_value):
+            mine = [previous.credentials.header_value] if previous and previous.credentials else []
+            changes["credentials"] = Credentials(
+                header_name=target.credentials.header_name,
+                header_value=restore(
+                    target.credentials.header_value,
+                    f"targets[{i}].credentials.header_value",
+                    mine + all_secrets,
+                ),
+            )
+        if any(secrets.is_masked(v) for v in target.headers.values()):
+            changes["headers"] = restore_headers(
+                target.headers, f"targets[{i}].headers", previous.headers if previous else {}
+            )
+        targets.append(attrs.evolve(target, **changes) if changes else target)
+
+    checks = upstream.health_checks
+    if any(secrets.is_masked(v) for v in checks.headers.values()):
+        before = old.health_checks.headers if old else {}
+        checks = attrs.evolve(
+            checks, headers=restore_headers(checks.headers, "health_checks.headers", before)
+        )
+    if problems:
+        raise ValidationFailed.of(problems)
+    return attrs.evolve(
+        upstream, targets=_assign_target_ids(targets, old_targets), health_checks=checks
+    )
+
+
+def _endpoint(target: Target) -> tuple:
+    secret = target.credentials.header_value if target.credentials else None
+    return (target.provider, target.base_url, target.path, secret)
+
+
+def _assign_target_ids(targets: list[Target], old: tuple[Target, ...]) -> tuple[Target, ...]:
+    claimed = {t.id for t in targets if t.id}
+    free = [t for t in old if t.id not in claimed]
+    result = []
+    for target in targets:
+        if not target.id:
+            match = next((o for o in free if _endpoint(o) == _endpoint(target)), None)
+            if match is not None:
+                free.remove(match)
+            target = attrs.evolve(target, id=match.id if match else new_id())
+        result.append(target)
+    return tuple(result)
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(repr(n) for n in sorted(names))
+
+
+# --- the catalog -------------------------------------------------------------------
+
+
+class Catalog:
+    """Owns the live :class:`Snapshot` and serializes writes to it and to the store.
+
+    Not a task: it owns no nursery. Writers call the async methods from their own
+    tasks (the admin handlers, the config-file loader); the data plane reads
+    :attr:`snapshot` and waits on :meth:`wait_changed`.
+    """
+
+    def __init__(self, store: Store, snapshot: Snapshot, clock: Callable[[], datetime] = utcnow):
+        self._store = store
+        self._snapshot = snapshot
+        self._clock = clock
+        self._lock = trio.Lock()
+        self._changed = trio.Event()
+
+    @classmethod
+    async def load(cls, store: Store, clock: Callable[[], datetime] = utcnow) -> Catalog:
+        return cls(store, Snapshot.of(await store.load()), clock)
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    # --- reads (synchronous: memory only) ----------------------------------------
+
+    def get(self, kind: Kind, entity_id: str, gateway_id: str | None = None) -> Any:
+        return Draft(self._snapshot, self._clock()).get(kind, entity_id, gateway_id)
+
+    def list(self, kind: Kind, gateway_id: str | None = None) -> list[Any]:
+        if kind is not Kind.GATEWAY:
+            self.get(Kind.GATEWAY, gateway_id)
+            items = self._snapshot.in_gateway(kind, gateway_id)
+        else:
+            items = iter(self._snapshot.gateways.values())
+        return sorted(items, key=lambda e: (e.created_at, e.id))
+
+    # --- writes -------------------------------------------------------------------
+
+    async def write(self, edit: Callable[[Draft], T]) -> T:
+        """Run ``edit`` on a draft of the latest snapshot, commit it, publish it."""
+        async with self._lock:
+            draft = Draft(self._snapshot, self._clock())
+            result = edit(draft)
+            change = draft.change()
+            if change:
+                # Once the store has the batch, memory must too: no cancel in between.
+                with trio.CancelScope(shield=True):
+                    await self._store.commit(change)
+                    self._publish(draft.snapshot())
+            return result
+
+    async def create(self, kind: Kind, data: Any, gateway_id: str | None = None) -> Any:
+        return await self.write(lambda d: d.create(kind, data, gateway_id))
+
+    async def create_api_key(self, gateway_id: str, data: Any) -> tuple[ApiKey, str]:
+        return await self.write(lambda d: d.create_api_key(gateway_id, data))
+
+    async def replace(
+        self, kind: Kind, entity_id: str, data: Any, gateway_id: str | None = None
+    ) -> Any:
+        return await self.write(lambda d: d.replace(kind, entity_id, data, gateway_id))
+
+    async def delete(self, kind: Kind, entity_id: str, gateway_id: str | None = None) -> None:
+        await self.write(lambda d: d.delete(kind, entity_id, gateway_id))
+
+    # --- change notification ----------------------------------------------------
+
+    def _publish(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_changed(self, generation: int) -> Snapshot:
+        """Return the first snapshot newer than ``generation``."""
+        while self._snapshot.generation <= generation:
+            await self._changed.wait()
+        return self._snapshot

@@ -1,0 +1,324 @@
+"""The declarative configuration file (YAML).
+
+A file declares gateways, each with its upstreams, services, rules and API keys,
+plus optional ``server`` settings and ``fake_providers`` to start beside the
+gateway. It is validated with the same converter, rules and error paths as the
+admin API (``gateways[0].upstreams[1].targets[0].weight``), and applied at every
+start **by name**:
+
+* an entity the file names is created if missing and otherwise set to exactly what
+  the file says (omitted fields take their defaults, target ids are kept);
+* an entity the file does not name is left alone, so API-made entities survive;
+* the whole file is applied as one store transaction: all of it or none of it.
+
+Secrets come from the environment: ``${VAR}`` or ``${VAR:-default}`` anywhere in a
+string value, ``$$`` for a literal ``$``. Services name their upstream with
+``upstream: <name>`` and rules their service with ``service: <name>``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import yaml
+
+from trio_gateway import serde
+from trio_gateway.config.catalog import Draft
+from trio_gateway.config.models import (
+    ApiKey,
+    Gateway,
+    Kind,
+    Upstream,
+    check_upstream,
+)
+from trio_gateway.errors import Problem, ValidationFailed
+
+_VAR = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\})")
+
+SERVER_FIELDS = frozenset({"admin_listen", "proxy_listen", "admin_token"})
+GATEWAY_LISTS = {
+    "upstreams": Kind.UPSTREAM,
+    "services": Kind.SERVICE,
+    "rules": Kind.RULE,
+    "api_keys": Kind.API_KEY,
+}
+#: In the file, references are by name: the field that names, and the id field it fills.
+REFERENCES = {
+    Kind.SERVICE: ("upstream", "upstream_id", Kind.UPSTREAM),
+    Kind.RULE: ("service", "service_id", Kind.SERVICE),
+}
+MIN_DECLARED_KEY = 16
+
+
+@attrs.frozen
+class GatewayDecl:
+    fields: Mapping[str, Any]
+    entities: Mapping[Kind, tuple[Mapping[str, Any], ...]]
+
+    @property
+    def name(self) -> str:
+        return self.fields["name"]
+
+
+@attrs.frozen
+class Declarations:
+    """A validated file: what to apply, and settings for the process."""
+
+    server: Mapping[str, str] = attrs.field(factory=dict)
+    gateways: tuple[GatewayDecl, ...] = ()
+    fake_providers: tuple[Any, ...] = ()
+
+
+@attrs.frozen
+class ApplyReport:
+    created: tuple[str, ...] = ()
+    updated: tuple[str, ...] = ()
+    unchanged: int = 0
+
+
+def load_file(path: Path, environ: Mapping[str, str] | None = None) -> Declarations:
+    """Read, substitute and validate ``path``; :class:`ValidationFailed` lists every problem."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValidationFailed.single("$", f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1} column {where.column + 1}" if where else ""
+        raise ValidationFailed.single(
+            "$", f"invalid YAML{at}: {getattr(exc, 'problem', exc)}"
+        ) from exc
+    return parse(raw if raw is not None else {}, os.environ if environ is None else environ)
+
+
+def parse(raw: Any, environ: Mapping[str, str]) -> Declarations:
+    problems: list[Problem] = []
+    data = _substitute(raw, "", environ, problems)
+    if not isinstance(data, dict):
+        raise ValidationFailed.single("$", "the file must be a mapping with a 'gateways' list")
+    for key in sorted(data.keys() - {"server", "gateways", "fake_providers"}):
+        problems.append(Problem(str(key), "unknown field"))
+
+    server = data.get("server") or {}
+    if not isinstance(server, dict):
+        problems.append(Problem("server", "must be a mapping"))
+        server = {}
+    for key, value in server.items():
+        if key not in SERVER_FIELDS:
+            problems.append(Problem(f"server.{key}", "unknown field"))
+        elif value is not None and not isinstance(value, str):
+            problems.append(Problem(f"server.{key}", "must be a string"))
+
+    gateways = tuple(
+        decl
+        for i, item in enumerate(_list(data, "gateways", "", problems))
+        if (decl := _gateway(item, f"gateways[{i}]", problems)) is not None
+    )
+    seen: set[str] = set()
+    for i, decl in enumerate(gateways):
+        if decl.name in seen:
+            problems.append(
+                Problem(f"gateways[{i}].name", "another gateway in this file has this name")
+            )
+        seen.add(decl.name)
+
+    fakes = tuple(_fake_providers(data, problems))
+    if problems:
+        raise ValidationFailed.of(problems)
+    return Declarations(
+        server={k: v for k, v in server.items() if v not in (None, "")},
+        gateways=gateways,
+        fake_providers=fakes,
+    )
+
+
+def _gateway(item: Any, loc: str, problems: list[Problem]) -> GatewayDecl | None:
+    if not isinstance(item, dict):
+        problems.append(Problem(loc, "must be a mapping"))
+        return None
+    fields = {k: v for k, v in item.items() if k not in GATEWAY_LISTS}
+    _check(fields, Gateway, loc, problems)
+    entities: dict[Kind, tuple[Mapping[str, Any], ...]] = {}
+    names: dict[Kind, set[str]] = {}
+    for list_name, kind in GATEWAY_LISTS.items():
+        checked = []
+        for j, entry in enumerate(_list(item, list_name, loc, problems)):
+            entry_loc = f"{loc}.{list_name}[{j}]"
+            if (entry := _entity(kind, entry, entry_loc, problems)) is not None:
+                name = entry.get("name")
+                if name in names.setdefault(kind, set()):
+                    problems.append(
+                        Problem(
+                            f"{entry_loc}.name",
+                            f"another {kind.label} in this gateway has this name",
+                        )
+                    )
+                names[kind].add(name)
+                checked.append(entry)
+        entities[kind] = tuple(checked)
+    for kind, (ref_field, _, target_kind) in REFERENCES.items():
+        for j, entry in enumerate(entities[kind]):
+            ref = entry.get(ref_field)
+            if ref is not None and ref not in names.get(target_kind, set()):
+                problems.append(
+                    Problem(
+                        f"{loc}.{_list_name(kind)}[{j}].{ref_field}",
+                        f"no {target_kind.label} named {ref!r} in this gateway of the file",
+                    )
+                )
+    return GatewayDecl(fields=fields, entities=entities)
+
+
+def _entity(kind: Kind, entry: Any, loc: str, problems: list[Problem]) -> dict[str, Any] | None:
+    if not isinstance(entry, dict):
+        problems.append(Problem(loc, "must be a mapping"))
+        return None
+    entry = dict(entry)
+    probe = dict(entry)
+    if kind in REFERENCES:
+        ref_field, id_field, target_kind = REFERENCES[kind]
+        if (ref_field in entry) == (id_field in entry):
+            problems.append(
+                Problem(
+                    f"{loc}.{ref_field}",
+                    f"name the {target_kind.label} (give exactly one of {ref_field!r} or {id_field!r})",
+                )
+            )
+            return None
+        if ref_field in entry:
+            if not isinstance(entry[ref_field], str):
+                problems.append(Problem(f"{loc}.{ref_field}", "must be a string"))
+                return None
+            probe[id_field] = probe.pop(ref_field)
+    if kind is Kind.API_KEY and "key" in entry:
+        key = probe.pop("key")
+        if not isinstance(key, str) or len(key) < MIN_DECLARED_KEY:
+            problems.append(
+                Problem(f"{loc}.key", f"must be a string of at least {MIN_DECLARED_KEY} characters")
+            )
+    entity = _check(probe, kind.model, loc, problems)
+    if isinstance(entity, Upstream):
+        problems.extend(attrs.evolve(p, loc=f"{loc}.{p.loc}") for p in check_upstream(entity))
+    return entry
+
+
+def _check(fields: dict[str, Any], cls: type, loc: str, problems: list[Problem]) -> Any:
+    for read_only in ("id", "gateway_id", "created_at", "updated_at"):
+        if read_only in fields:
+            problems.append(
+                Problem(f"{loc}.{read_only}", "is assigned by the gateway; leave it out")
+            )
+            return None
+    try:
+        return serde.structure(fields, cls, loc=loc)
+    except ValidationFailed as exc:
+        problems.extend(exc.details)
+        return None
+
+
+def _list(container: dict, key: str, loc: str, problems: list[Problem]) -> list:
+    value = container.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        problems.append(Problem(f"{loc}.{key}" if loc else key, "must be a list"))
+        return []
+    return value
+
+
+def _list_name(kind: Kind) -> str:
+    return next(name for name, k in GATEWAY_LISTS.items() if k is kind)
+
+
+def _fake_providers(data: dict, problems: list[Problem]) -> list[Any]:
+    entries = _list(data, "fake_providers", "", problems)
+    if not entries:
+        return []
+    from trio_gateway.testing.fake import FakeProviderSpec
+
+    specs = []
+    for i, entry in enumerate(entries):
+        try:
+            specs.append(serde.structure(entry, FakeProviderSpec, loc=f"fake_providers[{i}]"))
+        except ValidationFailed as exc:
+            problems.extend(exc.details)
+    return specs
+
+
+def _substitute(value: Any, loc: str, environ: Mapping[str, str], problems: list[Problem]) -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string, depth first."""
+    if isinstance(value, str):
+
+        def replace(m: re.Match[str]) -> str:
+            if m.group(0) == "$$":
+                return "$"
+            name, default = m.group(1), m.group(2)
+            if name in environ and (environ[name] or default is None):
+                return environ[name]
+            if default is not None:
+                return default
+            problems.append(Problem(loc or "$", f"environment variable {name} is not set"))
+            return ""
+
+        return _VAR.sub(replace, value)
+    if isinstance(value, list):
+        return [_substitute(v, f"{loc}[{i}]", environ, problems) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {
+            k: _substitute(v, f"{loc}.{k}" if loc else str(k), environ, problems)
+            for k, v in value.items()
+        }
+    return value
+
+
+# --- applying ------------------------------------------------------------------------
+
+
+def apply(draft: Draft, declarations: Declarations) -> ApplyReport:
+    """Make every entity the file names match it, by name. Pure: edits ``draft`` only."""
+    created: list[str] = []
+    updated: list[str] = []
+    unchanged = 0
+
+    def upsert(
+        kind: Kind, fields: dict[str, Any], gateway_id: str | None, key: str | None = None
+    ) -> Any:
+        nonlocal unchanged
+        label = f"{kind.label} {fields['name']!r}"
+        existing = draft.find(kind, fields["name"], gateway_id)
+        if existing is None:
+            if kind is Kind.API_KEY:
+                entity, _ = draft.create_api_key(gateway_id, fields, key)
+            else:
+                entity = draft.create(kind, fields, gateway_id)
+            created.append(label)
+            return entity
+        entity = draft.replace(kind, existing.id, fields, gateway_id, keep_omitted=False)
+        if isinstance(entity, ApiKey) and key is not None:
+            entity = draft.set_api_key(entity, key)
+        if entity is existing:
+            unchanged += 1
+        else:
+            updated.append(label)
+        return entity
+
+    for decl in declarations.gateways:
+        gateway = upsert(Kind.GATEWAY, dict(decl.fields), None)
+        for kind in (Kind.UPSTREAM, Kind.SERVICE, Kind.RULE, Kind.API_KEY):
+            for entry in decl.entities[kind]:
+                fields = dict(entry)
+                key = fields.pop("key", None) if kind is Kind.API_KEY else None
+                if kind in REFERENCES:
+                    ref_field, id_field, target_kind = REFERENCES[kind]
+                    if ref_field in fields:
+                        target = draft.find(target_kind, fields.pop(ref_field), gateway.id)
+                        fields[id_field] = target.id
+                upsert(kind, fields, gateway.id, key)
+    return ApplyReport(created=tuple(created), updated=tuple(updated), unchanged=unchanged)

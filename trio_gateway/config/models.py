@@ -1,0 +1,289 @@
+"""The configuration model: gateways, upstreams and their targets, services, rules, API keys.
+
+Plain frozen attrs classes. They know nothing of JSON, YAML or SQL: every wire
+format, and all validation of field values, lives in :mod:`trio_gateway.serde`.
+Constrained field types (``Weight``, ``HeaderName``...) are ``Annotated`` aliases
+whose metadata the converters enforce, so a bad value is reported with its path
+(``targets[1].weight``). Rules that span fields or entities (``default_model``
+listed in ``models``, unique names) are checked by :func:`check_upstream` and by
+the catalog.
+
+Server-assigned fields (``id``, ``gateway_id``, timestamps) default to empty
+values and are filled in by the catalog; a client may send them back unchanged.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Annotated
+
+import attrs
+
+from trio_gateway.errors import Problem
+
+# --- constrained scalar types (enforced by trio_gateway.serde) ----------------
+
+
+@attrs.frozen
+class Between:
+    """Inclusive numeric bounds; ``lo_open`` makes the lower bound exclusive."""
+
+    lo: float
+    hi: float
+    lo_open: bool = False
+
+
+@attrs.frozen
+class Text:
+    """A string of ``min_len``..``max_len`` characters with no control characters."""
+
+    min_len: int = 1
+    max_len: int = 256
+
+
+class HeaderNameT:
+    """An HTTP field name: an RFC 9110 token."""
+
+
+class HeaderValueT:
+    """An HTTP field value: visible characters, spaces and tabs only."""
+
+
+class UrlPathT:
+    """An absolute URL path (``/v1/chat/completions``)."""
+
+
+class BaseUrlT:
+    """An ``http`` or ``https`` URL with a host and an optional path prefix."""
+
+
+Name = Annotated[str, Text(1, 200)]
+ModelName = Annotated[str, Text(1, 256)]
+Description = Annotated[str, Text(0, 2000)]
+Weight = Annotated[int, Between(1, 100)]
+Priority = Annotated[int, Between(1, 1000)]
+Threshold = Annotated[int, Between(1, 1000)]
+Seconds = Annotated[float, Between(0, 86_400, lo_open=True)]
+HeaderName = Annotated[str, HeaderNameT()]
+HeaderValue = Annotated[str, HeaderValueT()]
+UrlPath = Annotated[str, UrlPathT()]
+BaseUrl = Annotated[str, BaseUrlT()]
+Headers = Mapping[HeaderName, HeaderValue]
+
+
+class Algorithm(enum.StrEnum):
+    ROUND_ROBIN = "round-robin"
+    WEIGHTED = "weighted"
+    LEAST_CONNECTIONS = "least-connections"
+    RANDOM = "random"
+    LOWEST_LATENCY = "lowest-latency"
+
+
+#: Accepted spellings that mean the same algorithm.
+ALGORITHM_ALIASES: Mapping[str, Algorithm] = {"weighted-round-robin": Algorithm.WEIGHTED}
+
+
+class Provider(enum.StrEnum):
+    OPENAI = "openai"
+    ANTHROPIC = "anthropic"
+    OPENAI_COMPATIBLE = "openai-compatible"
+    AZURE_OPENAI = "azure-openai"
+
+
+class GatewayStatus(enum.StrEnum):
+    ACTIVE = "active"
+    INACTIVE = "inactive"
+
+
+class ServiceType(enum.StrEnum):
+    UPSTREAM = "upstream"
+
+
+class Method(enum.StrEnum):
+    GET = "GET"
+    POST = "POST"
+
+
+ENUMS: tuple[type[enum.Enum], ...] = (Algorithm, Provider, GatewayStatus, ServiceType, Method)
+
+
+# --- entities ------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Gateway:
+    id: str = ""
+    name: Name
+    subdomain: Annotated[str, Text(1, 63)] | None = None
+    status: GatewayStatus = GatewayStatus.ACTIVE
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Credentials:
+    """The header a target authenticates with. ``header_value`` is a secret."""
+
+    header_name: HeaderName
+    header_value: HeaderValue = attrs.field(repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class Target:
+    """One provider endpoint an upstream can send a request to.
+
+    An empty ``models`` means the target accepts any model name and forwards it.
+    ``path`` and ``base_url`` default to the provider's public endpoint.
+    """
+
+    id: str = ""
+    path: UrlPath | None = None
+    provider: Provider
+    base_url: BaseUrl | None = None
+    weight: Weight = 1
+    priority: Priority = 1
+    default_model: ModelName | None = None
+    models: tuple[ModelName, ...] = ()
+    credentials: Credentials | None = None
+    headers: Headers = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class HealthChecks:
+    """Passive health (a circuit breaker fed by real traffic) and active probes.
+
+    ``threshold`` consecutive failures within ``interval`` seconds eject a target;
+    the first cool-down lasts ``interval`` seconds. ``active`` probes ``path`` every
+    ``interval`` seconds.
+    """
+
+    passive: bool = True
+    threshold: Threshold = 3
+    interval: Seconds = 60.0
+    active: bool = False
+    path: UrlPath | None = None
+    headers: Headers = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class Upstream:
+    id: str = ""
+    gateway_id: str = ""
+    name: Name
+    algorithm: Algorithm = Algorithm.ROUND_ROBIN
+    targets: tuple[Target, ...]
+    health_checks: HealthChecks = HealthChecks()
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Service:
+    id: str = ""
+    gateway_id: str = ""
+    name: Name
+    type: ServiceType = ServiceType.UPSTREAM
+    upstream_id: Annotated[str, Text(1, 64)]
+    description: Description = ""
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Rule:
+    """Requests whose path starts with ``path`` (and whose method is listed) go to ``service_id``."""
+
+    id: str = ""
+    gateway_id: str = ""
+    name: Name
+    path: UrlPath
+    methods: tuple[Method, ...] = (Method.GET, Method.POST)
+    service_id: Annotated[str, Text(1, 64)]
+    strip_path: bool = False
+    active: bool = True
+    public: bool = False
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ApiKey:
+    """A client key of one gateway. Only ``key_hash`` (SHA-256) of the key is kept."""
+
+    id: str = ""
+    gateway_id: str = ""
+    name: Name
+    active: bool = True
+    expires_at: datetime | None = None
+    prefix: str = ""
+    key_hash: str = attrs.field(default="", repr=False)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    def usable_at(self, now: datetime) -> bool:
+        return self.active and (self.expires_at is None or now < self.expires_at)
+
+
+Entity = Gateway | Upstream | Service | Rule | ApiKey
+
+
+class Kind(enum.StrEnum):
+    """Entity kinds, in dependency order (a kind only refers to earlier kinds)."""
+
+    GATEWAY = "gateway"
+    UPSTREAM = "upstream"
+    SERVICE = "service"
+    RULE = "rule"
+    API_KEY = "api_key"
+
+    @property
+    def model(self) -> type[Entity]:
+        return _MODELS[self]
+
+    @property
+    def label(self) -> str:
+        return self.value.replace("_", " ")
+
+    @classmethod
+    def of(cls, entity: Entity) -> Kind:
+        return _KINDS[type(entity)]
+
+
+_MODELS: dict[Kind, type[Entity]] = {
+    Kind.GATEWAY: Gateway,
+    Kind.UPSTREAM: Upstream,
+    Kind.SERVICE: Service,
+    Kind.RULE: Rule,
+    Kind.API_KEY: ApiKey,
+}
+_KINDS = {model: kind for kind, model in _MODELS.items()}
+
+
+# --- rules that span fields ----------------------------------------------------
+
+
+def check_upstream(upstream: Upstream) -> list[Problem]:
+    """Problems that no single field shows: ``default_model`` not served, duplicate ids."""
+    problems = []
+    seen_ids: set[str] = set()
+    for i, target in enumerate(upstream.targets):
+        if len(set(target.models)) != len(target.models):
+            problems.append(Problem(f"targets[{i}].models", "lists a model more than once"))
+        if (
+            target.default_model is not None
+            and target.models
+            and target.default_model not in target.models
+        ):
+            problems.append(
+                Problem(
+                    f"targets[{i}].default_model",
+                    f"{target.default_model!r} is not one of this target's models",
+                )
+            )
+        if target.id:
+            if target.id in seen_ids:
+                problems.append(Problem(f"targets[{i}].id", "another target has this id"))
+            seen_ids.add(target.id)
+    return problems

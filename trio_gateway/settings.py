@@ -1,0 +1,71 @@
+"""Process settings: where to listen, where to keep data, how to log.
+
+Precedence, highest first: command-line flags, the environment
+(``TRIO_GATEWAY_ADMIN_TOKEN``), the configuration file's ``server`` section,
+the defaults below.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from pathlib import Path
+
+import attrs
+
+DEFAULT_ADMIN_LISTEN = "127.0.0.1:8080"
+DEFAULT_PROXY_LISTEN = "127.0.0.1:8081"
+TOKEN_ENV = "TRIO_GATEWAY_ADMIN_TOKEN"
+
+
+class SettingsError(Exception):
+    """A setting that cannot work; the message says which and why."""
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    admin_listen: str = DEFAULT_ADMIN_LISTEN
+    proxy_listen: str = DEFAULT_PROXY_LISTEN
+    #: ``None`` keeps the configuration in memory only (tests, throw-away runs).
+    data_dir: Path | None = Path("data")
+    config_file: Path | None = None
+    admin_token: str | None = attrs.field(default=None, repr=False)
+    log_format: str = "text"
+    log_level: str = "INFO"
+    admin_max_body: int = 1 << 20
+    proxy_max_body: int = 32 << 20
+    #: How long in-flight requests get to finish on SIGINT/SIGTERM.
+    graceful_timeout: float = 10.0
+
+    def check(self) -> None:
+        """Refuse what would be unsafe or cannot bind; see :class:`SettingsError`."""
+        for name in ("admin_listen", "proxy_listen"):
+            split_listen(getattr(self, name), name)
+        host, _ = split_listen(self.admin_listen, "admin_listen")
+        if not self.admin_token and not is_loopback(host):
+            raise SettingsError(
+                f"the admin API would listen on {self.admin_listen} without a token: set "
+                f"{TOKEN_ENV} (or server.admin_token in the config file), or listen on a "
+                "loopback address such as 127.0.0.1"
+            )
+
+    def with_file(self, server: Mapping[str, str], explicit: set[str]) -> Settings:
+        """Fill what the command line did not set (``explicit``) from the file's ``server``."""
+        return attrs.evolve(self, **{k: v for k, v in server.items() if k not in explicit})
+
+
+def split_listen(listen: str, what: str = "listen") -> tuple[str, int]:
+    """``"127.0.0.1:8080"`` / ``"[::1]:0"`` -> host and port."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise SettingsError(f"{what}: expected HOST:PORT such as 127.0.0.1:8080, got {listen!r}")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

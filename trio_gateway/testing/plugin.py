@@ -1,0 +1,1 @@
+"""pytest plugin: fixtures for running the gateway and fake providers in tests."""

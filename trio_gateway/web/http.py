@@ -1,0 +1,59 @@
+"""Small HTTP helpers shared by the admin and proxy front ends."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from quart import Response, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from trio_gateway.errors import (
+    ClientError,
+    GatewayError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    ValidationFailed,
+)
+
+JSON = "application/json"
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    return Response(data, status=status, content_type=JSON, headers=headers)
+
+
+async def read_json(limit: int) -> Any:
+    """The request body as JSON, or :class:`PayloadTooLarge` / :class:`ValidationFailed`."""
+    try:
+        raw = await request.get_data(cache=False)
+    except RequestEntityTooLarge as exc:
+        raise PayloadTooLarge(f"request body is larger than {limit} bytes") from exc
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    if not raw.strip():
+        raise ValidationFailed.single("$", "request body is empty; send a JSON object")
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError as exc:
+        raise ValidationFailed.single("$", "request body is not UTF-8") from exc
+    except json.JSONDecodeError as exc:
+        raise ValidationFailed.single(
+            "$", f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from exc
+
+
+def from_http_exception(exc: HTTPException) -> GatewayError:
+    """Werkzeug's routing errors as our own, so they render like every other error."""
+    match exc.code:
+        case 404:
+            return NotFound(f"no route for {request.method} {request.path}")
+        case 405:
+            return MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
+        case 413:
+            return PayloadTooLarge("request body is too large")
+    error = ClientError(exc.description or exc.name)
+    error.status = exc.code or 400  # type: ignore[misc]
+    return error
