@@ -198,7 +198,7 @@ class Draft:
         merged = _merge(base, fields, server_fields)
         if kind is Kind.UPSTREAM and "targets" in fields:
             merged["targets"] = _merge_targets(fields["targets"], old.targets)
-        entity = self._build(kind, merged, old=old, gateway_id=old.gateway_id)
+        entity = self._build(kind, merged, old=old, gateway_id=getattr(old, "gateway_id", ""))
         self._check(entity)
         return self._put(entity)
 

@@ -101,6 +101,8 @@ def load_file(path: Path, environ: Mapping[str, str] | None = None) -> Declarati
 def parse(raw: Any, environ: Mapping[str, str]) -> Declarations:
     problems: list[Problem] = []
     data = _substitute(raw, "", environ, problems)
+    if problems:  # values that could not be substituted would only add noise below
+        raise ValidationFailed.of(problems)
     if not isinstance(data, dict):
         raise ValidationFailed.single("$", "the file must be a mapping with a 'gateways' list")
     for key in sorted(data.keys() - {"server", "gateways", "fake_providers"}):

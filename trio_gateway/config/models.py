@@ -267,6 +267,8 @@ _KINDS = {model: kind for kind, model in _MODELS.items()}
 def check_upstream(upstream: Upstream) -> list[Problem]:
     """Problems that no single field shows: ``default_model`` not served, duplicate ids."""
     problems = []
+    if not upstream.targets:
+        problems.append(Problem("targets", "must not be empty"))
     seen_ids: set[str] = set()
     for i, target in enumerate(upstream.targets):
         if len(set(target.models)) != len(target.models):

@@ -36,7 +36,7 @@ async def read_json(limit: int) -> Any:
     if not raw.strip():
         raise ValidationFailed.single("$", "request body is empty; send a JSON object")
     try:
-        return json.loads(raw)
+        return json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise ValidationFailed.single("$", "request body is not UTF-8") from exc
     except json.JSONDecodeError as exc:
