@@ -29,7 +29,7 @@ async def test_round_trip_keeps_secrets(tmp_path, guide_upstream):
         catalog = await Catalog.load(store)
         gateway = await catalog.create(Kind.GATEWAY, {"name": "g"})
         upstream = await catalog.create(Kind.UPSTREAM, guide_upstream, gateway.id)
-        key, plain = await catalog.create_api_key(gateway.id, {"name": "k"})
+        key, _ = await catalog.create_api_key(gateway.id, {"name": "k"})
         assert store.statistics().entities == 3
     async with SqliteStore.open(tmp_path) as store:
         loaded = {e.id: e for e in await store.load()}
