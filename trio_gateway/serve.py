@@ -21,17 +21,19 @@ from collections.abc import Mapping
 from functools import partial
 
 import attrs
+import httpx2
 import hypercorn.trio
 import trio
 from hypercorn.config import Config as HypercornConfig
-from quart_trio import QuartTrio
 
 from trio_gateway.config import file
 from trio_gateway.config.catalog import Catalog
 from trio_gateway.config.file import ApplyReport, Declarations
+from trio_gateway.runtime.supervisor import Runtime
 from trio_gateway.settings import Settings
 from trio_gateway.store import open_store
-from trio_gateway.web.admin import Readiness, add_health_routes, create_admin_app
+from trio_gateway.web.admin import Readiness, create_admin_app
+from trio_gateway.web.proxy import create_proxy_app
 
 log = logging.getLogger("trio_gateway")
 
@@ -43,6 +45,7 @@ class Running:
     admin_url: str
     proxy_url: str
     catalog: Catalog
+    runtime: Runtime
     readiness: Readiness
     report: ApplyReport | None = None
     fake_providers: Mapping[str, str] = attrs.field(factory=dict)
@@ -63,6 +66,7 @@ async def serve(
     declarations: Declarations | None = None,
     *,
     shutdown: trio.Event | None = None,
+    transport: httpx2.AsyncBaseTransport | None = None,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     shutdown = shutdown if shutdown is not None else trio.Event()
@@ -92,14 +96,18 @@ async def serve(
                 for spec in declarations.fake_providers:
                     fakes[spec.name] = await background.start(serve_fake_provider, spec)
 
+            runtime = await background.start(Runtime(catalog, transport=transport).run)
+            readiness.set("runtime")
             admin_app = create_admin_app(
                 catalog,
                 readiness=readiness,
                 admin_token=settings.admin_token,
                 max_body=settings.admin_max_body,
+                upstream_health=runtime.upstream_health,
             )
-            proxy_app = QuartTrio("trio_gateway.proxy")
-            add_health_routes(proxy_app, readiness)
+            proxy_app = create_proxy_app(
+                runtime, readiness=readiness, max_body=settings.proxy_max_body
+            )
 
             async with trio.open_nursery() as servers:
                 admin_urls = await servers.start(
@@ -124,6 +132,7 @@ async def serve(
                         admin_url=admin_urls[0],
                         proxy_url=proxy_urls[0],
                         catalog=catalog,
+                        runtime=runtime,
                         readiness=readiness,
                         report=report,
                         fake_providers=fakes,

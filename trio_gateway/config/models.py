@@ -92,6 +92,15 @@ class Provider(enum.StrEnum):
     AZURE_OPENAI = "azure-openai"
 
 
+class ModelFallback(enum.StrEnum):
+    """What to do with a model that no eligible target lists."""
+
+    #: Send the chosen target's ``default_model`` instead (what the guide describes).
+    DEFAULT_MODEL = "default_model"
+    #: Refuse: 400 if no target lists the model, 503 if those that do are all down.
+    REJECT = "reject"
+
+
 class GatewayStatus(enum.StrEnum):
     ACTIVE = "active"
     INACTIVE = "inactive"
@@ -106,7 +115,17 @@ class Method(enum.StrEnum):
     POST = "POST"
 
 
-ENUMS: tuple[type[enum.Enum], ...] = (Algorithm, Provider, GatewayStatus, ServiceType, Method)
+#: Providers without a public endpoint: the target must say where they are.
+NEEDS_BASE_URL = frozenset({Provider.OPENAI_COMPATIBLE, Provider.AZURE_OPENAI})
+
+ENUMS: tuple[type[enum.Enum], ...] = (
+    Algorithm,
+    Provider,
+    ModelFallback,
+    GatewayStatus,
+    ServiceType,
+    Method,
+)
 
 
 # --- entities ------------------------------------------------------------------
@@ -175,6 +194,9 @@ class Upstream:
     algorithm: Algorithm = Algorithm.ROUND_ROBIN
     targets: tuple[Target, ...]
     health_checks: HealthChecks = HealthChecks()
+    model_fallback: ModelFallback = ModelFallback.DEFAULT_MODEL
+    #: ``max_tokens`` sent to Anthropic-format targets when an OpenAI client gave none.
+    default_max_tokens: Annotated[int, Between(1, 1_000_000)] = 4096
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
@@ -187,6 +209,14 @@ class Service:
     type: ServiceType = ServiceType.UPSTREAM
     upstream_id: Annotated[str, Text(1, 64)]
     description: Description = ""
+    #: One deadline per client request, shared by every attempt (until a stream starts).
+    request_timeout: Seconds = 120.0
+    #: Budget of one attempt until its first byte; a silent target is then failed over.
+    first_byte_timeout: Seconds = 30.0
+    #: Longest silence between two chunks of a started stream.
+    idle_timeout: Seconds = 60.0
+    #: Attempts per request, failovers included; ``None``: every target once.
+    max_attempts: Annotated[int, Between(1, 100)] | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
@@ -271,6 +301,12 @@ def check_upstream(upstream: Upstream) -> list[Problem]:
         problems.append(Problem("targets", "must not be empty"))
     seen_ids: set[str] = set()
     for i, target in enumerate(upstream.targets):
+        if target.base_url is None and target.provider in NEEDS_BASE_URL:
+            problems.append(
+                Problem(
+                    f"targets[{i}].base_url", f"is required for provider {target.provider.value!r}"
+                )
+            )
         if len(set(target.models)) != len(target.models):
             problems.append(Problem(f"targets[{i}].models", "lists a model more than once"))
         if (

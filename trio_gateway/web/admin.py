@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
@@ -30,6 +31,7 @@ from trio_gateway.errors import (
     Problem,
     ValidationFailed,
 )
+from trio_gateway.runtime.target import TargetStatistics, wall_time
 from trio_gateway.web.http import from_http_exception, json_response, read_json
 
 log = logging.getLogger("trio_gateway.admin")
@@ -87,7 +89,7 @@ def create_admin_app(
     readiness: Readiness,
     admin_token: str | None = None,
     max_body: int = DEFAULT_MAX_BODY,
-    extra_routes: Callable[[QuartTrio], None] | None = None,
+    upstream_health: Callable[[str], list[TargetStatistics] | None] | None = None,
 ) -> QuartTrio:
     """The admin app. ``admin_token`` set: every ``/api`` call needs ``Authorization: Bearer``."""
     app = QuartTrio("trio_gateway.admin")
@@ -212,9 +214,46 @@ def create_admin_app(
         _log_write("deleted", entity)
         return Response(b"", 204)
 
-    if extra_routes is not None:
-        extra_routes(app)
+    @app.get(f"{API}/gateways/<gateway_id>/upstreams/<upstream_id>/health")
+    async def health(gateway_id: str, upstream_id: str) -> Response:
+        upstream = catalog.get(Kind.UPSTREAM, upstream_id, gateway_id)
+        targets = upstream_health(upstream.id) if upstream_health is not None else None
+        if targets is None:
+            raise NotFound("this upstream is not running yet; try again in a moment")
+        return json_response(
+            {
+                "upstream_id": upstream.id,
+                "name": upstream.name,
+                "targets": [_health(t) for t in targets],
+            }
+        )
+
     return app
+
+
+def _health(stats: TargetStatistics) -> dict[str, Any]:
+    health = stats.health
+    until = health.ejected_until
+    return {
+        "id": stats.id,
+        "provider": stats.provider,
+        "state": health.state.value,
+        "consecutive_failures": health.consecutive_failures,
+        "ejected_until": _iso(wall_time(until)) if until is not None else None,
+        "ejections": health.ejections,
+        "in_flight": stats.in_flight,
+        "queued": stats.queued,
+        "latency_ms": round(stats.latency_s * 1000, 1) if stats.latency_s is not None else None,
+        "requests": stats.requests,
+        "failures": stats.failures,
+        "last_error": health.last_error,
+    }
+
+
+def _iso(epoch: float) -> str:
+    return (
+        datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
 
 
 def _query_int(name: str, default: int, lo: int, hi: int | None) -> int:

@@ -1,0 +1,123 @@
+"""Rule matching and target choice: tiers, models, fallback."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+
+from trio_gateway.config.models import Algorithm, Method, Rule
+from trio_gateway.core.routing import (
+    ModelNotServed,
+    TargetRoute,
+    UpstreamPlan,
+    compile_rules,
+    match_rule,
+)
+
+
+@attrs.define
+class Idle:
+    in_flight: int = 0
+
+    def latency(self, now: float) -> None:
+        return None
+
+
+def route(i, priority=1, models=(), default=None, fmt="openai", weight=1):
+    return TargetRoute(i, f"t{i}", fmt, weight, priority, frozenset(models), default)
+
+
+def choose(plan, model, down=(), tried=(), formats=("openai", "anthropic")):
+    return plan.choose(
+        model,
+        admits=lambda i: i not in down,
+        excluded=lambda i: i in tried,
+        formats=frozenset(formats),
+        loads=[Idle()] * len(plan.targets),
+        now=0.0,
+    )
+
+
+def test_lowest_priority_tier_serves_while_any_target_is_eligible():
+    plan = UpstreamPlan.compile(
+        [route(0, 1, ["m"]), route(1, 1, ["m"]), route(2, 2, ["m"])], Algorithm.ROUND_ROBIN
+    )
+    assert {choose(plan, "m").index for _ in range(10)} == {0, 1}
+    assert choose(plan, "m", down={0}).index == 1
+    assert choose(plan, "m", down={0}, tried={1}).index == 2
+    assert choose(plan, "m", down={0, 1, 2}) is None
+
+
+def test_model_routing_and_default_model():
+    plan = UpstreamPlan.compile(
+        [route(0, 1, ["gpt-4"], "gpt-4"), route(1, 1, ["claude"], "claude", "anthropic")],
+        Algorithm.ROUND_ROBIN,
+    )
+    assert [choose(plan, "claude").index for _ in range(3)] == [1, 1, 1]
+    picked = [choose(plan, None) for _ in range(2)]
+    assert {(c.index, c.model) for c in picked} == {(0, "gpt-4"), (1, "claude")}
+
+
+def test_unlisted_model_falls_back_to_a_default_model():
+    plan = UpstreamPlan.compile(
+        [route(0, 1, ["a"], "a"), route(1, 2, ["b"], "b")], Algorithm.ROUND_ROBIN
+    )
+    choice = choose(plan, "zzz")
+    assert (choice.index, choice.model, choice.fallback) == (0, "a", True)
+    # The target listing the model is down: a default model of an eligible one is used.
+    choice = choose(plan, "a", down={0})
+    assert (choice.index, choice.model, choice.fallback) == (1, "b", True)
+
+
+def test_reject_unknown_models():
+    plan = UpstreamPlan.compile(
+        [route(0, 1, ["a"], "a")], Algorithm.ROUND_ROBIN, reject_unknown_models=True
+    )
+    with pytest.raises(ModelNotServed, match="'zzz' is not served"):
+        choose(plan, "zzz")
+    assert choose(plan, "a", down={0}) is None  # listed but down: no substitution
+
+
+def test_empty_models_accept_any_model():
+    plan = UpstreamPlan.compile([route(0, 1, [], None)], Algorithm.ROUND_ROBIN)
+    assert choose(plan, "anything").model == "anything"
+    assert choose(plan, None) is None  # no model and no default: nothing to send
+
+
+def test_formats_limit_eligibility():
+    plan = UpstreamPlan.compile(
+        [route(0, 1, ["m"], fmt="anthropic"), route(1, 2, ["m"])], Algorithm.ROUND_ROBIN
+    )
+    assert choose(plan, "m", formats=("openai",)).index == 1
+
+
+def rule(path, methods=("POST",), name="r", active=True, strip=False):
+    return Rule(
+        id=name,
+        name=name,
+        path=path,
+        methods=tuple(Method(m) for m in methods),
+        service_id="s-" + name,
+        active=active,
+        strip_path=strip,
+    )
+
+
+def test_longest_prefix_wins_on_segment_boundaries():
+    rules = compile_rules(
+        [
+            rule("/", name="root"),
+            rule("/v1", name="v1"),
+            rule("/v1/chat", name="chat"),
+            rule("/v1/messages", name="off", active=False),
+        ]
+    )
+    assert match_rule(rules, "POST", "/v1/chat/completions").name == "chat"
+    assert match_rule(rules, "POST", "/v1/messages").name == "v1"
+    assert match_rule(rules, "POST", "/v10/x").name == "root"
+    assert match_rule(rules, "GET", "/v1/chat/completions") is None
+
+
+def test_strip_path():
+    compiled = compile_rules([rule("/team-a", strip=True)])[0]
+    assert compiled.endpoint_path("/team-a/v1/messages") == "/v1/messages"

@@ -1,0 +1,22 @@
+"""Weighted random choice; seed the generator for reproducible tests."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+
+class WeightedRandom:
+    def __init__(self, weights: Sequence[int], rng: random.Random) -> None:
+        self._weights = list(weights)
+        self._rng = rng
+
+    def pick(self, eligible: Sequence[int], loads: Sequence[Any] = (), now: float = 0.0) -> int:
+        weights = self._weights
+        point = self._rng.random() * sum(weights[i] for i in eligible)
+        for index in eligible:
+            point -= weights[index]
+            if point < 0:
+                return index
+        return eligible[-1]

@@ -1,0 +1,219 @@
+"""Routing decisions, sans-IO: rule matching, and which target (and model) serves a request.
+
+Everything here is compiled once per configuration change (``compile_*``) and
+then answers per request with plain lookups: no parsing, no allocation beyond
+the answer.
+
+Target choice (:meth:`UpstreamPlan.choose`), in order:
+
+1. A target is *eligible* when its breaker admits a request now, it was not
+   already tried for this request, and it speaks a format the request can be
+   served in.
+2. The *model*: a target serves model ``M`` when ``M`` is in its ``models`` (or
+   its ``models`` is empty: it takes any model). A request without a model is
+   served by targets with a ``default_model``, which is what is sent.
+3. If no eligible target serves ``M``, the request falls back to the
+   ``default_model`` of a target chosen among the eligible ones, and the choice
+   says so (``fallback``), unless the upstream's ``model_fallback`` is
+   ``reject``: then a model nobody lists is the client's error (400).
+4. *Tiers*: the lowest ``priority`` number with a candidate serves; within it the
+   tier's balancer picks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import attrs
+
+from trio_gateway.config.models import Rule
+from trio_gateway.core.balancing import Balancer, Load, make_balancer
+from trio_gateway.errors import ClientError
+
+# --- rules ------------------------------------------------------------------------
+
+
+@attrs.frozen
+class CompiledRule:
+    id: str
+    name: str
+    prefix: str
+    methods: frozenset[str]
+    service_id: str
+    strip_path: bool
+    public: bool
+
+    def matches(self, method: str, path: str) -> bool:
+        if method not in self.methods:
+            return False
+        prefix = self.prefix
+        return (
+            prefix == "/"
+            or path == prefix
+            or (path.startswith(prefix) and (prefix.endswith("/") or path[len(prefix)] == "/"))
+        )
+
+    def endpoint_path(self, path: str) -> str:
+        """The path the client meant for the API, with the rule's prefix removed if asked."""
+        if not self.strip_path or self.prefix == "/":
+            return path
+        rest = path[len(self.prefix.rstrip("/")) :]
+        return rest if rest.startswith("/") else "/" + rest
+
+
+def compile_rules(rules: Sequence[Rule]) -> tuple[CompiledRule, ...]:
+    """Active rules, longest prefix first (ties: most specific method set first)."""
+    compiled = [
+        CompiledRule(
+            id=r.id,
+            name=r.name,
+            prefix=r.path,
+            methods=frozenset(m.value for m in r.methods),
+            service_id=r.service_id,
+            strip_path=r.strip_path,
+            public=r.public,
+        )
+        for r in rules
+        if r.active
+    ]
+    compiled.sort(key=lambda r: (-len(r.prefix.rstrip("/")), len(r.methods), r.prefix))
+    return tuple(compiled)
+
+
+def match_rule(rules: Sequence[CompiledRule], method: str, path: str) -> CompiledRule | None:
+    for rule in rules:
+        if rule.matches(method, path):
+            return rule
+    return None
+
+
+# --- targets -----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class TargetRoute:
+    """What routing needs to know of one target."""
+
+    index: int
+    id: str
+    format: str
+    weight: int
+    priority: int
+    models: frozenset[str]
+    default_model: str | None
+
+    @property
+    def any_model(self) -> bool:
+        return not self.models
+
+    def serves(self, model: str) -> bool:
+        return not self.models or model in self.models
+
+
+@attrs.frozen
+class Choice:
+    index: int
+    model: str
+    fallback: bool = False
+
+
+@attrs.define
+class Tier:
+    priority: int
+    members: tuple[int, ...]
+    balancer: Balancer
+
+
+class ModelNotServed(ClientError):
+    status = 400
+    type = "model_not_found"
+
+
+@attrs.define
+class UpstreamPlan:
+    """Tiers and balancers of one upstream; lives as long as its configuration."""
+
+    targets: tuple[TargetRoute, ...]
+    tiers: tuple[Tier, ...]
+    reject_unknown_models: bool = False
+
+    @classmethod
+    def compile(
+        cls,
+        targets: Sequence[TargetRoute],
+        algorithm: object,
+        *,
+        reject_unknown_models: bool = False,
+        balancer_factory: Callable[..., Balancer] = make_balancer,
+    ) -> UpstreamPlan:
+        priorities = sorted({t.priority for t in targets})
+        weights = [t.weight for t in targets]
+        tiers = tuple(
+            Tier(
+                priority=p,
+                members=tuple(t.index for t in targets if t.priority == p),
+                balancer=balancer_factory(algorithm, weights),
+            )
+            for p in priorities
+        )
+        return cls(tuple(targets), tiers, reject_unknown_models)
+
+    def choose(
+        self,
+        model: str | None,
+        *,
+        admits: Callable[[int], bool],
+        excluded: Callable[[int], bool],
+        formats: frozenset[str],
+        loads: Sequence[Load],
+        now: float,
+    ) -> Choice | None:
+        """The target and model for this attempt, or ``None`` when no target is eligible.
+
+        Raises :class:`ModelNotServed` when ``model`` is listed by no target and the
+        upstream rejects unknown models.
+        """
+        targets = self.targets
+
+        def eligible(i: int) -> bool:
+            return targets[i].format in formats and not excluded(i) and admits(i)
+
+        if model is None:
+            return self._pick(
+                lambda i: eligible(i) and targets[i].default_model is not None, None, loads, now
+            )
+        choice = self._pick(lambda i: eligible(i) and targets[i].serves(model), model, loads, now)
+        if choice is not None:
+            return choice
+        if self.reject_unknown_models:
+            if not any(t.serves(model) for t in targets):
+                served = sorted({m for t in targets for m in t.models})
+                raise ModelNotServed(
+                    f"model {model!r} is not served here; available: {', '.join(served) or 'none'}"
+                )
+            return None
+        choice = self._pick(
+            lambda i: eligible(i) and targets[i].default_model is not None, None, loads, now
+        )
+        return attrs.evolve(choice, fallback=True) if choice is not None else None
+
+    def _pick(
+        self, candidate: Callable[[int], bool], model: str | None, loads: Sequence[Load], now: float
+    ) -> Choice | None:
+        for tier in self.tiers:
+            eligible = [i for i in tier.members if candidate(i)]
+            if eligible:
+                index = (
+                    eligible[0] if len(eligible) == 1 else tier.balancer.pick(eligible, loads, now)
+                )
+                return Choice(
+                    index, model if model is not None else self.targets[index].default_model
+                )
+        return None
+
+    def serving(self, model: str | None) -> list[int]:
+        """Targets that could serve ``model`` if they were healthy (for Retry-After)."""
+        if model is None:
+            return [t.index for t in self.targets if t.default_model is not None]
+        listed = [t.index for t in self.targets if t.serves(model)]
+        return listed or [t.index for t in self.targets if t.default_model is not None]

@@ -1,0 +1,77 @@
+"""Where each provider lives and how it authenticates. Static data, sans-IO.
+
+A target's own ``base_url``, ``path``, ``credentials`` and ``headers`` override
+these defaults. ``{model}`` in a path is replaced by the model sent (Azure
+OpenAI puts the deployment in the URL).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import attrs
+
+from trio_gateway.config.models import Provider, Target
+from trio_gateway.providers.formats import ApiFormat
+
+AZURE_API_VERSION = "2024-10-21"
+
+
+@attrs.frozen
+class ProviderInfo:
+    format: ApiFormat
+    #: ``None``: the target must set ``base_url`` (there is no public default).
+    base_url: str | None
+    path: str
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+
+
+PROVIDERS: Mapping[Provider, ProviderInfo] = {
+    Provider.OPENAI: ProviderInfo(
+        ApiFormat.OPENAI, "https://api.openai.com", "/v1/chat/completions"
+    ),
+    Provider.ANTHROPIC: ProviderInfo(
+        ApiFormat.ANTHROPIC,
+        "https://api.anthropic.com",
+        "/v1/messages",
+        {"anthropic-version": "2023-06-01"},
+    ),
+    Provider.OPENAI_COMPATIBLE: ProviderInfo(ApiFormat.OPENAI, None, "/v1/chat/completions"),
+    Provider.AZURE_OPENAI: ProviderInfo(
+        ApiFormat.OPENAI,
+        None,
+        f"/openai/deployments/{{model}}/chat/completions?api-version={AZURE_API_VERSION}",
+    ),
+}
+
+
+def target_format(target: Target) -> ApiFormat:
+    return PROVIDERS[target.provider].format
+
+
+@attrs.frozen
+class Endpoint:
+    """A target's resolved URL template and fixed headers."""
+
+    format: ApiFormat
+    url: str
+    headers: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def of(cls, target: Target) -> Endpoint:
+        info = PROVIDERS[target.provider]
+        base = target.base_url or info.base_url
+        if base is None:
+            raise ValueError(f"provider {target.provider.value!r} needs a base_url")
+        headers = dict(info.headers)
+        headers.update(target.headers)
+        if target.credentials is not None:
+            headers[target.credentials.header_name] = target.credentials.header_value
+        return cls(
+            format=info.format,
+            url=base + (target.path or info.path),
+            headers=tuple(headers.items()),
+        )
+
+    def url_for(self, model: str) -> str:
+        return self.url.replace("{model}", model) if "{model}" in self.url else self.url

@@ -1,0 +1,193 @@
+"""The runtime: target actors kept in step with the catalog, and the compiled route table.
+
+Theory of operation
+-------------------
+:meth:`Runtime.run` owns one nursery holding every target actor (each under
+:meth:`Runtime._supervise`, which restarts a crashed actor with backoff). On start
+and after every catalog change it *reconciles*:
+
+* a target whose endpoint (URL, credentials, headers) is unchanged keeps its actor,
+  which adopts the new weight, models and health policy;
+* a target whose endpoint changed gets a new actor; the old one is retired: it
+  takes no new jobs, finishes the queued and running ones, then exits. Health
+  state carries over when the URL is the same;
+* a removed target's actor is retired the same way, so nothing in flight is lost;
+* then a new :class:`RouteTable` is compiled (keys by hash, rules longest-first,
+  services with their dispatcher and limits) and swapped in with one assignment.
+
+The request path only ever reads :attr:`Runtime.table`: no lock, no await, no store.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import datetime
+
+import attrs
+import httpx2
+import trio
+
+from trio_gateway.config.catalog import Catalog, Snapshot
+from trio_gateway.config.models import ApiKey, Gateway, GatewayStatus, Service, Upstream
+from trio_gateway.core.routing import CompiledRule, compile_rules
+from trio_gateway.providers.endpoints import Endpoint
+from trio_gateway.runtime.dispatcher import Dispatcher, Limits, breaker_policy
+from trio_gateway.runtime.target import TargetActor, TargetStatistics
+
+log = logging.getLogger("trio_gateway.runtime")
+
+RESTART_BACKOFF_S = 0.1
+RESTART_BACKOFF_MAX_S = 30.0
+
+
+@attrs.frozen
+class ServiceRoute:
+    service: Service
+    dispatcher: Dispatcher
+    limits: Limits
+
+
+@attrs.frozen
+class GatewayRoute:
+    gateway: Gateway
+    rules: tuple[CompiledRule, ...]
+
+    @property
+    def active(self) -> bool:
+        return self.gateway.status is GatewayStatus.ACTIVE
+
+
+@attrs.frozen
+class RouteTable:
+    """Everything the proxy needs per request, compiled for one catalog generation."""
+
+    generation: int = 0
+    keys: Mapping[str, ApiKey] = attrs.field(factory=dict)
+    gateways: Mapping[str, GatewayRoute] = attrs.field(factory=dict)
+    subdomains: Mapping[str, str] = attrs.field(factory=dict)
+    services: Mapping[str, ServiceRoute] = attrs.field(factory=dict)
+    dispatchers: Mapping[str, Dispatcher] = attrs.field(factory=dict)
+
+    def key(self, key_hash: str, now: datetime) -> ApiKey | None:
+        key = self.keys.get(key_hash)
+        return key if key is not None and key.usable_at(now) else None
+
+
+class Runtime:
+    """See the module docstring. Start with ``await nursery.start(runtime.run)``."""
+
+    def __init__(
+        self, catalog: Catalog, *, transport: httpx2.AsyncBaseTransport | None = None
+    ) -> None:
+        self.catalog = catalog
+        self.table = RouteTable()
+        self._transport = transport
+        self._actors: dict[str, TargetActor] = {}
+        self._nursery: trio.Nursery | None = None
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[Runtime] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            snapshot = self.catalog.snapshot
+            self._reconcile(snapshot)
+            task_status.started(self)
+            while True:
+                snapshot = await self.catalog.wait_changed(snapshot.generation)
+                self._reconcile(snapshot)
+
+    # --- reconciliation -----------------------------------------------------------------
+
+    def _reconcile(self, snapshot: Snapshot) -> None:
+        assert self._nursery is not None
+        actors: dict[str, TargetActor] = {}
+        dispatchers: dict[str, Dispatcher] = {}
+        for upstream in snapshot.upstreams.values():
+            policy = breaker_policy(upstream)
+            members = []
+            for target in upstream.targets:
+                actor = self._actors.get(target.id)
+                endpoint = Endpoint.of(target)
+                if actor is not None and actor.endpoint == endpoint:
+                    actor.update(target, policy)
+                else:
+                    fresh = TargetActor(target, policy, transport=self._transport)
+                    if actor is not None:
+                        if actor.endpoint.url == endpoint.url:
+                            fresh.breaker, fresh.latency_estimate = (
+                                actor.breaker,
+                                actor.latency_estimate,
+                            )
+                        actor.retire()
+                    actor = fresh
+                    self._nursery.start_soon(self._supervise, actor)
+                actors[target.id] = actor
+                members.append(actor)
+            previous = self.table.dispatchers.get(upstream.id)
+            if (
+                previous is not None
+                and previous.upstream == upstream
+                and previous.actors == tuple(members)
+            ):
+                dispatchers[upstream.id] = previous
+            else:
+                dispatchers[upstream.id] = Dispatcher.build(upstream, members)
+        for target_id, actor in self._actors.items():
+            if target_id not in actors:
+                actor.retire()
+        self._actors = actors
+        self.table = _compile(snapshot, dispatchers)
+
+    async def _supervise(self, actor: TargetActor) -> None:
+        backoff = RESTART_BACKOFF_S
+        while True:
+            try:
+                await actor.run()
+                return  # retired and drained
+            except Exception:
+                log.exception(
+                    "target actor crashed; restarting",
+                    extra={"fields": {"target_id": actor.target.id, "backoff_s": backoff}},
+                )
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, RESTART_BACKOFF_MAX_S)
+
+    # --- introspection ---------------------------------------------------------------------
+
+    def upstream_health(self, upstream_id: str) -> list[TargetStatistics] | None:
+        dispatcher = self.table.dispatchers.get(upstream_id)
+        if dispatcher is None:
+            return None
+        return [actor.statistics() for actor in dispatcher.actors]
+
+
+def _compile(snapshot: Snapshot, dispatchers: Mapping[str, Dispatcher]) -> RouteTable:
+    rules_by_gateway: dict[str, list] = {gid: [] for gid in snapshot.gateways}
+    for rule in snapshot.rules.values():
+        rules_by_gateway[rule.gateway_id].append(rule)
+    services = {}
+    for service in snapshot.services.values():
+        upstream: Upstream = snapshot.upstreams[service.upstream_id]
+        services[service.id] = ServiceRoute(
+            service=service,
+            dispatcher=dispatchers[upstream.id],
+            limits=Limits(
+                request_timeout=service.request_timeout,
+                first_byte_timeout=service.first_byte_timeout,
+                idle_timeout=service.idle_timeout,
+                max_attempts=service.max_attempts,
+            ),
+        )
+    return RouteTable(
+        generation=snapshot.generation,
+        keys={k.key_hash: k for k in snapshot.api_keys.values()},
+        gateways={
+            gid: GatewayRoute(gateway, compile_rules(rules_by_gateway[gid]))
+            for gid, gateway in snapshot.gateways.items()
+        },
+        subdomains={g.subdomain: g.id for g in snapshot.gateways.values() if g.subdomain},
+        services=services,
+        dispatchers=dispatchers,
+    )

@@ -1,0 +1,363 @@
+"""The target actor: one supervised task per target, owning its pool, health and queue.
+
+Theory of operation
+-------------------
+A :class:`TargetActor` owns, for one target:
+
+* its **breaker** (:class:`~trio_gateway.core.health.Breaker`) and latency
+  estimate; only the actor's own tasks change them, when a job ends;
+* its **in-flight count**, raised by :meth:`submit` (so balancers see a request at
+  once) and lowered when the job ends;
+* a bounded **request channel**: :meth:`submit` never waits; a full queue refuses
+  the job, which the dispatcher reports as overload;
+* its own pooled **httpx2 client**, opened and closed by :meth:`run`.
+
+:meth:`run` takes one job at a time from the channel while fewer than
+``max_in_flight`` are running, and serves each in a task of its own nursery.
+A job carries a cancel scope made by the requester: the requester cancels it
+(after recording why in :attr:`Job.abort`) when a time budget runs out or the
+client leaves, which aborts the upstream call at once, connection included.
+
+Each job answers through its own reply channel, in order: either one
+:class:`Answer` (a whole response: non-streaming, or any error status), or
+:class:`StreamStart`, body chunks (``bytes``) and :class:`StreamEnd`; or
+:class:`AttemptFailed` at any point. The reply channel's send end is closed
+when the job ends, so a requester never waits for a job that is gone.
+
+Retiring (:meth:`retire`) closes the request channel: queued jobs are still
+served, then :meth:`run` returns. If :meth:`run` crashes, its nursery cancels
+the running jobs (their requesters see the reply channel close and fail over);
+the supervisor restarts it with the same channel, breaker and queue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+
+import attrs
+import httpx2
+import trio
+
+from trio_gateway.config.models import Target
+from trio_gateway.core.balancing import PeakEwma
+from trio_gateway.core.failover import (
+    Outcome,
+    Verdict,
+    outcome_verdict,
+    parse_retry_after,
+    status_verdict,
+)
+from trio_gateway.core.health import Breaker, BreakerPolicy, BreakerStatistics, Ticket
+from trio_gateway.providers.endpoints import Endpoint
+from trio_gateway.providers.formats import ApiFormat
+
+log = logging.getLogger("trio_gateway.target")
+
+QUEUE_SIZE = 256
+MAX_IN_FLIGHT = 1024
+MAX_BODY = 64 << 20
+CONNECT_TIMEOUT_S = 10.0
+#: httpx2's own timeouts are a safety net only: the requester's budgets cancel first.
+SAFETY_TIMEOUT_S = 3600.0
+
+#: How each provider format ends a complete stream (checked with a newline before it).
+STREAM_TERMINATORS = {
+    ApiFormat.OPENAI: b"\ndata: [DONE]",
+    ApiFormat.ANTHROPIC: b"\nevent: message_stop",
+}
+
+
+# --- messages ------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Answer:
+    """A whole response: non-streaming success, or any error status."""
+
+    status: int
+    headers: httpx2.Headers
+    body: bytes
+
+
+@attrs.frozen
+class StreamStart:
+    status: int
+    headers: httpx2.Headers
+
+
+@attrs.frozen
+class StreamEnd:
+    """The provider closed the stream; ``complete`` if its terminator was seen."""
+
+    complete: bool
+
+
+@attrs.frozen
+class AttemptFailed:
+    outcome: Outcome
+    message: str
+
+
+Reply = Answer | StreamStart | StreamEnd | AttemptFailed | bytes
+
+
+@attrs.define(eq=False)
+class Job:
+    """One attempt: what to send, where to answer, and how to be stopped."""
+
+    body: bytes
+    headers: Sequence[tuple[str, str]]
+    model: str
+    stream: bool
+    reply: trio.MemorySendChannel[Reply]
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    ticket: Ticket = Ticket.NORMAL
+    #: How long a stream chunk may wait for the requester to take it before the job
+    #: gives up: the requester is gone or stuck, and the connection must not leak.
+    stall_timeout: float = 60.0
+    #: Why the requester cancelled ``scope``; decides what the breaker records.
+    abort: Outcome | None = None
+    done: bool = False
+
+    def cancel(self, why: Outcome) -> None:
+        """Stop this attempt (idempotent; the first reason wins)."""
+        if not self.done and self.abort is None:
+            self.abort = why
+            self.scope.cancel()
+
+
+@attrs.frozen
+class TargetStatistics:
+    id: str
+    provider: str
+    health: BreakerStatistics
+    in_flight: int
+    queued: int
+    latency_s: float | None
+    requests: int
+    failures: int
+
+
+# --- the actor ---------------------------------------------------------------------------
+
+
+class TargetActor:
+    """See the module docstring. Construct, then run under a supervisor."""
+
+    def __init__(
+        self,
+        target: Target,
+        policy: BreakerPolicy,
+        *,
+        transport: httpx2.AsyncBaseTransport | None = None,
+        queue_size: int = QUEUE_SIZE,
+        max_in_flight: int = MAX_IN_FLIGHT,
+    ) -> None:
+        self.target = target
+        self.endpoint = Endpoint.of(target)
+        self.format = self.endpoint.format
+        self.breaker = Breaker(policy)
+        self.latency_estimate = PeakEwma()
+        self.in_flight = 0
+        self.requests = 0
+        self.failures = 0
+        self._transport = transport
+        self._max_in_flight = max_in_flight
+        self._send, self._receive = trio.open_memory_channel[Job](queue_size)
+        self._terminator = STREAM_TERMINATORS[self.format]
+        self._retired = False
+
+    # --- used by the dispatcher (synchronous, same thread) -------------------------------
+
+    def latency(self, now: float) -> float | None:
+        return self.latency_estimate.estimate(now)
+
+    def submit(self, job: Job) -> bool:
+        """Queue ``job`` without waiting; ``False`` (and the ticket released) if the queue is full."""
+        try:
+            self._send.send_nowait(job)
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            self.breaker.abandoned(job.ticket)
+            return False
+        self.in_flight += 1
+        return True
+
+    def retire(self) -> None:
+        """Take no new jobs; serve the queued ones, then let :meth:`run` return."""
+        self._retired = True
+        self._send.close()
+
+    @property
+    def retired(self) -> bool:
+        return self._retired
+
+    def update(self, target: Target, policy: BreakerPolicy) -> None:
+        """Adopt edits that do not change the connection (weight, models, health policy)."""
+        self.target = target
+        self.breaker.policy = policy
+
+    # --- the task ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve jobs until retired and drained. Owns the HTTP client and the job tasks."""
+        slots = trio.Semaphore(self._max_in_flight)
+        async with (
+            httpx2.AsyncClient(
+                transport=self._transport,
+                timeout=httpx2.Timeout(SAFETY_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+                limits=httpx2.Limits(
+                    max_connections=self._max_in_flight, max_keepalive_connections=64
+                ),
+                follow_redirects=False,
+                trust_env=False,
+            ) as client,
+            trio.open_nursery() as nursery,
+        ):
+            task_status.started()
+            while True:
+                await slots.acquire()
+                try:
+                    job = await self._receive.receive()
+                except trio.EndOfChannel:
+                    slots.release()
+                    break
+                nursery.start_soon(self._serve, client, job, slots)
+
+    async def _serve(self, client: httpx2.AsyncClient, job: Job, slots: trio.Semaphore) -> None:
+        verdict, error, retry_after = Verdict.NEUTRAL, "", None
+        try:
+            async with job.reply:
+                with job.scope:
+                    verdict, error, retry_after = await self._exchange(client, job)
+        except trio.BrokenResourceError:
+            verdict, error = Verdict.NEUTRAL, "requester left"
+        except Exception as exc:  # a bug of ours: the attempt fails over, the actor lives on
+            log.exception("job failed", extra={"fields": {"target_id": self.target.id}})
+            verdict, error = Verdict.NEUTRAL, f"internal error: {exc!r}"
+        finally:
+            job.done = True
+            if job.abort is not None:
+                verdict, error = outcome_verdict(job.abort), job.abort.value
+            self._settle(job.ticket, verdict, error, retry_after)
+            self.in_flight -= 1
+            slots.release()
+
+    async def _exchange(
+        self, client: httpx2.AsyncClient, job: Job
+    ) -> tuple[Verdict, str, float | None]:
+        """The HTTP call. Returns the verdict for the breaker and an error text."""
+        request = client.build_request(
+            "POST",
+            self.endpoint.url_for(job.model),
+            headers=[*job.headers, *self.endpoint.headers, ("content-type", "application/json")],
+            content=job.body,
+        )
+        started = trio.current_time()
+        try:
+            response = await client.send(request, stream=True)
+        except httpx2.TimeoutException as exc:
+            return await self._failed(job, Outcome.TIMEOUT, f"timed out: {exc!r}")
+        except (httpx2.ConnectError, httpx2.UnsupportedProtocol) as exc:
+            return await self._failed(job, Outcome.CONNECT_ERROR, f"cannot connect: {exc}")
+        except httpx2.HTTPError as exc:
+            return await self._failed(job, Outcome.PROTOCOL_ERROR, f"bad response: {exc!r}")
+        try:
+            status = response.status_code
+            verdict = status_verdict(status)
+            if verdict is Verdict.SUCCESS:
+                self.latency_estimate.observe(trio.current_time() - started, trio.current_time())
+            if job.stream and verdict is Verdict.SUCCESS:
+                return await self._relay_stream(job, response)
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_BODY:
+                    return await self._failed(
+                        job, Outcome.PROTOCOL_ERROR, "response body too large"
+                    )
+            await job.reply.send(Answer(status, response.headers, bytes(body)))
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            return verdict, "" if verdict is Verdict.SUCCESS else f"HTTP {status}", retry_after
+        except httpx2.TimeoutException as exc:
+            return await self._failed(job, Outcome.TIMEOUT, f"timed out reading: {exc!r}")
+        except httpx2.HTTPError as exc:
+            return await self._failed(job, Outcome.READ_ERROR, f"read failed: {exc!r}")
+        finally:
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(1.0):
+                    await response.aclose()
+
+    async def _relay_stream(self, job: Job, response: httpx2.Response) -> tuple[Verdict, str, None]:
+        await job.reply.send(StreamStart(response.status_code, response.headers))
+        terminator = self._terminator
+        keep = len(terminator)
+        tail = b"\n"  # so a terminator at the very start is seen too
+        complete = False
+        async for chunk in response.aiter_bytes():
+            if not complete:
+                joined = tail + chunk
+                complete = terminator in joined
+                tail = joined[-keep:]
+            try:
+                job.reply.send_nowait(chunk)
+            except trio.WouldBlock:
+                with trio.move_on_after(job.stall_timeout) as stalled:
+                    await job.reply.send(chunk)
+                if stalled.cancelled_caught:
+                    job.cancel(Outcome.CANCELLED)
+                    return Verdict.NEUTRAL, "the requester stopped reading", None
+        await job.reply.send(StreamEnd(complete))
+        if complete:
+            return Verdict.SUCCESS, "", None
+        return Verdict.FAILURE, Outcome.STREAM_INCOMPLETE.value, None
+
+    async def _failed(self, job: Job, outcome: Outcome, message: str) -> tuple[Verdict, str, None]:
+        # The requester may be gone already; the breaker still learns.
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await job.reply.send(AttemptFailed(outcome, message))
+        return outcome_verdict(outcome), message, None
+
+    def _settle(
+        self, ticket: Ticket, verdict: Verdict, error: str, retry_after: float | None
+    ) -> None:
+        now = trio.current_time()
+        self.requests += 1
+        if verdict is Verdict.SUCCESS or verdict is Verdict.CLIENT_ERROR:
+            self.breaker.succeeded(now, ticket)
+        elif verdict is Verdict.FAILURE:
+            self.failures += 1
+            self.breaker.failed(now, ticket, error, retry_after)
+            if log.isEnabledFor(logging.INFO):
+                log.info(
+                    "target failure",
+                    extra={
+                        "fields": {
+                            "target_id": self.target.id,
+                            "error": error,
+                            "state": self.breaker.state.value,
+                        }
+                    },
+                )
+        else:
+            self.breaker.abandoned(ticket)
+
+    def statistics(self) -> TargetStatistics:
+        now = trio.current_time()
+        return TargetStatistics(
+            id=self.target.id,
+            provider=self.target.provider.value,
+            health=self.breaker.statistics(),
+            in_flight=self.in_flight,
+            queued=self._send.statistics().current_buffer_used,
+            latency_s=self.latency(now),
+            requests=self.requests,
+            failures=self.failures,
+        )
+
+
+def wall_time(trio_time: float) -> float:
+    """A ``trio.current_time()`` value as seconds since the epoch."""
+    return time.time() + (trio_time - trio.current_time())

@@ -1,0 +1,308 @@
+"""The proxy front end: ``POST /v1/chat/completions``, ``POST /v1/messages``, ``GET /v1/models``.
+
+Per request, in order: the API dialect from the path, the caller's key (``X-Api-Key``
+or ``Authorization: Bearer``) naming its gateway, the gateway's longest matching
+rule, its service, and the service's dispatcher, which does the rest. Every error
+is answered in the caller's dialect with an ``X-Request-Id``.
+
+Only lookups happen here: the route table was compiled when the configuration
+changed, the body is parsed once and forwarded as the bytes it came as unless
+the model or the dialect changes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from trio_gateway.config.secrets import hash_api_key
+from trio_gateway.core.routing import match_rule
+from trio_gateway.errors import (
+    AuthenticationFailed,
+    ClientError,
+    GatewayError,
+    InternalError,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+)
+from trio_gateway.providers.formats import ApiFormat, error_body
+from trio_gateway.runtime.dispatcher import ClientRequest
+from trio_gateway.runtime.supervisor import GatewayRoute, RouteTable, Runtime
+from trio_gateway.web.admin import Readiness, add_health_routes
+from trio_gateway.web.http import from_http_exception
+
+log = logging.getLogger("trio_gateway.proxy")
+
+DEFAULT_MAX_BODY = 32 << 20
+
+#: Client headers never sent upstream: hop-by-hop, the gateway's own key, what
+#: the gateway sets itself, and what describes the client's connection.
+NOT_FORWARDED = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "content-type",
+        "accept-encoding",
+        "authorization",
+        "x-api-key",
+        "api-key",
+        "x-gateway-id",
+        "cookie",
+        "x-request-id",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "forwarded",
+        "expect",
+        "remote-addr",
+    }
+)
+#: Headers of one dialect that mean nothing (or something else) to the other.
+DIALECT_PREFIXES = {ApiFormat.OPENAI: ("anthropic-",), ApiFormat.ANTHROPIC: ("openai-",)}
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def client_format(path: str) -> ApiFormat | None:
+    if path.endswith("/chat/completions"):
+        return ApiFormat.OPENAI
+    if path.endswith("/messages"):
+        return ApiFormat.ANTHROPIC
+    return None
+
+
+def create_proxy_app(
+    runtime: Runtime, *, readiness: Readiness, max_body: int = DEFAULT_MAX_BODY
+) -> QuartTrio:
+    app = QuartTrio("trio_gateway.proxy")
+    app.config["MAX_CONTENT_LENGTH"] = max_body
+    # Quart's default 60 s response timeout would cut long streams: the dispatcher
+    # owns every time budget.
+    app.config["RESPONSE_TIMEOUT"] = None
+    add_health_routes(app, readiness)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        return render(_dialect(), from_http_exception(error), _request_id())
+
+    @app.route("/<path:path>", methods=["POST", "GET"])
+    async def proxy(path: str) -> Response:
+        fmt = client_format(request.path)
+        request_id = _request_id()
+        try:
+            if request.method == "GET" and request.path.endswith("/models"):
+                return _models(runtime.table, request_id)
+            return await _proxy(runtime.table, fmt, request_id, max_body)
+        except GatewayError as error:
+            return render(fmt or _dialect(), error, request_id)
+        except Exception as error:
+            log.error(
+                "proxy request failed",
+                exc_info=error,
+                extra={"fields": {"request_id": request_id, "path": request.path}},
+            )
+            return render(
+                fmt or _dialect(), InternalError("internal error; see the gateway log"), request_id
+            )
+
+    return app
+
+
+async def _proxy(
+    table: RouteTable, fmt: ApiFormat | None, request_id: str, max_body: int
+) -> Response:
+    headers = request.headers
+    presented = _presented_key(headers)
+    key = table.key(hash_api_key(presented), datetime.now(UTC)) if presented else None
+    if key is not None:
+        gateway = table.gateways.get(key.gateway_id)
+    else:
+        gateway = _named_gateway(table)
+    if gateway is None:
+        raise AuthenticationFailed(
+            "invalid or missing API key: send it as 'X-Api-Key' or 'Authorization: Bearer'"
+            if presented or not _gateway_hint()
+            else "no such gateway"
+        )
+    rule = match_rule(gateway.rules, request.method, request.path)
+    if rule is None:
+        raise NotFound(
+            f"no route for {request.method} {request.path} in gateway {gateway.gateway.name!r}"
+        )
+    if key is None and not rule.public:
+        raise AuthenticationFailed(
+            "invalid or missing API key: send it as 'X-Api-Key' or 'Authorization: Bearer'"
+        )
+    if not gateway.active:
+        raise PermissionDenied(f"gateway {gateway.gateway.name!r} is inactive")
+    if fmt is None:
+        raise NotFound(
+            f"{request.path} is not an API endpoint: use /v1/chat/completions or /v1/messages"
+        )
+    route = table.services.get(rule.service_id)
+    if route is None:
+        raise NotFound("the rule's service no longer exists")
+
+    raw = await _read_body(max_body)
+    body = _parse(raw)
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise ClientError("'model' must be a string")
+    stream = body.get("stream") is True
+    result = await route.dispatcher.exchange(
+        ClientRequest(
+            format=fmt,
+            body=body,
+            raw=raw,
+            model=model or None,
+            stream=stream,
+            headers=_forwarded(headers, fmt),
+            request_id=request_id,
+        ),
+        route.limits,
+    )
+    response = Response(result.body, status=result.status, headers=result.headers)
+    if not isinstance(result.body, bytes):
+        response.headers["Cache-Control"] = "no-cache"
+        response.headers["X-Accel-Buffering"] = "no"
+    return response
+
+
+def _presented_key(headers: Any) -> str | None:
+    key = headers.get("X-Api-Key")
+    if key:
+        return key.strip()
+    scheme, _, token = headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
+def _gateway_hint() -> str | None:
+    return request.headers.get("X-Gateway-Id") or None
+
+
+def _named_gateway(table: RouteTable) -> GatewayRoute | None:
+    """For public rules: the gateway named by ``X-Gateway-Id`` or the Host's subdomain."""
+    named = _gateway_hint()
+    if named:
+        return table.gateways.get(named)
+    host = request.host.split(":", 1)[0]
+    subdomain = host.split(".", 1)[0] if host.count(".") >= 1 else None
+    gateway_id = table.subdomains.get(subdomain) if subdomain else None
+    return table.gateways.get(gateway_id) if gateway_id else None
+
+
+async def _read_body(limit: int) -> bytes:
+    try:
+        raw = await request.get_data(cache=False)
+    except HTTPException as exc:
+        if exc.code == 413:
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes") from exc
+        raise
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    return raw
+
+
+def _parse(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise ClientError(f"the request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ClientError("the request body must be a JSON object")
+    return body
+
+
+def _forwarded(headers: Any, fmt: ApiFormat) -> list[tuple[str, str]]:
+    skip = DIALECT_PREFIXES[fmt]
+    forwarded = []
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower not in NOT_FORWARDED and not lower.startswith(skip):
+            forwarded.append((lower, value))
+    return forwarded
+
+
+def _request_id() -> str:
+    given = request.headers.get("X-Request-Id")
+    if given and _REQUEST_ID.match(given):
+        return given
+    return os.urandom(12).hex()
+
+
+def _dialect() -> ApiFormat:
+    """The caller's dialect when the path does not say: Anthropic SDKs send ``anthropic-version``."""
+    fmt = client_format(request.path)
+    if fmt is not None:
+        return fmt
+    return ApiFormat.ANTHROPIC if "anthropic-version" in request.headers else ApiFormat.OPENAI
+
+
+def render(fmt: ApiFormat, error: GatewayError, request_id: str) -> Response:
+    headers = {"X-Request-Id": request_id, **error.headers}
+    return Response(
+        error_body(fmt, error.status, error.type, error.message),
+        status=error.status,
+        headers=headers,
+        content_type="application/json",
+    )
+
+
+def _models(table: RouteTable, request_id: str) -> Response:
+    """The models reachable with the caller's key, in the caller's dialect."""
+    presented = _presented_key(request.headers)
+    key = table.key(hash_api_key(presented), datetime.now(UTC)) if presented else None
+    gateway = table.gateways.get(key.gateway_id) if key else None
+    if gateway is None:
+        raise AuthenticationFailed("invalid or missing API key")
+    models: dict[str, str] = {}
+    for rule in gateway.rules:
+        route = table.services.get(rule.service_id)
+        if route is None:
+            continue
+        for target in route.dispatcher.upstream.targets:
+            for model in (
+                *target.models,
+                *([target.default_model] if target.default_model else []),
+            ):
+                models.setdefault(model, target.provider.value)
+    names = sorted(models)
+    if _dialect() is ApiFormat.ANTHROPIC:
+        body = {
+            "data": [
+                {"type": "model", "id": m, "display_name": m, "created_at": "1970-01-01T00:00:00Z"}
+                for m in names
+            ],
+            "has_more": False,
+            "first_id": names[0] if names else None,
+            "last_id": names[-1] if names else None,
+        }
+    else:
+        body = {
+            "object": "list",
+            "data": [
+                {"id": m, "object": "model", "created": 0, "owned_by": models[m]} for m in names
+            ],
+        }
+    return Response(
+        json.dumps(body), headers={"X-Request-Id": request_id}, content_type="application/json"
+    )
