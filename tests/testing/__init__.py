@@ -1,0 +1,1 @@
+"""Tests of the shipped test tools: fake providers, faults, the pytest plugin."""
