@@ -156,12 +156,12 @@ class Dispatcher:
 
     # --- choosing -------------------------------------------------------------------
 
-    def choose(self, model: str | None, tried: set[int], now: float) -> Choice | None:
+    def choose(self, model: str | None, tried: set[str], now: float) -> Choice | None:
         actors = self.actors
         return self.plan.choose(
             model,
             admits=lambda i: actors[i].breaker.admits(now) and not actors[i].retired,
-            excluded=tried.__contains__,
+            excluded=lambda i: actors[i].target.id in tried,
             formats=self._formats,
             loads=actors,
             now=now,
@@ -178,12 +178,23 @@ class Dispatcher:
 
     # --- one client request ------------------------------------------------------------
 
-    async def exchange(self, request: ClientRequest, limits: Limits) -> ProxyResponse:
-        """Serve ``request``: attempts, failover, and the response (maybe a stream)."""
+    async def exchange(
+        self,
+        request: ClientRequest,
+        limits: Limits,
+        current: Callable[[], Dispatcher | None] | None = None,
+    ) -> ProxyResponse:
+        """Serve ``request``: attempts, failover, and the response (maybe a stream).
+
+        ``current`` returns the upstream's dispatcher now: the configuration may
+        change between two attempts, and the next attempt follows it (targets
+        already tried, by id, are not tried again).
+        """
         now = trio.current_time()
         deadline = now + limits.request_timeout
+        dispatcher: Dispatcher = self
         max_attempts = limits.max_attempts or len(self.actors)
-        tried: set[int] = set()
+        tried: set[str] = set()
         attempts: list[Attempt] = []
         failure: _Failure | None = None
         last: tuple[TargetActor, str] | None = None
@@ -195,18 +206,20 @@ class Dispatcher:
                     Outcome.TIMEOUT.value, f"deadline of {limits.request_timeout:g} s exceeded"
                 )
                 break
-            choice = self.choose(request.model, tried, now)
+            if attempts and current is not None:
+                dispatcher = current() or dispatcher
+            choice = dispatcher.choose(request.model, tried, now)
             if choice is None:
                 break
-            tried.add(choice.index)
-            actor = self.actors[choice.index]
+            actor = dispatcher.actors[choice.index]
+            tried.add(actor.target.id)
             last = (actor, choice.model)
-            result = await self._attempt(request, limits, actor, choice, deadline, attempts)
+            result = await dispatcher._attempt(request, limits, actor, choice, deadline, attempts)
             if isinstance(result, ProxyResponse):
-                return self._decorate(result, request, actor, choice, attempts)
+                return dispatcher._decorate(result, request, actor, choice, attempts)
             failure = result
 
-        return self._give_up(request, attempts, failure, last)
+        return dispatcher._give_up(request, attempts, failure, last)
 
     async def _attempt(
         self,

@@ -120,11 +120,13 @@ class Job:
     stall_timeout: float = 60.0
     #: Why the requester cancelled ``scope``; decides what the breaker records.
     abort: Outcome | None = None
+    #: The job's last message is on its way: its verdict is known, nothing to cancel.
+    answered: bool = False
     done: bool = False
 
     def cancel(self, why: Outcome) -> None:
-        """Stop this attempt (idempotent; the first reason wins)."""
-        if not self.done and self.abort is None:
+        """Stop this attempt unless it has answered (idempotent; the first reason wins)."""
+        if not self.answered and not self.done and self.abort is None:
             self.abort = why
             self.scope.cancel()
 
@@ -278,6 +280,7 @@ class TargetActor:
                     return await self._failed(
                         job, Outcome.PROTOCOL_ERROR, "response body too large"
                     )
+            job.answered = True
             await job.reply.send(Answer(status, response.headers, bytes(body)))
             retry_after = parse_retry_after(response.headers.get("retry-after"))
             return verdict, "" if verdict is Verdict.SUCCESS else f"HTTP {status}", retry_after
@@ -309,6 +312,7 @@ class TargetActor:
                 if stalled.cancelled_caught:
                     job.cancel(Outcome.CANCELLED)
                     return Verdict.NEUTRAL, "the requester stopped reading", None
+        job.answered = True
         await job.reply.send(StreamEnd(complete))
         if complete:
             return Verdict.SUCCESS, "", None
@@ -317,6 +321,7 @@ class TargetActor:
     async def _failed(self, job: Job, outcome: Outcome, message: str) -> tuple[Verdict, str, None]:
         # The requester may be gone already; the breaker still learns.
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            job.answered = True
             await job.reply.send(AttemptFailed(outcome, message))
         return outcome_verdict(outcome), message, None
 

@@ -109,7 +109,7 @@ def create_proxy_app(
         try:
             if request.method == "GET" and request.path.endswith("/models"):
                 return _models(runtime.table, request_id)
-            return await _proxy(runtime.table, fmt, request_id, max_body)
+            return await _proxy(runtime, fmt, request_id, max_body)
         except GatewayError as error:
             return render(fmt or _dialect(), error, request_id)
         except Exception as error:
@@ -126,8 +126,9 @@ def create_proxy_app(
 
 
 async def _proxy(
-    table: RouteTable, fmt: ApiFormat | None, request_id: str, max_body: int
+    runtime: Runtime, fmt: ApiFormat | None, request_id: str, max_body: int
 ) -> Response:
+    table = runtime.table
     headers = request.headers
     presented = _presented_key(headers)
     key = table.key(hash_api_key(presented), datetime.now(UTC)) if presented else None
@@ -156,8 +157,7 @@ async def _proxy(
         raise NotFound(
             f"{request.path} is not an API endpoint: use /v1/chat/completions or /v1/messages"
         )
-    route = table.services.get(rule.service_id)
-    if route is None:
+    if rule.service_id not in table.services:
         raise NotFound("the rule's service no longer exists")
 
     raw = await _read_body(max_body)
@@ -166,6 +166,11 @@ async def _proxy(
     if model is not None and not isinstance(model, str):
         raise ClientError("'model' must be a string")
     stream = body.get("stream") is True
+    # Reading the body took time: follow the configuration as it is now.
+    route = runtime.table.services.get(rule.service_id)
+    if route is None:
+        raise NotFound("the rule's service no longer exists")
+    upstream_id = route.service.upstream_id
     result = await route.dispatcher.exchange(
         ClientRequest(
             format=fmt,
@@ -177,6 +182,7 @@ async def _proxy(
             request_id=request_id,
         ),
         route.limits,
+        lambda: runtime.table.dispatchers.get(upstream_id),
     )
     response = Response(result.body, status=result.status, headers=result.headers)
     if not isinstance(result.body, bytes):

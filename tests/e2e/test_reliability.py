@@ -1,0 +1,251 @@
+"""Failover, tiers, the circuit breaker and time budgets, over real sockets.
+
+Timing assertions compare the gateway's and the fakes' own trio timestamps (same
+process, same clock), or use bounds far from the budgets, so a loaded machine
+cannot make them flake.
+"""
+
+from __future__ import annotations
+
+import json
+
+import trio
+
+from tests.e2e.conftest import config, setup, sse_events, target, trail
+from trio_gateway.testing.fake import Fault
+
+
+def tiers(fakes, health=None, **kw):
+    """fakes[0] at priority 1, fakes[1] at priority 2."""
+    return config(
+        [
+            target(fakes[0], priority=1, default_model="gpt-4o-mini", models=["gpt-4o-mini"]),
+            target(fakes[1], priority=2, default_model="gpt-4o-mini", models=["gpt-4o-mini"]),
+        ],
+        health=health or {"passive": True, "threshold": 3, "interval": 60},
+        **kw,
+    )
+
+
+async def test_backup_tier_idle_while_primary_serves_then_takes_over_with_no_client_errors():
+    async with setup([{}, {}], tiers) as s:
+        primary, backup = s.fakes
+        for _ in range(20):
+            assert (await s.chat()).status_code == 200
+        assert (len(primary.requests), len(backup.requests)) == (20, 0)
+
+        primary.set_faults(Fault.error(503))
+        statuses = [(await s.chat()).status_code for _ in range(30)]
+        assert set(statuses) == {200}  # every failure failed over, invisibly
+        assert len(primary.requests) == 20 + 3  # threshold failures, then ejected
+        assert len(backup.requests) == 30
+        health = await s.health()
+        assert health[s.target_ids()[0]]["state"] == "ejected"
+
+
+async def test_ejection_cooldown_single_trial_and_doubling():
+    async with setup(
+        [{}, {}], lambda f: tiers(f, {"passive": True, "threshold": 2, "interval": 0.5})
+    ) as s:
+        primary = s.fakes[0]
+        primary_id = s.target_ids()[0]
+        actor = s.gateway.runtime.table.dispatchers[s.upstream_id].actors[0]
+        primary.set_faults(Fault.error(503))
+        for _ in range(2):
+            assert (await s.chat()).status_code == 200
+        assert actor.breaker.state.value == "ejected"
+        first_until = actor.breaker.ejected_until
+        ejected_at = first_until - 0.5
+
+        # While ejected: nothing reaches the primary, however many requests come.
+        while trio.current_time() < first_until - 0.05:
+            assert (await s.chat()).status_code == 200
+        assert all(r.time < ejected_at + 0.01 for r in primary.requests)
+        assert len(primary.requests) == 2
+
+        # Cool-down over: concurrent requests, exactly one trial reaches the primary.
+        await trio.sleep_until(first_until)
+        async with trio.open_nursery() as nursery:
+            for _ in range(10):
+                nursery.start_soon(s.chat)
+        assert len(primary.requests) == 3
+        # The trial failed: ejected again, for twice as long.
+        trial_time = primary.requests[-1].time
+        assert actor.breaker.state.value == "ejected"
+        second_cooldown = actor.breaker.ejected_until - trial_time
+        assert 0.95 <= second_cooldown <= 1.0 + 0.2
+
+        # Healthy again: the next trial succeeds and restores it.
+        primary.clear_faults()
+        await trio.sleep_until(actor.breaker.ejected_until)
+        assert (await s.chat()).status_code == 200
+        assert actor.breaker.state.value == "healthy"
+        before = len(primary.requests)
+        for _ in range(5):
+            await s.chat()
+        assert len(primary.requests) == before + 5
+        health = await s.health()
+        assert health[primary_id]["ejections"] == 2
+
+
+async def test_a_hung_target_costs_one_first_byte_budget():
+    async with setup(
+        [{"faults": [Fault.hang()]}, {}], lambda f: tiers(f, service={"first_byte_timeout": 0.5})
+    ) as s:
+        started = trio.current_time()
+        response = await s.chat()
+        elapsed = trio.current_time() - started
+        assert response.status_code == 200
+        assert response.headers["x-selected-target"] == s.target_ids()[1]
+        assert [o for _, o in trail(response)] == ["first_byte_timeout", "200"]
+        assert 0.5 <= elapsed < 5
+        # The abandoned attempt's connection was closed: the fake sees the client go.
+        with trio.fail_after(5):
+            assert (await s.fakes[0].requests[0].wait_finished()).value == "disconnected"
+
+
+async def test_a_silent_stream_is_failed_over_before_its_first_byte():
+    async with setup(
+        [{"faults": [Fault.hang_after_headers()]}, {}],
+        lambda f: tiers(f, service={"first_byte_timeout": 0.5}),
+    ) as s:
+        response = await s.chat(stream=True)
+        assert response.status_code == 200
+        assert [o for _, o in trail(response)] == ["first_byte_timeout", "200"]
+        assert sse_events(response.text)[-1] == (None, "[DONE]")
+
+
+async def test_the_request_deadline_bounds_every_attempt_together():
+    async with setup(
+        [{"faults": [Fault.hang()]}, {"faults": [Fault.hang()]}],
+        lambda f: tiers(f, service={"first_byte_timeout": 0.6, "request_timeout": 1.0}),
+    ) as s:
+        started = trio.current_time()
+        response = await s.chat()
+        elapsed = trio.current_time() - started
+        assert response.status_code == 504
+        assert response.json()["error"]["code"] == "upstream_timeout"
+        assert [o for _, o in trail(response)] == ["first_byte_timeout", "timeout"]
+        assert 1.0 <= elapsed < 5
+
+
+async def test_a_400_is_relayed_unchanged_with_no_failover_and_no_penalty():
+    body = {
+        "error": {
+            "message": "bad tool schema",
+            "type": "invalid_request_error",
+            "param": "tools",
+            "code": None,
+        }
+    }
+    async with setup([{"faults": [Fault.error(400, body=body)]}, {}], tiers) as s:
+        for _ in range(5):
+            response = await s.chat()
+            assert response.status_code == 400
+            assert response.json() == body
+        assert len(s.fakes[1].requests) == 0
+        health = await s.health()
+        primary = health[s.target_ids()[0]]
+        assert primary["state"] == "healthy" and primary["consecutive_failures"] == 0
+
+
+async def test_connection_reset_and_429_fail_over():
+    async with setup(
+        [{"faults": [Fault.reset(times=1), Fault.rate_limit(retry_after=7, times=1)]}, {}], tiers
+    ) as s:
+        first = await s.chat()
+        second = await s.chat()
+        assert (first.status_code, second.status_code) == (200, 200)
+        assert trail(first)[0][1] in ("connect_error", "protocol_error", "read_error")
+        assert [o for _, o in trail(second)] == ["429", "200"]
+
+
+async def test_every_target_failing_relays_the_last_upstream_error():
+    async with setup(
+        [{"faults": [Fault.error(502)]}, {"faults": [Fault.overloaded()]}], tiers
+    ) as s:
+        response = await s.chat()
+        assert response.status_code == 529
+        assert [o for _, o in trail(response)] == ["502", "529"]
+
+
+async def test_stream_cut_after_n_chunks_ends_with_an_openai_error_event():
+    async with setup([{"faults": [Fault.cut_stream(after_chunks=3)]}, {}], tiers) as s:
+        response = await s.chat(
+            stream=True, messages=[{"role": "user", "content": "one two three four five"}]
+        )
+        assert response.status_code == 200
+        assert response.headers["x-selected-target"] == s.target_ids()[0]
+        events = sse_events(response.text)
+        assert len(events) == 4
+        error = json.loads(events[-1][1])["error"]
+        assert error["type"] == "server_error" and "broke" in error["message"]
+        assert (None, "[DONE]") not in events
+        assert len(s.fakes[1].requests) == 0  # no failover after the first byte
+
+
+async def test_stream_cut_after_n_chunks_ends_with_an_anthropic_error_event():
+    def anthropic_tiers(fakes):
+        return config(
+            [
+                target(
+                    fakes[0], "anthropic", priority=1, default_model="claude-3-5-sonnet-20241022"
+                ),
+                target(
+                    fakes[1], "anthropic", priority=2, default_model="claude-3-5-sonnet-20241022"
+                ),
+            ]
+        )
+
+    async with setup([{"faults": [Fault.cut_stream(after_chunks=3)]}, {}], anthropic_tiers) as s:
+        response = await s.messages(stream=True)
+        assert response.status_code == 200
+        events = sse_events(response.text)
+        assert [e for e, _ in events[:3]] == ["message_start", "content_block_start", "ping"]
+        assert events[-1][0] == "error"
+        assert json.loads(events[-1][1])["type"] == "error"
+        assert "message_stop" not in [e for e, _ in events]
+
+
+async def test_a_stream_without_its_terminator_is_not_passed_off_as_complete():
+    async with setup([{"faults": [Fault.no_terminator()]}, {}], tiers) as s:
+        response = await s.chat(stream=True)
+        events = sse_events(response.text)
+        assert "error" in json.loads(events[-1][1])
+        assert (None, "[DONE]") not in events
+        health = await s.health()
+        assert health[s.target_ids()[0]]["consecutive_failures"] == 1
+
+
+async def test_a_stream_broken_before_its_first_event_fails_over():
+    async with setup([{"faults": [Fault.cut_stream(after_chunks=0)]}, {}], tiers) as s:
+        response = await s.chat(stream=True)
+        assert response.status_code == 200
+        assert response.headers["x-selected-target"] == s.target_ids()[1]
+        assert sse_events(response.text)[-1] == (None, "[DONE]")
+
+
+async def test_idle_stream_is_ended_with_an_error_event():
+    async with setup(
+        [{"faults": [Fault.stall_stream(30, after_chunks=2)]}, {}],
+        lambda f: tiers(f, service={"idle_timeout": 0.5}),
+    ) as s:
+        started = trio.current_time()
+        response = await s.chat(
+            stream=True, messages=[{"role": "user", "content": "one two three four"}]
+        )
+        assert trio.current_time() - started < 10
+        events = sse_events(response.text)
+        assert "no data from the provider" in json.loads(events[-1][1])["error"]["message"]
+        with trio.fail_after(5):
+            assert (await s.fakes[0].requests[0].wait_finished()).value == "disconnected"
+
+
+async def test_passive_false_never_ejects():
+    async with setup(
+        [{"faults": [Fault.error(500)]}, {}],
+        lambda f: tiers(f, {"passive": False, "threshold": 1, "interval": 60}),
+    ) as s:
+        for _ in range(5):
+            assert (await s.chat()).status_code == 200
+        assert len(s.fakes[0].requests) == 5
