@@ -37,7 +37,6 @@ from cattrs.gen import make_mapping_structure_fn
 from trio_gateway.config import secrets
 from trio_gateway.config.models import (
     ALGORITHM_ALIASES,
-    ENUMS,
     Algorithm,
     ApiKey,
     BaseUrlT,
@@ -218,6 +217,18 @@ def _constrained_hook(tp: Any) -> Callable[[Any, type], Any]:
 # --- containers and enums ------------------------------------------------------
 
 
+def _strict_attrs(cl: type, converter: cattrs.Converter) -> Callable[[Any, type], Any]:
+    """An attrs class from a JSON object, and only from one."""
+    inner = converter.gen_structure_attrs_fromdict(cl)
+
+    def structure(value: Any, _: type) -> Any:
+        if type(value) is not dict:
+            raise TypeError(f"must be an object, not {_json_type(value)}")
+        return inner(value)
+
+    return structure
+
+
 def _is_homogeneous_tuple(tp: Any) -> bool:
     args = get_args(tp)
     return get_origin(tp) is tuple and len(args) == 2 and args[1] is Ellipsis
@@ -271,17 +282,18 @@ def _timestamp(value: datetime) -> str:
 
 def _number(value: float) -> float | int:
     """Seconds were given as ``60``: echo ``60``, not ``60.0``."""
-    return int(value) if value.is_integer() else value
+    return int(value) if float(value).is_integer() else value
 
 
 def _make_base() -> cattrs.Converter:
     converter = cattrs.Converter(forbid_extra_keys=True, omit_if_default=False)
     for tp, hook in ((str, _str), (int, _int), (float, _float), (bool, _bool)):
         converter.register_structure_hook(tp, hook)
-    # cattrs dispatches on classes first, so the ``str`` hook would catch StrEnums:
-    # each enum of the model gets its own class hook.
-    for tp in ENUMS:
-        converter.register_structure_hook(tp, _enum)
+    # cattrs dispatches on classes first, along the MRO: StrEnum comes before str
+    # in a StrEnum's MRO, so these two catch every enum before the ``str`` hook does.
+    converter.register_structure_hook(enum.StrEnum, _enum)
+    converter.register_structure_hook(enum.Enum, _enum)
+    converter.register_structure_hook_factory(attrs.has, _strict_attrs)
     converter.register_structure_hook(datetime, _datetime)
     converter.register_structure_hook_factory(
         lambda tp: _constraint(tp) is not None, _constrained_hook

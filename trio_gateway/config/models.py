@@ -118,15 +118,6 @@ class Method(enum.StrEnum):
 #: Providers without a public endpoint: the target must say where they are.
 NEEDS_BASE_URL = frozenset({Provider.OPENAI_COMPATIBLE, Provider.AZURE_OPENAI})
 
-ENUMS: tuple[type[enum.Enum], ...] = (
-    Algorithm,
-    Provider,
-    ModelFallback,
-    GatewayStatus,
-    ServiceType,
-    Method,
-)
-
 
 # --- entities ------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ OpenAI puts the deployment in the URL).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import attrs
 
@@ -51,11 +51,18 @@ def target_format(target: Target) -> ApiFormat:
 
 @attrs.frozen
 class Endpoint:
-    """A target's resolved URL template and fixed headers."""
+    """A target's resolved URL template and headers, computed once per configuration.
+
+    Headers come in three layers, later ones winning: the provider's defaults
+    (``anthropic-version``), what the client sent, and the target's own
+    ``headers`` and ``credentials``.
+    """
 
     format: ApiFormat
     url: str
+    defaults: tuple[tuple[str, str], ...]
     headers: tuple[tuple[str, str], ...]
+    own_names: frozenset[str]
 
     @classmethod
     def of(cls, target: Target) -> Endpoint:
@@ -63,15 +70,26 @@ class Endpoint:
         base = target.base_url or info.base_url
         if base is None:
             raise ValueError(f"provider {target.provider.value!r} needs a base_url")
-        headers = dict(info.headers)
-        headers.update(target.headers)
+        own = {name.lower(): value for name, value in target.headers.items()}
         if target.credentials is not None:
-            headers[target.credentials.header_name] = target.credentials.header_value
+            own[target.credentials.header_name.lower()] = target.credentials.header_value
+        own["content-type"] = "application/json"
         return cls(
             format=info.format,
             url=base + (target.path or info.path),
-            headers=tuple(headers.items()),
+            defaults=tuple((n, v) for n, v in info.headers.items() if n not in own),
+            headers=tuple(own.items()),
+            own_names=frozenset(own),
         )
+
+    def request_headers(self, client: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The headers to send: defaults, then the client's (lower-cased names), then ours."""
+        own = self.own_names
+        sent = {name for name, _ in client}
+        headers = [(n, v) for n, v in self.defaults if n not in sent]
+        headers += [(n, v) for n, v in client if n not in own]
+        headers += self.headers
+        return headers
 
     def url_for(self, model: str) -> str:
         return self.url.replace("{model}", model) if "{model}" in self.url else self.url

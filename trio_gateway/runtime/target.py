@@ -254,7 +254,7 @@ class TargetActor:
         request = client.build_request(
             "POST",
             self.endpoint.url_for(job.model),
-            headers=[*job.headers, *self.endpoint.headers, ("content-type", "application/json")],
+            headers=self.endpoint.request_headers(job.headers),
             content=job.body,
         )
         started = trio.current_time()
