@@ -241,7 +241,7 @@ class Dispatcher:
         reply_send, reply_receive = trio.open_memory_channel[Reply](REPLY_BUFFER)
         job = Job(
             body=body,
-            headers=request.headers,
+            headers=request.headers if translator is None else _foreign(request),
             model=choice.model,
             stream=request.stream,
             reply=reply_send,
@@ -395,6 +395,17 @@ class Dispatcher:
 
 
 # --- helpers (pure) --------------------------------------------------------------------
+
+
+#: Client headers that belong to the client's own dialect (``anthropic-version``):
+#: meaningless, or worse, to a provider of the other dialect.
+DIALECT_PREFIXES = {ApiFormat.OPENAI: "openai-", ApiFormat.ANTHROPIC: "anthropic-"}
+
+
+def _foreign(request: ClientRequest) -> list[tuple[str, str]]:
+    """The client's headers for a provider of the other dialect."""
+    own = DIALECT_PREFIXES[request.format]
+    return [(name, value) for name, value in request.headers if not name.startswith(own)]
 
 
 def _selection_headers(

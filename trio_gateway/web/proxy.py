@@ -75,8 +75,6 @@ NOT_FORWARDED = frozenset(
         "remote-addr",
     }
 )
-#: Headers of one dialect that mean nothing (or something else) to the other.
-DIALECT_PREFIXES = {ApiFormat.OPENAI: ("anthropic-",), ApiFormat.ANTHROPIC: ("openai-",)}
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -178,7 +176,7 @@ async def _proxy(
             raw=raw,
             model=model or None,
             stream=stream,
-            headers=_forwarded(headers, fmt),
+            headers=_forwarded(headers),
             request_id=request_id,
         ),
         route.limits,
@@ -238,14 +236,12 @@ def _parse(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _forwarded(headers: Any, fmt: ApiFormat) -> list[tuple[str, str]]:
-    skip = DIALECT_PREFIXES[fmt]
-    forwarded = []
-    for name, value in headers.items():
-        lower = name.lower()
-        if lower not in NOT_FORWARDED and not lower.startswith(skip):
-            forwarded.append((lower, value))
-    return forwarded
+def _forwarded(headers: Any) -> list[tuple[str, str]]:
+    return [
+        (lower, value)
+        for name, value in headers.items()
+        if (lower := name.lower()) not in NOT_FORWARDED
+    ]
 
 
 def _request_id() -> str:
