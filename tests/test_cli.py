@@ -83,6 +83,11 @@ def test_serve_stops_cleanly_on_sigterm(tmp_path):
     import signal
     import time
 
+    from tests.config.test_file import quickstart_text
+
+    config = tmp_path / "quickstart.yaml"
+    config.write_text(quickstart_text())
+
     server = subprocess.Popen(
         [
             sys.executable,
@@ -95,7 +100,7 @@ def test_serve_stops_cleanly_on_sigterm(tmp_path):
             "--proxy-listen",
             "127.0.0.1:0",
             "--config",
-            str(EXAMPLES / "quickstart.yaml"),
+            str(config),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -15,6 +15,7 @@ import trio
 
 from trio_gateway import __version__, logs
 from trio_gateway.config.file import Declarations, load_file
+from trio_gateway.config.models import Kind
 from trio_gateway.errors import ValidationFailed
 from trio_gateway.serve import Running, serve
 from trio_gateway.settings import (
@@ -246,4 +247,21 @@ def banner(running: Running, settings: Settings, declarations: Declarations | No
             "Read it back with the id that call returns:",
             f"  curl {base}/UPSTREAM_ID{auth}",
         ]
+    key = _declared_key(declarations)
+    if key is not None:
+        body = '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]}'
+        lines += [
+            "Call the proxy with the file's API key (-i shows X-Selected-Provider and the attempt trail):",
+            f'  curl -i {running.proxy_url}/v1/chat/completions -H "X-Api-Key: {key}" \\',
+            f"    -H \"Content-Type: application/json\" -d '{body}'",
+        ]
     return "\n".join(lines)
+
+
+def _declared_key(declarations: Declarations | None) -> str | None:
+    """The first API key the configuration file spells out, to show a working call."""
+    for gateway in declarations.gateways if declarations else ():
+        for entry in gateway.entities[Kind.API_KEY]:
+            if entry.get("key"):
+                return entry["key"]
+    return None

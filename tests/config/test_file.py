@@ -19,6 +19,14 @@ from trio_gateway.testing.harness import open_gateway
 EXAMPLES = Path(__file__).parent.parent.parent / "examples"
 
 
+def quickstart_text() -> str:
+    """The quickstart, its fake providers on free ports (a developer may be running it)."""
+    text = (EXAMPLES / "quickstart.yaml").read_text()
+    return text.replace("listen: 127.0.0.1:9101", "listen: 127.0.0.1:0").replace(
+        "listen: 127.0.0.1:9102", "listen: 127.0.0.1:0"
+    )
+
+
 def quickstart() -> dict:
     return yaml.safe_load((EXAMPLES / "quickstart.yaml").read_text())
 
@@ -119,7 +127,7 @@ async def test_apply_updates_by_name_and_keeps_ids():
 async def test_file_and_api_together(tmp_path):
     """The file wins for what it names; what only the API made is left alone."""
     config = tmp_path / "gateway.yaml"
-    config.write_text((EXAMPLES / "quickstart.yaml").read_text())
+    config.write_text(quickstart_text())
     async with open_gateway(config, data_dir=tmp_path / "data", environ={}) as gw:
         async with httpx2.AsyncClient(base_url=gw.admin_url + "/api/v1") as admin:
             gid = next(iter(gw.catalog.snapshot.gateways))

@@ -149,3 +149,31 @@ def test_invariants_hold_under_any_traffic(events, threshold, interval):
             else:
                 b.abandoned(ticket)
         assert b.state is not State.HALF_OPEN or b.trial_in_flight or b.admits(now)
+
+
+def test_active_probes_eject_and_readmit():
+    b = breaker(threshold=2, interval=10, passive=False)
+    b.probed(0.0, ok=False, error="HTTP 503")
+    b.probed(1.0, ok=False, error="HTTP 503")
+    assert b.state is State.EJECTED  # probes eject even with passive off
+    assert b.statistics().last_error == "probe: HTTP 503"
+    b.probed(2.0, ok=True)
+    assert b.state is State.HEALTHY and b.admits(2.0)
+
+
+def test_a_successful_probe_does_not_hide_failing_traffic():
+    b = breaker(threshold=3)
+    fail(b, 0.0, 2)
+    b.probed(1.0, ok=True)
+    fail(b, 2.0)
+    assert b.state is State.EJECTED
+
+
+def test_a_probe_does_not_preempt_a_trial_in_flight():
+    b = breaker(threshold=1, interval=10)
+    fail(b, 0.0)
+    trial = b.admit(10.0)
+    b.probed(10.1, ok=True)
+    assert b.state is State.HALF_OPEN and b.trial_in_flight
+    b.failed(10.2, trial, "x")
+    assert b.state is State.EJECTED

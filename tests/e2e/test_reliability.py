@@ -249,3 +249,26 @@ async def test_passive_false_never_ejects():
         for _ in range(5):
             assert (await s.chat()).status_code == 200
         assert len(s.fakes[0].requests) == 5
+
+
+async def test_active_probes_eject_a_silent_failure_and_readmit_on_recovery():
+    probes = {"passive": True, "threshold": 2, "interval": 0.2, "active": True}
+    async with setup(
+        [{"faults": [Fault.error(503, path="/v1/models")]}, {}], lambda f: tiers(f, probes)
+    ) as s:
+        primary = s.fakes[0]
+        actor = s.gateway.runtime.table.dispatchers[s.upstream_id].actors[0]
+        with trio.fail_after(10):
+            while actor.breaker.state.value != "ejected":  # noqa: ASYNC110 (polled, bounded)
+                await trio.sleep(0.05)
+        probes_seen = [r for r in primary.requests if r.path == "/v1/models"]
+        assert len(probes_seen) >= 2
+        assert probes_seen[0].header("authorization") == "Bearer sk-fake-0"
+        response = await s.chat()
+        assert response.headers["x-selected-target"] == s.target_ids()[1]
+        primary.clear_faults()
+        with trio.fail_after(10):
+            while actor.breaker.state.value != "healthy":  # noqa: ASYNC110 (polled, bounded)
+                await trio.sleep(0.05)
+        response = await s.chat()
+        assert response.headers["x-selected-target"] == s.target_ids()[0]

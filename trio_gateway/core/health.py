@@ -21,7 +21,11 @@ Invariants:
   stayed healthy for as long as its last cool-down.
 * Failures that are more than ``interval`` seconds apart do not add up: the
   count restarts at the first failure of a new window.
-* ``passive=False`` keeps the counters (for the health endpoint) but never ejects.
+* ``passive=False`` keeps the counters (for the health endpoint) but real traffic
+  never ejects; failed active probes (:meth:`Breaker.probed`) still do.
+* A successful active probe re-admits an ejected or half-open target at once
+  (unless its trial is in flight); on a healthy target it changes nothing, so a
+  target that answers probes but fails real requests is still ejected.
 
 Successes and failures are reported with the ticket :meth:`admit` returned, so a
 stale outcome (a request admitted before an ejection) cannot close a trial it
@@ -85,6 +89,7 @@ class Breaker:
     restored_at: float | None = None
     last_cooldown: float = 0.0
     last_error: str | None = None
+    probe_failures: int = 0
 
     # --- admission -------------------------------------------------------------
 
@@ -141,6 +146,26 @@ class Breaker:
             if self.restored_at is not None and now - self.restored_at >= self.last_cooldown:
                 self.level = 0
             self._eject(now, retry_after)
+
+    def probed(self, now: float, ok: bool, error: str = "") -> None:
+        """The outcome of an active health probe.
+
+        Probes come every ``interval`` seconds, so they are counted on their own:
+        ``threshold`` failed probes in a row eject, whatever the time between them.
+        """
+        if ok:
+            self.probe_failures = 0
+            if self.state is State.EJECTED or (
+                self.state is State.HALF_OPEN and not self.trial_in_flight
+            ):
+                self.state = State.HEALTHY
+                self.consecutive_failures = 0
+                self.restored_at = now
+            return
+        self.last_error = f"probe: {error}"
+        self.probe_failures += 1
+        if self.state is State.HEALTHY and self.probe_failures >= self.policy.threshold:
+            self._eject(now, None)
 
     def abandoned(self, ticket: Ticket) -> None:
         """The request ended without a verdict (client left, gateway shutting down)."""

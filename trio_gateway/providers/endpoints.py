@@ -24,6 +24,8 @@ class ProviderInfo:
     base_url: str | None
     path: str
     headers: Mapping[str, str] = attrs.field(factory=dict)
+    #: What an active health probe ``GET``s by default: the model list.
+    probe_path: str = "/v1/models"
 
 
 PROVIDERS: Mapping[Provider, ProviderInfo] = {
@@ -41,6 +43,7 @@ PROVIDERS: Mapping[Provider, ProviderInfo] = {
         ApiFormat.OPENAI,
         None,
         f"/openai/deployments/{{model}}/chat/completions?api-version={AZURE_API_VERSION}",
+        probe_path=f"/openai/models?api-version={AZURE_API_VERSION}",
     ),
 }
 
@@ -60,6 +63,8 @@ class Endpoint:
 
     format: ApiFormat
     url: str
+    base_url: str
+    probe_path: str
     defaults: tuple[tuple[str, str], ...]
     headers: tuple[tuple[str, str], ...]
     own_names: frozenset[str]
@@ -77,6 +82,8 @@ class Endpoint:
         return cls(
             format=info.format,
             url=base + (target.path or info.path),
+            base_url=base,
+            probe_path=info.probe_path,
             defaults=tuple((n, v) for n, v in info.headers.items() if n not in own),
             headers=tuple(own.items()),
             own_names=frozenset(own),
@@ -90,6 +97,9 @@ class Endpoint:
         headers += [(n, v) for n, v in client if n not in own]
         headers += self.headers
         return headers
+
+    def probe_url(self, path: str | None) -> str:
+        return self.base_url + (path or self.probe_path)
 
     def url_for(self, model: str) -> str:
         return self.url.replace("{model}", model) if "{model}" in self.url else self.url

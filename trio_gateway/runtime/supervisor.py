@@ -111,9 +111,11 @@ class Runtime:
                 actor = self._actors.get(target.id)
                 endpoint = Endpoint.of(target)
                 if actor is not None and actor.endpoint == endpoint:
-                    actor.update(target, policy)
+                    actor.update(target, policy, upstream.health_checks)
                 else:
-                    fresh = TargetActor(target, policy, transport=self._transport)
+                    fresh = TargetActor(
+                        target, policy, upstream.health_checks, transport=self._transport
+                    )
                     if actor is not None:
                         if actor.endpoint.url == endpoint.url:
                             fresh.breaker, fresh.latency_estimate = (

@@ -41,7 +41,7 @@ import attrs
 import httpx2
 import trio
 
-from trio_gateway.config.models import Target
+from trio_gateway.config.models import HealthChecks, Target
 from trio_gateway.core.balancing import PeakEwma
 from trio_gateway.core.failover import (
     Outcome,
@@ -60,6 +60,7 @@ QUEUE_SIZE = 256
 MAX_IN_FLIGHT = 1024
 MAX_BODY = 64 << 20
 CONNECT_TIMEOUT_S = 10.0
+PROBE_TIMEOUT_S = 10.0
 #: httpx2's own timeouts are a safety net only: the requester's budgets cancel first.
 SAFETY_TIMEOUT_S = 3600.0
 
@@ -153,12 +154,14 @@ class TargetActor:
         self,
         target: Target,
         policy: BreakerPolicy,
+        checks: HealthChecks | None = None,
         *,
         transport: httpx2.AsyncBaseTransport | None = None,
         queue_size: int = QUEUE_SIZE,
         max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
         self.target = target
+        self.checks = checks or HealthChecks()
         self.endpoint = Endpoint.of(target)
         self.format = self.endpoint.format
         self.breaker = Breaker(policy)
@@ -196,10 +199,11 @@ class TargetActor:
     def retired(self) -> bool:
         return self._retired
 
-    def update(self, target: Target, policy: BreakerPolicy) -> None:
+    def update(self, target: Target, policy: BreakerPolicy, checks: HealthChecks) -> None:
         """Adopt edits that do not change the connection (weight, models, health policy)."""
         self.target = target
         self.breaker.policy = policy
+        self.checks = checks
 
     # --- the task ---------------------------------------------------------------------------
 
@@ -218,6 +222,8 @@ class TargetActor:
             ) as client,
             trio.open_nursery() as nursery,
         ):
+            probes = trio.CancelScope()
+            nursery.start_soon(self._probe_loop, client, probes)
             task_status.started()
             while True:
                 await slots.acquire()
@@ -227,6 +233,31 @@ class TargetActor:
                     slots.release()
                     break
                 nursery.start_soon(self._serve, client, job, slots)
+            probes.cancel()  # retired: stop probing; the nursery waits for the running jobs
+
+    async def _probe_loop(self, client: httpx2.AsyncClient, scope: trio.CancelScope) -> None:
+        """Every ``interval`` seconds, if ``active``: ``GET`` the probe path, tell the breaker."""
+        with scope:
+            while True:
+                await trio.sleep(self.checks.interval)
+                if self.checks.active:
+                    await self._probe(client)
+
+    async def _probe(self, client: httpx2.AsyncClient) -> None:
+        checks = self.checks
+        url = self.endpoint.probe_url(checks.path)
+        headers = self.endpoint.request_headers([(n.lower(), v) for n, v in checks.headers.items()])
+        error = ""
+        with trio.move_on_after(min(checks.interval, PROBE_TIMEOUT_S)) as timer:
+            try:
+                response = await client.get(url, headers=headers)
+                if not 200 <= response.status_code < 300:
+                    error = f"HTTP {response.status_code}"
+            except httpx2.HTTPError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+        if timer.cancelled_caught:
+            error = "timed out"
+        self.breaker.probed(trio.current_time(), ok=not error, error=error)
 
     async def _serve(self, client: httpx2.AsyncClient, job: Job, slots: trio.Semaphore) -> None:
         verdict, error, retry_after = Verdict.NEUTRAL, "", None
