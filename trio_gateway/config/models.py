@@ -158,6 +158,8 @@ class Target:
     models: tuple[ModelName, ...] = ()
     credentials: Credentials | None = None
     headers: Headers = attrs.field(factory=dict)
+    #: Requests sent to this target at once (as many more may queue); ``None``: 1024.
+    max_in_flight: Annotated[int, Between(1, 100_000)] | None = None
 
 
 @attrs.frozen(kw_only=True)

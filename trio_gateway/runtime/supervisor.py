@@ -6,9 +6,9 @@ Theory of operation
 :meth:`Runtime._supervise`, which restarts a crashed actor with backoff). On start
 and after every catalog change it *reconciles*:
 
-* a target whose endpoint (URL, credentials, headers) is unchanged keeps its actor,
-  which adopts the new weight, models and health policy;
-* a target whose endpoint changed gets a new actor; the old one is retired: it
+* a target whose endpoint (URL, credentials, headers) and ``max_in_flight`` are
+  unchanged keeps its actor, which adopts the new weight, models and health policy;
+* otherwise the target gets a new actor; the old one is retired: it
   takes no new jobs, finishes the queued and running ones, then exits. Health
   state carries over when the URL is the same;
 * a removed target's actor is retired the same way, so nothing in flight is lost;
@@ -110,7 +110,11 @@ class Runtime:
             for target in upstream.targets:
                 actor = self._actors.get(target.id)
                 endpoint = Endpoint.of(target)
-                if actor is not None and actor.endpoint == endpoint:
+                if (
+                    actor is not None
+                    and actor.endpoint == endpoint
+                    and actor.target.max_in_flight == target.max_in_flight
+                ):
                     actor.update(target, policy, upstream.health_checks)
                 else:
                     fresh = TargetActor(

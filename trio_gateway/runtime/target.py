@@ -157,8 +157,6 @@ class TargetActor:
         checks: HealthChecks | None = None,
         *,
         transport: httpx2.AsyncBaseTransport | None = None,
-        queue_size: int = QUEUE_SIZE,
-        max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
         self.target = target
         self.checks = checks or HealthChecks()
@@ -170,8 +168,11 @@ class TargetActor:
         self.requests = 0
         self.failures = 0
         self._transport = transport
-        self._max_in_flight = max_in_flight
-        self._send, self._receive = trio.open_memory_channel[Job](queue_size)
+        #: At most this many requests at once; as many more may wait in the queue.
+        self.max_in_flight = target.max_in_flight or MAX_IN_FLIGHT
+        self._send, self._receive = trio.open_memory_channel[Job](
+            min(self.max_in_flight, QUEUE_SIZE)
+        )
         self._terminator = STREAM_TERMINATORS[self.format]
         self._retired = False
 
@@ -209,13 +210,13 @@ class TargetActor:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve jobs until retired and drained. Owns the HTTP client and the job tasks."""
-        slots = trio.Semaphore(self._max_in_flight)
+        slots = trio.Semaphore(self.max_in_flight)
         async with (
             httpx2.AsyncClient(
                 transport=self._transport,
                 timeout=httpx2.Timeout(SAFETY_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
                 limits=httpx2.Limits(
-                    max_connections=self._max_in_flight, max_keepalive_connections=64
+                    max_connections=self.max_in_flight, max_keepalive_connections=64
                 ),
                 follow_redirects=False,
                 trust_env=False,
