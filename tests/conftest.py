@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx2
 import pytest
 import trio
+from hypothesis import settings
 
 from trio_gateway.serve import Running
 from trio_gateway.testing.harness import open_gateway
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
+
+# The same examples on every run: a property test must not turn CI red by luck.
+# Set HYPOTHESIS_PROFILE=explore to search with fresh random examples.
+settings.register_profile("ci", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 SOCKET_TEST_TIMEOUT = 30
 
 

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from trio_gateway.settings import (
     TOKEN_ENV,
     Settings,
     SettingsError,
+    split_listen,
 )
 from trio_gateway.store import StoreCorrupt
 
@@ -86,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help=f"proxy address (default {DEFAULT_PROXY_LISTEN})",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="proxy processes sharing the proxy port (default 1); more than one needs "
+        "the SQLite store; this process keeps the admin API",
+    )
+    p.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)
     p.add_argument(
         "--graceful-timeout",
         type=float,
@@ -173,15 +184,23 @@ def _serve(args: argparse.Namespace) -> int:
         config_file=args.config,
         log_format=args.log_format,
         log_level=args.log_level,
+        workers=args.workers,
+        proxy_fd=args.worker_fd,
+        worker=args.worker_fd is not None,
     )
     if declarations is not None:
         settings = settings.with_file(declarations.server, set(explicit))
     settings = attrs.evolve(settings, **explicit)
     try:
         settings.check()
+        if settings.workers > 1:
+            settings = attrs.evolve(settings, proxy_fd=_listen(settings.proxy_listen).detach())
     except SettingsError as exc:
         print(f"trio-gateway: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:
+        print(f"trio-gateway: cannot start: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     try:
         trio.run(_run_until_signalled, settings, declarations)
     except Exception as exc:
@@ -191,6 +210,15 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"trio-gateway: {prefix}{found}", file=sys.stderr)
         return EXIT_FAILED
     return 0
+
+
+def _listen(listen: str) -> socket.socket:
+    """The proxy's listening socket, made before the workers start so they can share it."""
+    host, port = split_listen(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family, backlog=1024)
+    sock.set_inheritable(True)
+    return sock
 
 
 def _find(exc: BaseException, types: tuple[type[BaseException], ...]) -> BaseException | None:
@@ -210,7 +238,8 @@ async def _run_until_signalled(settings: Settings, declarations: Declarations | 
                 nursery.cancel_scope.cancel()
 
             running = await nursery.start(run_server)
-            print(banner(running, settings, declarations), flush=True)
+            if not settings.worker:
+                print(banner(running, settings, declarations), flush=True)
             async for signum in signals:
                 if shutdown.is_set():
                     log.warning("second signal: stopping now")
@@ -227,7 +256,8 @@ def banner(running: Running, settings: Settings, declarations: Declarations | No
         f"trio-gateway {__version__} is ready.",
         f"  admin API: {admin}/api/v1"
         + ("" if settings.admin_token else "  (no token: loopback only)"),
-        f"  proxy:     {running.proxy_url}",
+        f"  proxy:     {running.proxy_url}"
+        + (f"  ({settings.workers} worker processes)" if settings.workers > 1 else ""),
         f"  store:     {settings.data_dir or 'memory (nothing survives a restart)'}",
     ]
     for name, url in running.fake_providers.items():

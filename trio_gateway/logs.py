@@ -72,3 +72,8 @@ def configure(
     root.setLevel(level)
     # hypercorn's own error log goes through the same handler, in the same format.
     logging.getLogger("hypercorn.error").propagate = True
+    # The HTTP client logs every request at INFO: that is our hot path, and the
+    # attempt trail already says it. Its debug output stays available at DEBUG.
+    quiet = logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING
+    for name in ("httpx2", "httpcore2", "httpx", "httpcore"):
+        logging.getLogger(name).setLevel(quiet)

@@ -12,11 +12,21 @@ Shutdown: when ``shutdown`` is set (SIGINT/SIGTERM in the CLI), both servers sto
 accepting, let in-flight requests finish for up to ``graceful_timeout`` seconds
 and return; then everything else is cancelled and the store closed.
 Cancelling ``serve`` from outside (as tests do) stops everything at once.
+
+Several workers (``settings.workers > 1``): this process keeps the admin API, the
+configuration file and its own proxy, and starts ``workers - 1`` children with
+``--worker-fd``. They serve the proxy on the same listening socket (the kernel
+hands each connection to one of them), load the configuration from the store and
+follow it (:func:`follow_store`), so an admin write reaches every worker within
+:data:`FOLLOW_INTERVAL_S`. A child that dies is restarted; on shutdown each gets
+SIGTERM and the same grace period. Health state is per process.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from collections.abc import Mapping
 from functools import partial
 
@@ -36,6 +46,10 @@ from trio_gateway.web.admin import Readiness, create_admin_app
 from trio_gateway.web.proxy import create_proxy_app
 
 log = logging.getLogger("trio_gateway")
+
+#: How often a worker child checks the store for another process's writes.
+FOLLOW_INTERVAL_S = 0.5
+WORKER_RESTART_BACKOFF_S = 1.0
 
 
 @attrs.frozen
@@ -98,6 +112,8 @@ async def serve(
 
             runtime = await background.start(Runtime(catalog, transport=transport).run)
             readiness.set("runtime")
+            if settings.worker:
+                background.start_soon(follow_store, catalog)
             admin_app = create_admin_app(
                 catalog,
                 readiness=readiness,
@@ -110,22 +126,31 @@ async def serve(
             )
 
             async with trio.open_nursery() as servers:
-                admin_urls = await servers.start(
-                    partial(
-                        hypercorn.trio.serve,
-                        admin_app,
-                        hypercorn_config(settings.admin_listen, settings),
-                        shutdown_trigger=shutdown.wait,
+                admin_urls = [""]
+                if not settings.worker:
+                    admin_urls = await servers.start(
+                        partial(
+                            hypercorn.trio.serve,
+                            admin_app,
+                            hypercorn_config(settings.admin_listen, settings),
+                            shutdown_trigger=shutdown.wait,
+                        )
                     )
-                )
+                proxy_bind = settings.proxy_listen
+                if settings.proxy_fd is not None:
+                    # hypercorn owns (and closes) what it binds: give it its own copy.
+                    proxy_bind = f"fd://{os.dup(settings.proxy_fd)}"
                 proxy_urls = await servers.start(
                     partial(
                         hypercorn.trio.serve,
                         proxy_app,
-                        hypercorn_config(settings.proxy_listen, settings),
+                        hypercorn_config(proxy_bind, settings),
                         shutdown_trigger=shutdown.wait,
                     )
                 )
+                if settings.workers > 1:
+                    for n in range(1, settings.workers):
+                        servers.start_soon(run_worker, settings, n, shutdown)
                 readiness.set("servers")
                 task_status.started(
                     Running(
@@ -139,3 +164,56 @@ async def serve(
                     )
                 )
             background.cancel_scope.cancel()
+
+
+async def _terminate_on(event: trio.Event, process: trio.Process) -> None:
+    await event.wait()
+    process.terminate()
+
+
+async def follow_store(catalog: Catalog) -> None:
+    """Reload the configuration whenever another process has written to the store."""
+    while True:
+        await trio.sleep(FOLLOW_INTERVAL_S)
+        if await catalog.store.changed():
+            await catalog.reload()
+            log.debug("configuration reloaded from the store")
+
+
+async def run_worker(settings: Settings, n: int, shutdown: trio.Event) -> None:
+    """Keep worker child ``n`` running until ``shutdown``; then SIGTERM it and wait."""
+    assert settings.proxy_fd is not None and settings.data_dir is not None
+    command = [
+        sys.executable,
+        "-m",
+        "trio_gateway",
+        "serve",
+        "--worker-fd",
+        str(settings.proxy_fd),
+        "--data-dir",
+        str(settings.data_dir),
+        "--log-format",
+        settings.log_format,
+        "--log-level",
+        settings.log_level,
+        "--graceful-timeout",
+        str(settings.graceful_timeout),
+    ]
+    while not shutdown.is_set():
+        process = await trio.lowlevel.open_process(command, pass_fds=[settings.proxy_fd])
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_terminate_on, shutdown, process)
+                code = await process.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            if process.returncode is None:
+                process.terminate()
+                with trio.move_on_after(settings.graceful_timeout + 1, shield=True):
+                    await process.wait()
+                if process.returncode is None:
+                    process.kill()
+        if shutdown.is_set():
+            return
+        log.error("worker exited; restarting", extra={"fields": {"worker": n, "code": code}})
+        await trio.sleep(WORKER_RESTART_BACKOFF_S)

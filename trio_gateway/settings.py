@@ -36,9 +36,24 @@ class Settings:
     proxy_max_body: int = 32 << 20
     #: How long in-flight requests get to finish on SIGINT/SIGTERM.
     graceful_timeout: float = 10.0
+    #: Proxy processes. With more than one, this process also starts ``workers - 1``
+    #: children that share its proxy socket and follow the store for changes.
+    workers: int = 1
+    #: Serve the proxy on this already-listening socket (shared with the workers).
+    proxy_fd: int | None = None
+    #: A worker child: proxy only (on ``proxy_fd``), no admin API, follow the store
+    #: (the parent applies the file and takes the admin writes).
+    worker: bool = False
 
     def check(self) -> None:
         """Refuse what would be unsafe or cannot bind; see :class:`SettingsError`."""
+        if self.workers < 1:
+            raise SettingsError("--workers must be at least 1")
+        if (self.workers > 1 or self.worker) and self.data_dir is None:
+            raise SettingsError(
+                "several workers share their configuration through the SQLite store: "
+                "use --data-dir, not --memory"
+            )
         for name in ("admin_listen", "proxy_listen"):
             split_listen(getattr(self, name), name)
         host, _ = split_listen(self.admin_listen, "admin_listen")

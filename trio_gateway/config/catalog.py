@@ -530,6 +530,12 @@ class Catalog:
     async def delete(self, kind: Kind, entity_id: str, gateway_id: str | None = None) -> None:
         await self.write(lambda d: d.delete(kind, entity_id, gateway_id))
 
+    async def reload(self) -> None:
+        """Take the store's content as the configuration (another process changed it)."""
+        async with self._lock:
+            entities = await self._store.load()
+            self._publish(Snapshot.of(entities, self._snapshot.generation + 1))
+
     # --- change notification ----------------------------------------------------
 
     def _publish(self, snapshot: Snapshot) -> None:

@@ -37,6 +37,11 @@ class MemoryStore:
         self._rows = rows
         self._commits += 1
 
+    async def changed(self) -> bool:
+        """Nobody else writes to a memory store."""
+        await trio.lowlevel.checkpoint()
+        return False
+
     def statistics(self) -> StoreStatistics:
         return StoreStatistics(
             kind="memory",

@@ -98,6 +98,7 @@ class SqliteStore:
         self._lock = trio.Lock()
         self._commits = 0
         self._entities = 0
+        self._data_version: int | None = None
 
     @classmethod
     @asynccontextmanager
@@ -127,7 +128,23 @@ class SqliteStore:
         return entities
 
     def _load_rows(self) -> list[tuple[str, str, str]]:
+        self._data_version = self._version()
         return self._db.execute("SELECT kind, id, body FROM entities ORDER BY rowid").fetchall()
+
+    def _version(self) -> int:
+        return self._db.execute("PRAGMA data_version").fetchone()[0]
+
+    async def changed(self) -> bool:
+        """Has another process committed since our last :meth:`load` or :meth:`changed`?
+
+        SQLite's ``data_version`` moves only for commits made by *other* connections,
+        so a process's own writes never wake it.
+        """
+        async with self._lock:
+            version = await trio.to_thread.run_sync(self._version)
+        changed = self._data_version is not None and version != self._data_version
+        self._data_version = version
+        return changed
 
     async def commit(self, change: Change) -> None:
         rows = [

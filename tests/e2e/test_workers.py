@@ -1,0 +1,98 @@
+"""Several worker processes: one port, one store, admin writes reach every worker."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx2
+import trio
+import yaml
+
+from tests.e2e.conftest import KEY, config, target
+from trio_gateway.testing.fake import open_fake_provider
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+async def test_two_workers_serve_one_port_and_follow_admin_writes(tmp_path):
+    with trio.fail_after(60):
+        async with open_fake_provider(name="f", api_key="sk-fake-0") as fake:
+            path = tmp_path / "gateway.yaml"
+            path.write_text(yaml.safe_dump(config([target(fake, default_model="gpt-4o-mini")])))
+            process = await trio.lowlevel.open_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "trio_gateway",
+                    "serve",
+                    "--workers",
+                    "2",
+                    "--data-dir",
+                    str(tmp_path / "data"),
+                    "--config",
+                    str(path),
+                    "--admin-listen",
+                    "127.0.0.1:0",
+                    "--proxy-listen",
+                    "127.0.0.1:0",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                text = ""
+                while "gateway 'e2e'" not in text:
+                    text += (await process.stdout.receive_some()).decode()
+                admin = re.search(r"admin API: (\S+)/api/v1", text).group(1)
+                proxy = re.search(r"proxy: +(\S+)", text).group(1)
+                while not children_of(process.pid):  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+                await trio.sleep(1.5)  # the child loads the store and starts serving
+
+                limits = httpx2.Limits(max_keepalive_connections=0)
+                async with httpx2.AsyncClient(
+                    base_url=proxy, headers={"X-Api-Key": KEY}, limits=limits
+                ) as client:
+                    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}
+                    statuses: list[int] = []
+
+                    async def call() -> None:
+                        statuses.append(
+                            (await client.post("/v1/chat/completions", json=body)).status_code
+                        )
+
+                    async with trio.open_nursery() as nursery:
+                        for _ in range(40):
+                            nursery.start_soon(call)
+                    assert statuses == [200] * 40
+
+                    async with httpx2.AsyncClient(base_url=admin + "/api/v1") as api:
+                        gateway = (await api.get("/gateways")).json()["items"][0]["id"]
+                        key = (await api.get(f"/gateways/{gateway}/keys")).json()["items"][0]["id"]
+                        await api.put(f"/gateways/{gateway}/keys/{key}", json={"active": False})
+                    refused = 0
+                    while refused < 20:  # every worker has followed the write
+                        refused = (
+                            refused + 1
+                            if (await client.post("/v1/chat/completions", json=body)).status_code
+                            == 401
+                            else 0
+                        )
+            finally:
+                process.terminate()
+                await process.wait()
+            assert process.returncode == 0
+            assert children_of(process.pid) == []
