@@ -54,6 +54,7 @@ T = TypeVar("T")
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
+_NOT_FIELD_TEXT = re.compile("[^\t\x20-\x7e\u2026]")
 
 
 # --- strict scalars ------------------------------------------------------------
@@ -157,9 +158,20 @@ def _header_name(value: Any, _: type) -> str:
 
 
 def _header_value(value: Any, _: type) -> str:
+    """An RFC 9110 field value that every HTTP client can send.
+
+    Printable ASCII, spaces and tabs inside. The ellipsis of a masked secret is let
+    through here; the catalog swaps a mask for the secret it stands for, or refuses it.
+    """
     text = _str(value, str)
     if _CONTROL.search(text):
         raise ValueError("must not contain control characters (CR, LF, NUL…)")
+    if _NOT_FIELD_TEXT.search(text):
+        raise ValueError("must be printable ASCII (HTTP header values cannot carry other text)")
+    if text != text.strip(" \t"):
+        raise ValueError(
+            "must not start or end with whitespace (a pasted key with a trailing space?)"
+        )
     if len(text) > 8192:
         raise ValueError("must be at most 8192 characters long")
     return text

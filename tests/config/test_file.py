@@ -149,3 +149,15 @@ async def test_file_and_api_together(tmp_path):
             assert by_name["quickstart-upstream"]["id"] == declared["id"]
             assert "api-made" in by_name
         assert gw.report.updated == ("upstream 'quickstart-upstream'",)
+
+
+def test_target_ids_and_keyless_api_keys_are_refused_in_files():
+    raw = quickstart()
+    raw["gateways"][0]["upstreams"][0]["targets"][0]["id"] = "mine"
+    del raw["gateways"][0]["api_keys"][0]["key"]
+    found = problems_of(raw)
+    assert (
+        found["gateways[0].upstreams[0].targets[0].id"]
+        == "is assigned by the gateway; leave it out"
+    )
+    assert "is required in a file" in found["gateways[0].api_keys[0].key"]

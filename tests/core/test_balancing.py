@@ -94,3 +94,9 @@ def test_peak_ewma_jumps_up_decays_down():
     ewma.observe(0.1, 2.0)
     assert 0.1 < ewma.estimate(2.0) < 1.0  # a faster one is blended in
     assert ewma.estimate(60.0) < 0.01  # unused, it decays: the target gets measured again
+
+
+def test_lowest_latency_explores_a_new_target_one_request_at_a_time():
+    loads = [FakeLoad(estimate=0.1), FakeLoad(estimate=None, in_flight=1)]
+    # The new target's first request is out: the measured one is cheaper now.
+    assert picks(Algorithm.LOWEST_LATENCY, [1, 1], 1, loads=loads) == [0]

@@ -40,12 +40,22 @@ def test_a_success_resets_the_count():
     assert b.state is State.HEALTHY
 
 
-def test_failures_further_apart_than_interval_do_not_add_up():
+def test_the_last_threshold_failures_must_fit_in_interval():
     b = breaker(threshold=3, interval=10)
     fail(b, 0.0, 2)
-    fail(b, 11.0)  # a new window starts here
-    assert b.state is State.HEALTHY and b.consecutive_failures == 1
-    fail(b, 12.0, 2)
+    fail(b, 11.0)  # 0, 0, 11: spread over more than 10 s
+    assert b.state is State.HEALTHY and b.consecutive_failures == 3
+    fail(b, 12.0)  # 0, 11, 12: still too spread
+    assert b.state is State.HEALTHY
+    fail(b, 13.0)  # 11, 12, 13
+    assert b.state is State.EJECTED
+
+
+def test_the_window_slides():
+    b = breaker(threshold=3, interval=60)
+    fail(b, 59.0)
+    fail(b, 61.0)
+    fail(b, 62.0)
     assert b.state is State.EJECTED
 
 
@@ -115,50 +125,71 @@ def test_passive_off_never_ejects():
     b = breaker(threshold=1, passive=False)
     fail(b, 0.0, 10)
     assert b.state is State.HEALTHY and b.admits(0.0)
-    assert b.statistics().last_error == "HTTP 503"
+    assert b.statistics(0.0).last_error == "HTTP 503"
 
 
 events = st.lists(
-    st.tuples(st.sampled_from(["ok", "fail", "abandon"]), st.floats(0, 30)), max_size=60
+    st.tuples(
+        st.sampled_from(["admit", "admit", "ok", "fail", "abandon", "probe_ok", "probe_fail"]),
+        st.floats(0, 30),
+        st.integers(0, 20),
+    ),
+    max_size=80,
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=400)
 @given(events, st.integers(1, 5), st.floats(1, 20))
 def test_invariants_hold_under_any_traffic(events, threshold, interval):
-    """Never more than one trial in flight; never admitted while ejected."""
+    """Many requests in flight, settled in any order, probes mixed in:
+    never two trials, never admitted while cooling down, the trial flag is exact."""
     b = breaker(threshold=threshold, interval=interval)
     now = 0.0
     in_flight: list[Ticket] = []
-    for kind, step in events:
+    for kind, step, pick in events:
         now += step
-        if b.admits(now):
-            assert b.state is not State.EJECTED or now >= b.ejected_until
-            ticket = b.admit(now)
-            trials = [t for t in in_flight if t is Ticket.TRIAL]
-            assert not trials or ticket is not Ticket.TRIAL
-            in_flight.append(ticket)
-        else:
-            assert b.state is State.EJECTED or b.trial_in_flight
-        if in_flight:
-            ticket = in_flight.pop(0)
+        if kind == "admit":
+            if b.admits(now):
+                in_flight.append(b.admit(now))
+            else:
+                assert (b.state is State.EJECTED and now < b.ejected_until) or b.trial_in_flight
+        elif kind.startswith("probe"):
+            b.probed(now, ok=kind == "probe_ok", error="x")
+        elif in_flight:
+            ticket = in_flight.pop(pick % len(in_flight))
             if kind == "ok":
                 b.succeeded(now, ticket)
             elif kind == "fail":
                 b.failed(now, ticket, "x")
             else:
                 b.abandoned(ticket)
-        assert b.state is not State.HALF_OPEN or b.trial_in_flight or b.admits(now)
+        trials = [t for t in in_flight if t is Ticket.TRIAL]
+        assert len(trials) <= 1
+        assert b.trial_in_flight == bool(trials)
+        if b.state is State.EJECTED and now < b.ejected_until:
+            assert not b.admits(now)
 
 
-def test_active_probes_eject_and_readmit():
+def test_active_probes_eject_and_readmit_after_the_cooldown():
     b = breaker(threshold=2, interval=10, passive=False)
     b.probed(0.0, ok=False, error="HTTP 503")
-    b.probed(1.0, ok=False, error="HTTP 503")
+    b.probed(10.0, ok=False, error="HTTP 503")
     assert b.state is State.EJECTED  # probes eject even with passive off
-    assert b.statistics().last_error == "probe: HTTP 503"
-    b.probed(2.0, ok=True)
-    assert b.state is State.HEALTHY and b.admits(2.0)
+    assert b.ejected_until == 20.0
+    assert b.statistics(10.0).last_error == "probe: HTTP 503"
+    b.probed(15.0, ok=True)  # a probe never shortens the cool-down
+    assert b.state is State.EJECTED and not b.admits(15.0)
+    b.probed(20.0, ok=True)  # ...but serves as the trial once it is over
+    assert b.state is State.HEALTHY and b.admits(20.0)
+
+
+def test_a_failed_probe_after_the_cooldown_is_a_failed_trial():
+    b = breaker(threshold=1, interval=10)
+    fail(b, 0.0, retry_after=30.0)
+    b.probed(20.0, ok=True)
+    assert b.state is State.EJECTED  # Retry-After is honoured
+    b.probed(30.0, ok=False, error="HTTP 503")
+    assert b.state is State.EJECTED and b.ejected_until == 30.0 + 20.0  # doubled
 
 
 def test_a_successful_probe_does_not_hide_failing_traffic():

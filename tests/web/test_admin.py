@@ -427,3 +427,71 @@ async def test_health_endpoints_on_both_listeners(gateway: Running):
             assert (await client.get(base + "/healthz")).json() == {"status": "ok"}
             ready = await client.get(base + "/readyz")
             assert ready.status_code == 200 and ready.json()["ready"] is True
+
+
+async def test_new_targets_cannot_bring_their_own_ids(admin, gateway_id, guide_upstream):
+    first = await create(admin, f"/gateways/{gateway_id}/upstreams", guide_upstream)
+    stolen = json.loads(json.dumps(guide_upstream))
+    stolen["name"] = "other"
+    stolen["targets"][0]["id"] = first["targets"][0]["id"]
+    response = await admin.post(f"/gateways/{gateway_id}/upstreams", json=stolen)
+    assert response.status_code == 422
+    assert response.json()["error"]["details"] == [
+        {"loc": "targets[0].id", "msg": "is assigned by the gateway; leave it out"}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "msg"),
+    [
+        ("Bearer sk-live-1234 ", "must not start or end with whitespace"),
+        ("Bearer café", "must be printable ASCII"),
+    ],
+)
+async def test_credentials_that_no_http_client_could_send_are_refused(
+    admin, gateway_id, guide_upstream, value, msg
+):
+    guide_upstream["targets"][0]["credentials"]["header_value"] = value
+    response = await admin.post(f"/gateways/{gateway_id}/upstreams", json=guide_upstream)
+    assert response.status_code == 422
+    detail = response.json()["error"]["details"][0]
+    assert detail["loc"] == "targets[0].credentials.header_value" and detail["msg"].startswith(msg)
+
+
+async def test_an_ambiguous_mask_must_be_replaced_by_the_secret(admin, gateway, gateway_id):
+    body = {
+        "name": "short-keys",
+        "targets": [
+            {
+                "provider": "openai",
+                "credentials": {"header_name": "Authorization", "header_value": "k1"},
+            },
+            {
+                "provider": "openai",
+                "base_url": "http://127.0.0.1:1",
+                "credentials": {"header_name": "Authorization", "header_value": "k2"},
+            },
+        ],
+    }
+    created = await create(admin, f"/gateways/{gateway_id}/upstreams", body)
+    assert [t["credentials"]["header_value"] for t in created["targets"]] == ["…", "…"]
+    resent = {"targets": [dict(t, id=None) for t in created["targets"]]}  # ids dropped
+    response = await admin.put(f"/gateways/{gateway_id}/upstreams/{created['id']}", json=resent)
+    assert response.status_code == 422
+    assert "matches no single stored secret" in response.json()["error"]["details"][0]["msg"]
+    with_ids = await admin.put(
+        f"/gateways/{gateway_id}/upstreams/{created['id']}", json={"targets": created["targets"]}
+    )
+    assert with_ids.status_code == 200
+    stored = gateway.catalog.snapshot.upstreams[created["id"]]
+    assert [t.credentials.header_value for t in stored.targets] == ["k1", "k2"]
+
+
+async def test_rules_with_and_without_a_trailing_slash_conflict(admin, gateway_id, guide_upstream):
+    upstream = await create(admin, f"/gateways/{gateway_id}/upstreams", guide_upstream)
+    service, _ = await service_and_rule(admin, gateway_id, upstream["id"])
+    response = await admin.post(
+        f"/gateways/{gateway_id}/rules",
+        json={"name": "again", "path": "/v1/", "service_id": service["id"]},
+    )
+    assert response.status_code == 409

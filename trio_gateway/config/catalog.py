@@ -47,6 +47,7 @@ from trio_gateway.config.models import (
     Target,
     Upstream,
     check_upstream,
+    rule_prefix,
 )
 from trio_gateway.errors import Conflict, NotFound, Problem, ValidationFailed
 from trio_gateway.store import Change, Store
@@ -157,6 +158,8 @@ class Draft:
         if kind is Kind.API_KEY:
             raise TypeError("use create_api_key")
         fields = _input_fields(kind, data, creating=True)
+        if kind is Kind.UPSTREAM:
+            _refuse_target_ids(fields.get("targets"))
         if kind is not Kind.GATEWAY:
             self.get(Kind.GATEWAY, gateway_id)
         entity = self._build(kind, fields, old=None, gateway_id=gateway_id or "")
@@ -317,7 +320,7 @@ class Draft:
                         if (
                             other.id != entity.id
                             and other.active
-                            and other.path == entity.path
+                            and rule_prefix(other.path) == rule_prefix(entity.path)
                             and shared
                         ):
                             raise Conflict(
@@ -356,6 +359,18 @@ def _merge(base: dict[str, Any], sent: Mapping[str, Any], drop: Iterable[str]) -
     return merged
 
 
+def _refuse_target_ids(targets: Any) -> None:
+    """A new upstream's targets get their ids from the gateway (ids are unique everywhere)."""
+    if isinstance(targets, list):
+        problems = [
+            Problem(f"targets[{i}].id", "is assigned by the gateway; leave it out")
+            for i, target in enumerate(targets)
+            if isinstance(target, dict) and target.get("id") is not None
+        ]
+        if problems:
+            raise ValidationFailed.of(problems)
+
+
 def _merge_targets(sent: Any, old: tuple[Target, ...]) -> Any:
     if not isinstance(sent, list):
         return sent  # let the converter report the type error with its path
@@ -363,6 +378,8 @@ def _merge_targets(sent: Any, old: tuple[Target, ...]) -> Any:
     merged = []
     problems = []
     for i, target in enumerate(sent):
+        if isinstance(target, dict) and "id" in target and target["id"] is None:
+            target = {k: v for k, v in target.items() if k != "id"}  # null: no id, a new target
         if isinstance(target, dict) and target.get("id") is not None:
             current = by_id.get(target["id"])
             if current is None:
@@ -384,11 +401,14 @@ def _finish_upstream(upstream: Upstream, old: Upstream | None) -> Upstream:
     old_by_id = {t.id: t for t in old_targets}
     problems: list[Problem] = []
 
-    def restore(value: str, loc: str, candidates: list[str]) -> str:
-        real = secrets.unmask(value, candidates)
+    def restore(value: str, loc: str, preferred: list[str], others: list[str] = ()) -> str:
+        real = secrets.unmask(value, preferred, others)
         if real is None:
             problems.append(
-                Problem(loc, "is a masked value that matches no stored secret; send the full value")
+                Problem(
+                    loc,
+                    "is a masked value that matches no single stored secret; send the full value",
+                )
             )
             return value
         return real
@@ -401,7 +421,14 @@ def _finish_upstream(upstream: Upstream, old: Upstream | None) -> Upstream:
             for name, value in headers.items()
         }
 
-    all_secrets = [t.credentials.header_value for t in old_targets if t.credentials]
+    def same_header(name: str) -> list[str]:
+        """Stored credentials sent in header ``name``: what a target without an id may mean."""
+        return [
+            t.credentials.header_value
+            for t in old_targets
+            if t.credentials and t.credentials.header_name.lower() == name.lower()
+        ]
+
     targets = []
     for i, target in enumerate(upstream.targets):
         previous = old_by_id.get(target.id)
@@ -413,7 +440,8 @@ def _finish_upstream(upstream: Upstream, old: Upstream | None) -> Upstream:
                 header_value=restore(
                     target.credentials.header_value,
                     f"targets[{i}].credentials.header_value",
-                    mine + all_secrets,
+                    mine,
+                    same_header(target.credentials.header_name),
                 ),
             )
         if any(secrets.is_masked(v) for v in target.headers.values()):

@@ -199,9 +199,19 @@ def _entity(kind: Kind, entry: Any, loc: str, problems: list[Problem]) -> dict[s
                 problems.append(Problem(f"{loc}.{ref_field}", "must be a string"))
                 return None
             probe[id_field] = probe.pop(ref_field)
-    if kind is Kind.API_KEY and "key" in entry:
-        key = probe.pop("key")
-        if not isinstance(key, str) or len(key) < MIN_DECLARED_KEY:
+    if kind is Kind.UPSTREAM and isinstance(entry.get("targets"), list):
+        for i, target in enumerate(entry["targets"]):
+            if isinstance(target, dict) and "id" in target:
+                problems.append(
+                    Problem(f"{loc}.targets[{i}].id", "is assigned by the gateway; leave it out")
+                )
+    if kind is Kind.API_KEY:
+        key = probe.pop("key", None)
+        if key is None:
+            problems.append(
+                Problem(f"{loc}.key", "is required in a file (nobody would see a generated key)")
+            )
+        elif not isinstance(key, str) or len(key) < MIN_DECLARED_KEY:
             problems.append(
                 Problem(f"{loc}.key", f"must be a string of at least {MIN_DECLARED_KEY} characters")
             )

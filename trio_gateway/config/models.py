@@ -284,6 +284,11 @@ _MODELS: dict[Kind, type[Entity]] = {
 _KINDS = {model: kind for kind, model in _MODELS.items()}
 
 
+def rule_prefix(path: str) -> str:
+    """A rule's path as a prefix: ``/v1/`` and ``/v1`` are the same rule."""
+    return path.rstrip("/") or "/"
+
+
 # --- rules that span fields ----------------------------------------------------
 
 

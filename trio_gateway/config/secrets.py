@@ -25,11 +25,17 @@ def is_sensitive_header(name: str) -> bool:
 
 
 def mask(value: str) -> str:
-    """``Bearer sk-abcdef0123f3a9`` -> ``Bearer sk-…f3a9``; short values hide entirely."""
+    """``Bearer sk-proj-…f3a9``: never more than 7 characters, and only of a long secret.
+
+    24 characters or more show the first 3 and the last 4; 12 to 23 the last 4;
+    shorter ones nothing. A ``Scheme`` prefix (``Bearer``) is kept as it is.
+    """
     if m := _SCHEME.match(value):
         return f"{m.group(1)} {mask(m.group(2))}"
-    if len(value) >= 12:
+    if len(value) >= 24:
         return f"{value[:3]}{MASK}{value[-4:]}"
+    if len(value) >= 12:
+        return f"{MASK}{value[-4:]}"
     return MASK
 
 
@@ -37,14 +43,21 @@ def is_masked(value: str) -> bool:
     return MASK in value
 
 
-def unmask(value: str, stored: list[str]) -> str | None:
-    """The stored secret that ``value`` is the mask of, if ``value`` is a mask."""
+def unmask(value: str, preferred: list[str], others: list[str] = ()) -> str | None:
+    """The stored secret that ``value`` is the mask of, if ``value`` is a mask.
+
+    ``preferred`` (the same target's own secret) wins; otherwise exactly one of
+    ``others`` must match. ``None`` when none does, or when several different
+    secrets mask alike (two short secrets both mask to ``…``): the client must then
+    send the secret itself.
+    """
     if not is_masked(value):
         return value
-    for secret in stored:
+    for secret in preferred:
         if mask(secret) == value:
             return secret
-    return None
+    matches = {secret for secret in others if mask(secret) == value}
+    return matches.pop() if len(matches) == 1 else None
 
 
 def new_api_key() -> str:

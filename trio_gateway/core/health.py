@@ -1,10 +1,10 @@
-"""Passive health: a circuit breaker per target, fed by real traffic. Sans-IO.
+"""Health: a circuit breaker per target, fed by real traffic and optional probes. Sans-IO.
 
 Theory of operation
 -------------------
 States and transitions (``now`` is passed in; nothing here reads a clock)::
 
-    HEALTHY --(threshold consecutive failures within `interval` s)--> EJECTED
+    HEALTHY --(threshold consecutive failures, the last `threshold` within `interval` s)--> EJECTED
     EJECTED --(cool-down over: first call of `admit` at or after `ejected_until`)--> HALF_OPEN
     HALF_OPEN --(the one trial request succeeds)--> HEALTHY
     HALF_OPEN --(the trial fails)--> EJECTED, cool-down doubled
@@ -12,28 +12,36 @@ States and transitions (``now`` is passed in; nothing here reads a clock)::
 
 Invariants:
 
-* While EJECTED, :meth:`Breaker.admits` is false: no request is sent.
-* While HALF_OPEN, at most one request is in flight to the target: :meth:`admit`
-  hands out the trial and :meth:`admits` is false until that trial's outcome.
+* While EJECTED and ``now < ejected_until``, :meth:`Breaker.admits` is false: no
+  request is sent.
+* Once the cool-down is over at most one request is in flight to the target until
+  one succeeds: :meth:`admit` hands out the trial, :meth:`admits` is false until
+  that trial's outcome.
 * The cool-down is ``interval * 2**level`` capped at ``max(cap, interval)``, and never
   shorter than the ``Retry-After`` a 429 announced. ``level`` grows by one on each
-  ejection that follows a failed trial, and drops back to 0 once the target has
-  stayed healthy for as long as its last cool-down.
-* Failures that are more than ``interval`` seconds apart do not add up: the
-  count restarts at the first failure of a new window.
-* ``passive=False`` keeps the counters (for the health endpoint) but real traffic
-  never ejects; failed active probes (:meth:`Breaker.probed`) still do.
-* A successful active probe re-admits an ejected or half-open target at once
-  (unless its trial is in flight); on a healthy target it changes nothing, so a
-  target that answers probes but fails real requests is still ejected.
+  failed trial, and drops back to 0 once the target has stayed healthy for as long
+  as its last cool-down.
+* Failures count while they are consecutive (any success resets the run) and the
+  last ``threshold`` of them fit in ``interval`` seconds: a sliding window, so
+  three failures at 59, 61 and 62 s eject with ``interval=60``.
+* ``passive=False`` keeps the counts (for the health endpoint) but real traffic
+  never ejects.
 
-Successes and failures are reported with the ticket :meth:`admit` returned, so a
-stale outcome (a request admitted before an ejection) cannot close a trial it
-did not own.
+Active probes (:meth:`Breaker.probed`), when configured, come every ``interval``
+seconds and are counted on their own: ``threshold`` failed probes in a row eject a
+healthy target (whatever ``passive`` says). A probe never shortens a cool-down: a
+good probe once the cool-down is over serves as the trial (HEALTHY at once); a
+failed one then counts as a failed trial. A good probe on a healthy target
+changes nothing, so one that answers probes but fails real requests is still
+ejected.
+
+Outcomes are reported with the ticket :meth:`admit` returned, so a stale outcome
+(a request admitted before an ejection) cannot close a trial it did not own.
 """
 
 from __future__ import annotations
 
+import collections
 import enum
 
 import attrs
@@ -81,7 +89,8 @@ class Breaker:
     policy: BreakerPolicy = attrs.field(factory=BreakerPolicy)
     state: State = State.HEALTHY
     consecutive_failures: int = 0
-    window_start: float = 0.0
+    #: Times of the latest failures of the current run (at most ``threshold``).
+    recent: collections.deque[float] = attrs.field(factory=collections.deque)
     ejected_until: float = 0.0
     level: int = 0
     ejections: int = 0
@@ -122,6 +131,7 @@ class Breaker:
 
     def succeeded(self, now: float, ticket: Ticket) -> None:
         self.consecutive_failures = 0
+        self.recent.clear()
         if ticket is Ticket.TRIAL and self.state is State.HALF_OPEN:
             self.state = State.HEALTHY
             self.trial_in_flight = False
@@ -138,13 +148,16 @@ class Breaker:
             return
         if self.state is not State.HEALTHY:
             return  # a request admitted before the ejection: already counted
-        if self.consecutive_failures == 0 or now - self.window_start > self.policy.interval:
-            self.consecutive_failures = 0
-            self.window_start = now
         self.consecutive_failures += 1
-        if self.policy.passive and self.consecutive_failures >= self.policy.threshold:
-            if self.restored_at is not None and now - self.restored_at >= self.last_cooldown:
-                self.level = 0
+        recent = self.recent
+        recent.append(now)
+        while len(recent) > self.policy.threshold:
+            recent.popleft()
+        if (
+            self.policy.passive
+            and len(recent) >= self.policy.threshold
+            and now - recent[0] <= self.policy.interval
+        ):
             self._eject(now, retry_after)
 
     def probed(self, now: float, ok: bool, error: str = "") -> None:
@@ -153,18 +166,23 @@ class Breaker:
         Probes come every ``interval`` seconds, so they are counted on their own:
         ``threshold`` failed probes in a row eject, whatever the time between them.
         """
+        over = self.state is State.HALF_OPEN or (
+            self.state is State.EJECTED and now >= self.ejected_until
+        )
         if ok:
             self.probe_failures = 0
-            if self.state is State.EJECTED or (
-                self.state is State.HALF_OPEN and not self.trial_in_flight
-            ):
+            if over and not self.trial_in_flight:
                 self.state = State.HEALTHY
                 self.consecutive_failures = 0
+                self.recent.clear()
                 self.restored_at = now
             return
         self.last_error = f"probe: {error}"
         self.probe_failures += 1
-        if self.state is State.HEALTHY and self.probe_failures >= self.policy.threshold:
+        if over and not self.trial_in_flight:
+            self.level += 1  # a failed trial, as far as the cool-down is concerned
+            self._eject(now, None)
+        elif self.state is State.HEALTHY and self.probe_failures >= self.policy.threshold:
             self._eject(now, None)
 
     def abandoned(self, ticket: Ticket) -> None:
@@ -173,6 +191,12 @@ class Breaker:
             self.trial_in_flight = False
 
     def _eject(self, now: float, retry_after: float | None) -> None:
+        if (
+            self.state is State.HEALTHY
+            and self.restored_at is not None
+            and now - self.restored_at >= self.last_cooldown
+        ):
+            self.level = 0  # healthy for a whole cool-down since it was restored
         cooldown = self.policy.cooldown(self.level)
         if retry_after is not None:
             cooldown = max(cooldown, retry_after)
@@ -180,12 +204,18 @@ class Breaker:
         self.ejected_until = now + cooldown
         self.last_cooldown = cooldown
         self.ejections += 1
+        self.recent.clear()
+        self.probe_failures = 0
 
-    def statistics(self) -> BreakerStatistics:
+    def statistics(self, now: float) -> BreakerStatistics:
+        """A snapshot; an ejected target whose cool-down is over shows as ``half_open``."""
+        state = self.state
+        if state is State.EJECTED and now >= self.ejected_until:
+            state = State.HALF_OPEN
         return BreakerStatistics(
-            state=self.state,
+            state=state,
             consecutive_failures=self.consecutive_failures,
-            ejected_until=self.ejected_until if self.state is State.EJECTED else None,
+            ejected_until=self.ejected_until if state is State.EJECTED else None,
             ejections=self.ejections,
             level=self.level,
             trial_in_flight=self.trial_in_flight,

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 
 import attrs
 
-from trio_gateway.config.models import Rule
+from trio_gateway.config.models import Rule, rule_prefix
 from trio_gateway.core.balancing import Balancer, Load, make_balancer
 from trio_gateway.errors import ClientError
 
@@ -47,17 +47,13 @@ class CompiledRule:
         if method not in self.methods:
             return False
         prefix = self.prefix
-        return (
-            prefix == "/"
-            or path == prefix
-            or (path.startswith(prefix) and (prefix.endswith("/") or path[len(prefix)] == "/"))
-        )
+        return prefix == "/" or path == prefix or path.startswith(prefix + "/")
 
     def endpoint_path(self, path: str) -> str:
         """The path the client meant for the API, with the rule's prefix removed if asked."""
         if not self.strip_path or self.prefix == "/":
             return path
-        rest = path[len(self.prefix.rstrip("/")) :]
+        rest = path[len(self.prefix) :]
         return rest if rest.startswith("/") else "/" + rest
 
 
@@ -67,7 +63,7 @@ def compile_rules(rules: Sequence[Rule]) -> tuple[CompiledRule, ...]:
         CompiledRule(
             id=r.id,
             name=r.name,
-            prefix=r.path,
+            prefix=rule_prefix(r.path),
             methods=frozenset(m.value for m in r.methods),
             service_id=r.service_id,
             strip_path=r.strip_path,
@@ -76,7 +72,7 @@ def compile_rules(rules: Sequence[Rule]) -> tuple[CompiledRule, ...]:
         for r in rules
         if r.active
     ]
-    compiled.sort(key=lambda r: (-len(r.prefix.rstrip("/")), len(r.methods), r.prefix))
+    compiled.sort(key=lambda r: (-len(r.prefix), len(r.methods), r.prefix))
     return tuple(compiled)
 
 

@@ -386,7 +386,7 @@ class TargetActor:
         return TargetStatistics(
             id=self.target.id,
             provider=self.target.provider.value,
-            health=self.breaker.statistics(),
+            health=self.breaker.statistics(now),
             in_flight=self.in_flight,
             queued=self._send.statistics().current_buffer_used,
             latency_s=self.latency(now),
