@@ -120,6 +120,7 @@ async def serve(
                 admin_token=settings.admin_token,
                 max_body=settings.admin_max_body,
                 upstream_health=runtime.upstream_health,
+                applied=runtime.wait_applied,
             )
             proxy_app = create_proxy_app(
                 runtime, readiness=readiness, max_body=settings.proxy_max_body

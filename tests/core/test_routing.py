@@ -23,16 +23,15 @@ class Idle:
         return None
 
 
-def route(i, priority=1, models=(), default=None, fmt="openai", weight=1):
-    return TargetRoute(i, f"t{i}", fmt, weight, priority, frozenset(models), default)
+def route(i, priority=1, models=(), default=None, weight=1):
+    return TargetRoute(i, f"t{i}", weight, priority, frozenset(models), default)
 
 
-def choose(plan, model, down=(), tried=(), formats=("openai", "anthropic")):
+def choose(plan, model, down=(), tried=()):
     return plan.choose(
         model,
         admits=lambda i: i not in down,
         excluded=lambda i: i in tried,
-        formats=frozenset(formats),
         loads=[Idle()] * len(plan.targets),
         now=0.0,
     )
@@ -50,7 +49,7 @@ def test_lowest_priority_tier_serves_while_any_target_is_eligible():
 
 def test_model_routing_and_default_model():
     plan = UpstreamPlan.compile(
-        [route(0, 1, ["gpt-4"], "gpt-4"), route(1, 1, ["claude"], "claude", "anthropic")],
+        [route(0, 1, ["gpt-4"], "gpt-4"), route(1, 1, ["claude"], "claude")],
         Algorithm.ROUND_ROBIN,
     )
     assert [choose(plan, "claude").index for _ in range(3)] == [1, 1, 1]
@@ -82,13 +81,6 @@ def test_empty_models_accept_any_model():
     plan = UpstreamPlan.compile([route(0, 1, [], None)], Algorithm.ROUND_ROBIN)
     assert choose(plan, "anything").model == "anything"
     assert choose(plan, None) is None  # no model and no default: nothing to send
-
-
-def test_formats_limit_eligibility():
-    plan = UpstreamPlan.compile(
-        [route(0, 1, ["m"], fmt="anthropic"), route(1, 2, ["m"])], Algorithm.ROUND_ROBIN
-    )
-    assert choose(plan, "m", formats=("openai",)).index == 1
 
 
 def rule(path, methods=("POST",), name="r", active=True, strip=False):

@@ -202,7 +202,9 @@ async def test_unknown_model_is_a_400_when_the_upstream_rejects_them():
 
 
 async def test_editing_adding_and_removing_targets_under_load_loses_nothing():
-    async with setup([{}, {}, {}], lambda fakes: two_openai(fakes[:2])) as s:
+    # Each answer takes 50 ms, so every edit lands while requests are in flight.
+    slow = {"faults": [Fault.latency(0.05)]}
+    async with setup([slow, slow, slow], lambda fakes: two_openai(fakes[:2])) as s:
         results: list[int] = []
         done = trio.Event()
 

@@ -72,8 +72,8 @@ async def test_ejection_cooldown_single_trial_and_doubling():
         # The trial failed: ejected again, for twice as long.
         trial_time = primary.requests[-1].time
         assert actor.breaker.state.value == "ejected"
-        second_cooldown = actor.breaker.ejected_until - trial_time
-        assert 0.95 <= second_cooldown <= 1.0 + 0.2
+        assert actor.breaker.last_cooldown == 1.0 and actor.breaker.level == 1
+        assert actor.breaker.ejected_until - trial_time >= 0.95
 
         # Healthy again: the next trial succeeds and restores it.
         primary.clear_faults()
@@ -125,8 +125,11 @@ async def test_the_request_deadline_bounds_every_attempt_together():
         elapsed = trio.current_time() - started
         assert response.status_code == 504
         assert response.json()["error"]["code"] == "upstream_timeout"
-        assert [o for _, o in trail(response)] == ["first_byte_timeout", "timeout"]
+        assert [o for _, o in trail(response)] == ["first_byte_timeout", "deadline"]
         assert 1.0 <= elapsed < 5
+        # The deadline, not the backup, cut the second attempt: only the primary is blamed.
+        health = await s.health()
+        assert [health[t]["consecutive_failures"] for t in s.target_ids()] == [1, 0]
 
 
 async def test_a_400_is_relayed_unchanged_with_no_failover_and_no_penalty():
@@ -197,14 +200,40 @@ async def test_stream_cut_after_n_chunks_ends_with_an_anthropic_error_event():
             ]
         )
 
-    async with setup([{"faults": [Fault.cut_stream(after_chunks=3)]}, {}], anthropic_tiers) as s:
-        response = await s.messages(stream=True)
+    async with setup([{"faults": [Fault.cut_stream(after_chunks=5)]}, {}], anthropic_tiers) as s:
+        response = await s.messages(
+            stream=True, messages=[{"role": "user", "content": "one two three"}]
+        )
         assert response.status_code == 200
         events = sse_events(response.text)
-        assert [e for e, _ in events[:3]] == ["message_start", "content_block_start", "ping"]
+        assert [e for e, _ in events[:5]] == [
+            "message_start",
+            "content_block_start",
+            "ping",
+            "content_block_delta",
+            "content_block_delta",
+        ]
         assert events[-1][0] == "error"
         assert json.loads(events[-1][1])["type"] == "error"
         assert "message_stop" not in [e for e, _ in events]
+        assert len(s.fakes[1].requests) == 0  # the first token had gone out: no failover
+
+
+async def test_a_stream_cut_before_its_first_token_fails_over_even_after_metadata():
+    async with setup(
+        [{"faults": [Fault.cut_stream(after_chunks=3)]}, {}],
+        lambda f: config(
+            [
+                target(f[0], "anthropic", priority=1, default_model="claude-3-5-sonnet-20241022"),
+                target(f[1], "anthropic", priority=2, default_model="claude-3-5-sonnet-20241022"),
+            ]
+        ),
+    ) as s:
+        response = await s.messages(stream=True)
+        events = sse_events(response.text)
+        assert [e for e, _ in events].count("message_start") == 1  # the held metadata was dropped
+        assert events[-1][0] == "message_stop"
+        assert response.headers["x-selected-target"] == s.target_ids()[1]
 
 
 async def test_a_stream_without_its_terminator_is_not_passed_off_as_complete():
@@ -272,3 +301,98 @@ async def test_active_probes_eject_a_silent_failure_and_readmit_on_recovery():
                 await trio.sleep(0.05)
         response = await s.chat()
         assert response.headers["x-selected-target"] == s.target_ids()[0]
+
+
+async def test_a_stream_whose_first_event_is_an_error_fails_over():
+    async with setup([{"faults": [Fault.error_event(529, after_chunks=0)]}, {}], tiers) as s:
+        response = await s.chat(stream=True)
+        assert response.status_code == 200
+        assert response.headers["x-selected-target"] == s.target_ids()[1]
+        assert [o for _, o in trail(response)] == ["stream_error", "200"]
+        assert sse_events(response.text)[-1] == (None, "[DONE]")
+
+
+async def test_a_slow_first_token_is_failed_over_within_the_budget():
+    async with setup(
+        [{"faults": [Fault.slow_first_token(5)]}, {}],
+        lambda f: tiers(f, service={"first_byte_timeout": 0.5}),
+    ) as s:
+        response = await s.chat(stream=True)
+        assert [o for _, o in trail(response)] == ["first_byte_timeout", "200"]
+
+
+async def test_a_malformed_event_mid_stream_ends_it_with_an_error_event():
+    async with setup([{"faults": [Fault.malformed_event(after_chunks=3)]}, {}], tiers) as s:
+        response = await s.chat(
+            stream=True, messages=[{"role": "user", "content": "one two three four"}]
+        )
+        events = sse_events(response.text)
+        for _, data in events[:-1]:
+            json.loads(data)  # nothing malformed reached the client
+        assert "error" in json.loads(events[-1][1])
+        assert (None, "[DONE]") not in events
+
+
+async def test_a_client_leaving_a_whole_answer_cancels_the_upstream_request():
+    async with setup([{"faults": [Fault.hang()]}, {}], tiers) as s:
+        with trio.move_on_after(0.5):
+            await s.chat()
+        with trio.fail_after(5):
+            assert (await s.fakes[0].requests[0].wait_finished()).value == "disconnected"
+        health = await s.health()
+        assert health[s.target_ids()[0]]["consecutive_failures"] == 0  # not the target's fault
+
+
+async def test_an_answer_that_does_not_translate_fails_over():
+    def cross(fakes):
+        return config(
+            [
+                target(
+                    fakes[0], "anthropic", priority=1, default_model="claude-3-5-sonnet-20241022"
+                ),
+                target(fakes[1], "openai", priority=2, default_model="gpt-4o-mini"),
+            ]
+        )
+
+    async with setup([{"faults": [Fault.error(200, body="this is not JSON")]}, {}], cross) as s:
+        response = await s.chat()
+        assert response.status_code == 200
+        assert [o for _, o in trail(response)] == ["protocol_error", "200"]
+        health = await s.health()
+        assert health[s.target_ids()[0]]["consecutive_failures"] == 1
+
+
+async def test_errors_never_carry_a_secret():
+    secret = "sk-live-do-not-leak-0123456789"
+
+    def closed_port(fakes):
+        dead = target(fakes[0], default_model="gpt-4o-mini")
+        dead["base_url"] = "http://127.0.0.1:1"
+        dead["credentials"]["header_value"] = f"Bearer {secret}"
+        return config([dead])
+
+    async with setup([{}], closed_port) as s:
+        response = await s.chat()
+        assert response.status_code == 502
+        assert "cannot connect to the provider" in response.text
+        assert secret not in response.text and secret not in json.dumps(await s.health())
+
+
+async def test_rotating_a_credential_keeps_health_and_adopts_the_new_policy():
+    async with setup([{}], lambda f: tiers(f * 2)) as s:
+        path = f"/gateways/{s.gateway_id}/upstreams/{s.upstream_id}"
+        upstream = (await s.admin.get(path)).json()
+        first = dict(
+            upstream["targets"][0],
+            credentials={"header_name": "Authorization", "header_value": "Bearer sk-fake-0"},
+        )
+        response = await s.admin.put(
+            path,
+            json={
+                "targets": [first, upstream["targets"][1]],
+                "health_checks": {"passive": False, "threshold": 50, "interval": 5},
+            },
+        )
+        assert response.status_code == 200
+        actor = s.gateway.runtime.table.dispatchers[s.upstream_id].actors[0]
+        assert (actor.breaker.policy.passive, actor.breaker.policy.threshold) == (False, 50)

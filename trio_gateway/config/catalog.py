@@ -539,6 +539,8 @@ class Catalog:
             change = draft.change()
             if change:
                 # Once the store has the batch, memory must too: no cancel in between.
+                # Unbounded on purpose: a thread cannot be abandoned mid-commit, and
+                # the commit itself is bounded by SQLite's busy timeout and an fsync.
                 with trio.CancelScope(shield=True):
                     await self._store.commit(change)
                     self._publish(draft.snapshot())

@@ -48,13 +48,26 @@ class Outcome(enum.StrEnum):
     PROTOCOL_ERROR = "protocol_error"
     READ_ERROR = "read_error"
     STREAM_INCOMPLETE = "stream_incomplete"
+    STREAM_ERROR = "stream_error"
+    #: The request's deadline, not this target, ended the attempt.
+    DEADLINE = "deadline"
+    #: The request cannot be put in this target's dialect.
+    UNTRANSLATABLE = "untranslatable"
     OVERLOADED = "overloaded"
     CANCELLED = "cancelled"
     INTERNAL_ERROR = "internal_error"
 
 
 #: Outcomes that say nothing about the target's health.
-NEUTRAL_OUTCOMES = frozenset({Outcome.OVERLOADED, Outcome.CANCELLED, Outcome.INTERNAL_ERROR})
+NEUTRAL_OUTCOMES = frozenset(
+    {
+        Outcome.OVERLOADED,
+        Outcome.CANCELLED,
+        Outcome.INTERNAL_ERROR,
+        Outcome.DEADLINE,
+        Outcome.UNTRANSLATABLE,
+    }
+)
 
 
 def outcome_verdict(outcome: Outcome) -> Verdict:

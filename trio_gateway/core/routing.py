@@ -6,9 +6,9 @@ the answer.
 
 Target choice (:meth:`UpstreamPlan.choose`), in order:
 
-1. A target is *eligible* when its breaker admits a request now, it was not
-   already tried for this request, and it speaks a format the request can be
-   served in.
+1. A target is *eligible* when its breaker admits a request now and it was not
+   already tried for this request. (Its API dialect does not matter: the gateway
+   translates.)
 2. The *model*: a target serves model ``M`` when ``M`` is in its ``models`` (or
    its ``models`` is empty: it takes any model). A request without a model is
    served by targets with a ``default_model``, which is what is sent.
@@ -92,7 +92,6 @@ class TargetRoute:
 
     index: int
     id: str
-    format: str
     weight: int
     priority: int
     models: frozenset[str]
@@ -160,7 +159,6 @@ class UpstreamPlan:
         *,
         admits: Callable[[int], bool],
         excluded: Callable[[int], bool],
-        formats: frozenset[str],
         loads: Sequence[Load],
         now: float,
     ) -> Choice | None:
@@ -172,7 +170,7 @@ class UpstreamPlan:
         targets = self.targets
 
         def eligible(i: int) -> bool:
-            return targets[i].format in formats and not excluded(i) and admits(i)
+            return not excluded(i) and admits(i)
 
         if model is None:
             return self._pick(

@@ -9,15 +9,20 @@ attempt is: ask the plan (:mod:`trio_gateway.core.routing`) for a target and
 model, take a breaker ticket, submit a :class:`~trio_gateway.runtime.target.Job`
 to that target's actor, and read the job's reply channel.
 
-* A failure before anything reached the client (connect error, timeout, 5xx, 408,
-  429, a stream that broke before its first event) fails over to the next
-  eligible target: same tier first, then the next tier, each target at most once,
-  at most ``max_attempts`` attempts.
+* **First byte.** For a whole answer, the provider's response headers: once they
+  are in, the body may take until the deadline. For a stream, its first *content*
+  event (the actor tells content from metadata and keep-alives): until then the
+  client has been sent nothing and another target can still be tried.
+* A failure before that (connect error, timeout, 5xx, 408, 429, a stream that
+  breaks or reports an error before its first token, an answer that does not
+  translate) fails over to the next eligible target: same tier first, then the
+  next, each target at most once, at most ``max_attempts`` attempts.
 * A 4xx other than 408/429 is the client's own error: relayed, no failover.
-* A stream is committed when its first whole event is ready for the client.
-  After that nothing can fail over: a failure ends the stream with an error event
-  in the client's dialect (:meth:`StreamTranslator.fail`), never silently.
-* When the client leaves, the request's task is cancelled; the ``finally`` blocks
+* When the deadline rather than the target's own budget ends an attempt, the
+  attempt is charged to nobody (``deadline`` in the trail).
+* A committed stream cannot fail over: a failure ends it with an error event in
+  the client's dialect, never silently. Only content resets its idle timer.
+* When the client leaves, the request's task is cancelled; ``finally`` blocks
   cancel the running job, which aborts the upstream call.
 
 Every response, success or error, streamed or not, carries ``X-Selected-*`` for
@@ -40,6 +45,7 @@ from trio_gateway.config.models import ModelFallback, Upstream
 from trio_gateway.core.failover import Attempt, Outcome, Verdict, render_trail, status_verdict
 from trio_gateway.core.health import BreakerPolicy
 from trio_gateway.core.routing import Choice, TargetRoute, UpstreamPlan
+from trio_gateway.errors import ClientError, GatewayError
 from trio_gateway.providers import translate
 from trio_gateway.providers.formats import ApiFormat, error_body
 from trio_gateway.providers.passthrough import PassthroughStream
@@ -47,6 +53,7 @@ from trio_gateway.runtime.target import (
     Answer,
     AttemptFailed,
     Job,
+    Meta,
     Reply,
     StreamEnd,
     StreamStart,
@@ -56,12 +63,17 @@ from trio_gateway.runtime.target import (
 log = logging.getLogger("trio_gateway.dispatch")
 
 REPLY_BUFFER = 32
+#: An attempt that would start with less time than this before the deadline is not made.
+MIN_ATTEMPT_S = 0.01
 #: Response headers of a provider that a client may care about and that stay true
 #: through the gateway (others describe the provider's own connection).
 PASSED_RESPONSE_HEADERS = ("retry-after", "openai-processing-ms", "openai-version")
 PASSED_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
 JSON_TYPE = "application/json"
 SSE_TYPE = "text/event-stream"
+#: Client headers that belong to the client's own dialect (``anthropic-version``):
+#: meaningless, or worse, to a provider of the other dialect.
+DIALECT_PREFIXES = {ApiFormat.OPENAI: "openai-", ApiFormat.ANTHROPIC: "anthropic-"}
 
 
 @attrs.frozen
@@ -96,12 +108,15 @@ class ProxyResponse:
 
 @attrs.define
 class _Failure:
-    """The last failed attempt, kept to answer with when no attempt succeeds."""
+    """A failed attempt, kept to answer with when no attempt succeeds."""
 
     outcome: str
     message: str
+    actor: TargetActor
+    #: The provider's own answer (an error status), relayed if nothing better comes.
     answer: Answer | None = None
-    actor: TargetActor | None = None
+    #: The request is the client's error for this target (it does not translate).
+    client_error: ClientError | None = None
 
 
 def breaker_policy(upstream: Upstream) -> BreakerPolicy:
@@ -124,33 +139,24 @@ class Dispatcher:
         self.upstream = upstream
         self.actors = tuple(actors)
         self.plan = plan
-        self._formats = frozenset(a.format for a in actors)
 
     @classmethod
-    def build(
-        cls,
-        upstream: Upstream,
-        actors: Sequence[TargetActor],
-        balancer_factory: Callable[..., Any] | None = None,
-    ) -> Dispatcher:
+    def build(cls, upstream: Upstream, actors: Sequence[TargetActor]) -> Dispatcher:
         routes = [
             TargetRoute(
                 index=i,
                 id=t.id,
-                format=actor.format,
                 weight=t.weight,
                 priority=t.priority,
                 models=frozenset(t.models),
                 default_model=t.default_model,
             )
-            for i, (t, actor) in enumerate(zip(upstream.targets, actors, strict=True))
+            for i, t in enumerate(upstream.targets)
         ]
-        extra = {"balancer_factory": balancer_factory} if balancer_factory else {}
         plan = UpstreamPlan.compile(
             routes,
             upstream.algorithm,
             reject_unknown_models=upstream.model_fallback is ModelFallback.REJECT,
-            **extra,
         )
         return cls(upstream, actors, plan)
 
@@ -162,7 +168,6 @@ class Dispatcher:
             model,
             admits=lambda i: actors[i].breaker.admits(now) and not actors[i].retired,
             excluded=lambda i: actors[i].target.id in tried,
-            formats=self._formats,
             loads=actors,
             now=now,
         )
@@ -190,21 +195,19 @@ class Dispatcher:
         change between two attempts, and the next attempt follows it (targets
         already tried, by id, are not tried again).
         """
-        now = trio.current_time()
-        deadline = now + limits.request_timeout
+        deadline = trio.current_time() + limits.request_timeout
         dispatcher: Dispatcher = self
         max_attempts = limits.max_attempts or len(self.actors)
         tried: set[str] = set()
         attempts: list[Attempt] = []
-        failure: _Failure | None = None
+        failures: list[_Failure] = []
         last: tuple[TargetActor, str] | None = None
+        timed_out = False
 
         while len(attempts) < max_attempts:
             now = trio.current_time()
-            if now >= deadline:
-                failure = _Failure(
-                    Outcome.TIMEOUT.value, f"deadline of {limits.request_timeout:g} s exceeded"
-                )
+            if now >= deadline - MIN_ATTEMPT_S:
+                timed_out = True
                 break
             if attempts and current is not None:
                 dispatcher = current() or dispatcher
@@ -217,9 +220,10 @@ class Dispatcher:
             result = await dispatcher._attempt(request, limits, actor, choice, deadline, attempts)
             if isinstance(result, ProxyResponse):
                 return dispatcher._decorate(result, request, actor, choice, attempts)
-            failure = result
+            failures.append(result)
+            timed_out = result.outcome == Outcome.DEADLINE.value
 
-        return dispatcher._give_up(request, attempts, failure, last)
+        return dispatcher._give_up(request, attempts, failures, last, timed_out, limits)
 
     async def _attempt(
         self,
@@ -231,13 +235,24 @@ class Dispatcher:
         attempts: list[Attempt],
     ) -> ProxyResponse | _Failure:
         started = trio.current_time()
+
+        def record(outcome: str) -> None:
+            attempts.append(
+                Attempt(actor.target.id, outcome, (trio.current_time() - started) * 1000)
+            )
+
         translator = translate.translator(
             request.format,
             actor.target.provider.value,
             default_max_tokens=self.upstream.default_max_tokens,
             request_id=request.request_id,
         )
-        body = _provider_body(request, choice.model, translator)
+        try:
+            body = _provider_body(request, choice.model, translator)
+        except ClientError as exc:
+            record(Outcome.UNTRANSLATABLE.value)
+            return _Failure(Outcome.UNTRANSLATABLE.value, exc.message, actor, client_error=exc)
+
         reply_send, reply_receive = trio.open_memory_channel[Reply](REPLY_BUFFER)
         job = Job(
             body=body,
@@ -248,68 +263,76 @@ class Dispatcher:
             ticket=actor.breaker.admit(started),
             stall_timeout=limits.idle_timeout,
         )
-
-        def record(outcome: str) -> None:
-            attempts.append(
-                Attempt(actor.target.id, outcome, (trio.current_time() - started) * 1000)
-            )
-
         if not actor.submit(job):
             reply_send.close()
             reply_receive.close()
             record(Outcome.OVERLOADED.value)
-            return _Failure(Outcome.OVERLOADED.value, "the target's queue is full", actor=actor)
+            return _Failure(Outcome.OVERLOADED.value, "the target's queue is full", actor)
 
+        budget_end = started + limits.first_byte_timeout
+        first_byte_by = min(deadline, budget_end)
         committed = False
         try:
-            first_byte_by = min(deadline, started + limits.first_byte_timeout)
-            with trio.move_on_at(first_byte_by) as budget:
+            message: Any = _NOTHING
+            stream: Any = None
+            opening: bytes | AttemptFailed | None = None
+            with trio.move_on_at(first_byte_by):
                 message = await _receive(reply_receive)
                 if isinstance(message, StreamStart):
                     stream = (
-                        translator.stream()
-                        if translator is not None
-                        else PassthroughStream(request.format)
+                        translator.stream() if translator else PassthroughStream(request.format)
                     )
                     opening = await _first_events(reply_receive, stream)
-                    if isinstance(opening, bytes):
-                        record(str(message.status))
-                        committed = True
-                        return ProxyResponse(
-                            status=message.status,
-                            headers=_passed_headers(message.headers, SSE_TYPE),
-                            body=_stream_body(
-                                opening, stream, reply_receive, job, limits.idle_timeout
-                            ),
-                        )
-                    message = opening
-            if budget.cancelled_caught:
-                outcome = (
-                    Outcome.TIMEOUT
-                    if trio.current_time() >= deadline
-                    else Outcome.FIRST_BYTE_TIMEOUT
-                )
+            if message is _NOTHING:
+                message = _late(reply_receive)  # an answer that arrived as the budget ran out
+            if message is _NOTHING and job.first_byte and not request.stream:
+                # Headers in time, the body still coming: it may take until the deadline.
+                with trio.move_on_at(deadline):
+                    message = await _receive(reply_receive)
+                if message is _NOTHING:
+                    job.cancel(Outcome.TIMEOUT)
+                    record(Outcome.TIMEOUT.value)
+                    return _Failure(
+                        Outcome.TIMEOUT.value, "the answer did not finish in time", actor
+                    )
+            if message is _NOTHING or (stream is not None and opening is None):
+                # Silent until the budget ran out. Whose budget: the target's own, or what
+                # was left of the request's (then the target is not to blame)?
+                own = budget_end <= deadline
+                outcome = Outcome.FIRST_BYTE_TIMEOUT if own else Outcome.DEADLINE
                 job.cancel(outcome)
                 record(outcome.value)
-                return _Failure(
-                    outcome.value,
-                    f"no first byte from target within its budget ({outcome.value})",
-                    actor=actor,
-                )
+                return _Failure(outcome.value, "no first byte within the time allowed", actor)
+            if stream is not None:
+                if isinstance(opening, bytes):
+                    record(str(message.status))
+                    committed = True
+                    return ProxyResponse(
+                        status=message.status,
+                        headers=_passed_headers(message.headers, SSE_TYPE),
+                        body=_stream_body(opening, stream, reply_receive, job, limits.idle_timeout),
+                    )
+                message = opening
             if isinstance(message, AttemptFailed):
                 record(message.outcome.value)
-                return _Failure(message.outcome.value, message.message, actor=actor)
+                return _Failure(message.outcome.value, message.message, actor)
             if isinstance(message, Answer):
                 record(str(message.status))
-                verdict = status_verdict(message.status)
-                if verdict is Verdict.FAILURE:
-                    return _Failure(str(message.status), f"HTTP {message.status}", message, actor)
-                return _answer(message, request, translator)
+                if status_verdict(message.status) is Verdict.FAILURE:
+                    return _Failure(
+                        str(message.status), f"HTTP {message.status}", actor, answer=message
+                    )
+                response = _answer(message, request, translator)
+                if response is None:
+                    actor.report_unusable(job, "the answer did not translate")
+                    attempts[-1] = attrs.evolve(attempts[-1], outcome=Outcome.PROTOCOL_ERROR.value)
+                    return _Failure(
+                        Outcome.PROTOCOL_ERROR.value, "the provider's answer is not valid", actor
+                    )
+                return response
             record(Outcome.INTERNAL_ERROR.value)
             return _Failure(
-                Outcome.INTERNAL_ERROR.value,
-                "the target ended the attempt without an answer",
-                actor=actor,
+                Outcome.INTERNAL_ERROR.value, "the attempt ended without an answer", actor
             )
         finally:
             if not committed:
@@ -337,27 +360,27 @@ class Dispatcher:
         self,
         request: ClientRequest,
         attempts: list[Attempt],
-        failure: _Failure | None,
+        failures: list[_Failure],
         last: tuple[TargetActor, str] | None,
+        timed_out: bool,
+        limits: Limits,
     ) -> ProxyResponse:
-        """The answer when no attempt succeeded: the last upstream error, or ours."""
+        """The answer when no attempt succeeded.
+
+        In order: the last error a provider answered with (translated to the
+        client's dialect); a request that translates for no target; all targets
+        full (429); nothing eligible (503 with Retry-After); else a 502/504 of ours.
+        """
         fmt = request.format
         if last is not None:
             headers = _selection_headers(request, last[0], last[1], attempts)
         else:
             headers = [("X-Request-Id", request.request_id), ("X-Gateway-Attempts", "")]
-        if failure is None:
-            wait = self.retry_after(request.model, trio.current_time())
-            what = f"model {request.model!r}" if request.model else "this request"
-            return _error(
-                fmt,
-                503,
-                "service_unavailable",
-                f"no healthy target can serve {what} now; retry after {wait} s",
-                [*headers, ("Retry-After", str(wait))],
-            )
-        if failure.answer is not None and failure.actor is not None:
+        answered = [f for f in failures if f.answer is not None]
+        if answered:
+            failure = answered[-1]
             answer = failure.answer
+            assert answer is not None
             translator = translate.translator(
                 fmt,
                 failure.actor.target.provider.value,
@@ -370,36 +393,70 @@ class Dispatcher:
                 else translator.error(answer.status, answer.body)
             )
             content_type = (
-                JSON_TYPE if translator else answer.headers.get("content-type", JSON_TYPE)
+                answer.headers.get("content-type", JSON_TYPE) if translator is None else JSON_TYPE
             )
             return ProxyResponse(
                 status, _passed_headers(answer.headers, content_type) + headers, body
             )
-        if not any(a.outcome != Outcome.OVERLOADED.value for a in attempts):
+        client_errors = [f.client_error for f in failures if f.client_error is not None]
+        if client_errors and len(client_errors) == len(failures):
+            error = client_errors[-1]
+            return _error(fmt, error.status, error.type, error.message, headers)
+        real = [
+            f
+            for f in failures
+            if f.outcome not in (Outcome.OVERLOADED.value, Outcome.UNTRANSLATABLE.value)
+        ]
+        if not real and not timed_out:
+            if failures:
+                return _error(
+                    fmt,
+                    429,
+                    "overloaded",
+                    "every eligible target is at capacity; retry shortly",
+                    [*headers, ("Retry-After", "1")],
+                )
+            wait = self.retry_after(request.model, trio.current_time())
+            what = f"model {request.model!r}" if request.model else "this request"
             return _error(
                 fmt,
-                429,
-                "overloaded",
-                "every eligible target is at capacity; retry shortly",
-                [*headers, ("Retry-After", "1")],
+                503,
+                "service_unavailable",
+                f"no healthy target can serve {what} now; retry after {wait} s",
+                [*headers, ("Retry-After", str(wait))],
             )
-        status = 504 if "timeout" in failure.outcome else 502
-        kind = "upstream_timeout" if status == 504 else "upstream_error"
-        return _error(
-            fmt,
-            status,
-            kind,
-            f"{len(attempts)} attempt(s) failed; last: {failure.message}",
-            headers,
+        if timed_out and not real:
+            return _error(
+                fmt,
+                504,
+                "upstream_timeout",
+                f"the request's deadline of {limits.request_timeout:g} s ran out",
+                headers,
+            )
+        failure = real[-1]
+        timeout = failure.outcome in (
+            Outcome.TIMEOUT.value,
+            Outcome.FIRST_BYTE_TIMEOUT.value,
+            Outcome.DEADLINE.value,
         )
+        status = 504 if timeout or timed_out else 502
+        kind = "upstream_timeout" if status == 504 else "upstream_error"
+        message = f"{len(attempts)} attempt(s) failed; last: {failure.outcome}: {failure.message}"
+        return _error(fmt, status, kind, message, headers)
 
 
 # --- helpers (pure) --------------------------------------------------------------------
 
 
-#: Client headers that belong to the client's own dialect (``anthropic-version``):
-#: meaningless, or worse, to a provider of the other dialect.
-DIALECT_PREFIXES = {ApiFormat.OPENAI: "openai-", ApiFormat.ANTHROPIC: "anthropic-"}
+_NOTHING: Any = object()
+
+
+def _late(channel: trio.MemoryReceiveChannel[Reply]) -> Any:
+    """A message already waiting when a budget ran out (an answer must not be thrown away)."""
+    try:
+        return channel.receive_nowait()
+    except (trio.WouldBlock, trio.EndOfChannel):
+        return _NOTHING
 
 
 def _foreign(request: ClientRequest) -> list[tuple[str, str]]:
@@ -453,26 +510,23 @@ def _provider_body(
 
 def _answer(
     message: Answer, request: ClientRequest, translator: translate.Translator | None
-) -> ProxyResponse:
-    """A whole provider answer (success or a client error) in the client's dialect."""
+) -> ProxyResponse | None:
+    """A whole provider answer (success or a client error) in the client's dialect.
+
+    ``None`` when a success cannot be put in the client's dialect (the provider
+    broke its own protocol): that attempt failed.
+    """
     status, body = message.status, message.body
     content_type = message.headers.get("content-type", JSON_TYPE)
     if translator is not None:
         if 200 <= status < 300:
             try:
-                body = json.dumps(
-                    translator.response(json.loads(body)), separators=(",", ":")
-                ).encode()
-            except ValueError:
-                status, body = (
-                    502,
-                    error_body(
-                        request.format,
-                        502,
-                        "upstream_protocol_error",
-                        "the provider's answer is not valid JSON",
-                    ),
-                )
+                parsed = json.loads(body)
+                if not isinstance(parsed, dict):
+                    return None
+                body = json.dumps(translator.response(parsed), separators=(",", ":")).encode()
+            except (ValueError, TypeError, KeyError, AttributeError, GatewayError):
+                return None
         else:
             status, body = translator.error(status, body)
         content_type = JSON_TYPE
@@ -489,19 +543,27 @@ async def _receive(channel: trio.MemoryReceiveChannel[Reply]) -> Reply | None:
 async def _first_events(
     channel: trio.MemoryReceiveChannel[Reply], stream: Any
 ) -> bytes | AttemptFailed | None:
-    """Read until the stream has a whole event for the client (``bytes``), or failed."""
+    """Read until the client can be sent a stream with content (``bytes``), or it failed.
+
+    Metadata and keep-alives are translated and held back; the first content event
+    (or a complete stream with none) releases them. ``None``: the job vanished.
+    """
+    held: list[bytes] = []
     while True:
         message = await _receive(channel)
         if isinstance(message, bytes):
-            out = stream.feed(message)
-            if out:
-                return out
+            held.append(stream.feed(message))
+            opening = b"".join(held)
+            if opening:
+                return opening
+        elif isinstance(message, Meta):
+            held.append(stream.feed(message.data))
         elif isinstance(message, StreamEnd):
-            out = stream.finish() if message.complete else b""
-            if out:
-                return out
+            if message.complete:
+                held.append(stream.finish())
+                return b"".join(held)
             return AttemptFailed(
-                Outcome.STREAM_INCOMPLETE, "the stream ended before its first event"
+                Outcome.STREAM_INCOMPLETE, "the stream ended before its first token"
             )
         elif isinstance(message, AttemptFailed):
             return message
@@ -516,15 +578,17 @@ async def _stream_body(
     job: Job,
     idle_timeout: float,
 ) -> AsyncIterator[bytes]:
-    """The committed stream: whole events as they come; a failure ends it with an error event.
+    """The committed stream: events as they come; a failure ends it with an error event.
 
-    No cancel scope is held across a ``yield``: each wait for a chunk has its own.
+    No cancel scope is held across a ``yield``: each wait for a message has its own.
+    Only content moves the idle deadline; pings and keep-alives pass but do not.
     Leaving (client gone, generator closed) cancels the job in ``finally``.
     """
     try:
         yield opening
+        idle_deadline = trio.current_time() + idle_timeout
         while True:
-            with trio.move_on_after(idle_timeout) as idle:
+            with trio.move_on_at(idle_deadline) as idle:
                 message = await _receive(channel)
             if idle.cancelled_caught:
                 job.cancel(Outcome.IDLE_TIMEOUT)
@@ -534,6 +598,8 @@ async def _stream_body(
                 if out:
                     yield out
                 return
+            if isinstance(message, bytes):
+                idle_deadline = trio.current_time() + idle_timeout
             out, done = _stream_step(stream, message)
             if out:
                 yield out
@@ -548,14 +614,16 @@ def _stream_step(stream: Any, message: Reply | None) -> tuple[bytes, bool]:
     """Client bytes for one reply message, and whether the stream is over."""
     if isinstance(message, bytes):
         return stream.feed(message), False
+    if isinstance(message, Meta):
+        return stream.feed(message.data), False
     if isinstance(message, StreamEnd):
-        if message.complete:
+        if message.complete or message.relayed_error:
             return stream.finish(), True
         return stream.fail(
             "upstream_error", "the provider's stream ended before it was complete"
         ), True
     if isinstance(message, AttemptFailed):
         return stream.fail(
-            "upstream_error", f"the provider's stream broke: {message.message}"
+            "upstream_error", f"the provider's stream broke ({message.outcome.value})"
         ), True
     return stream.fail("upstream_error", "the provider's stream ended unexpectedly"), True

@@ -52,6 +52,8 @@ class ServiceRoute:
 class GatewayRoute:
     gateway: Gateway
     rules: tuple[CompiledRule, ...]
+    #: ``(model, provider)`` reachable through the rules, sorted: ``GET /v1/models``.
+    models: tuple[tuple[str, str], ...] = ()
 
     @property
     def active(self) -> bool:
@@ -83,8 +85,10 @@ class Runtime:
         self.catalog = catalog
         self.table = RouteTable()
         self._transport = transport
-        self._actors: dict[str, TargetActor] = {}
+        self._actors: dict[tuple[str, str], TargetActor] = {}
         self._nursery: trio.Nursery | None = None
+        self._applied = 0
+        self._applied_event = trio.Event()
 
     async def run(
         self, *, task_status: trio.TaskStatus[Runtime] = trio.TASK_STATUS_IGNORED
@@ -93,22 +97,47 @@ class Runtime:
             self._nursery = nursery
             snapshot = self.catalog.snapshot
             self._reconcile(snapshot)
+            self._mark_applied(snapshot.generation)
             task_status.started(self)
             while True:
                 snapshot = await self.catalog.wait_changed(snapshot.generation)
-                self._reconcile(snapshot)
+                try:
+                    self._reconcile(snapshot)
+                except Exception:
+                    # A bug must not take the proxy down: keep serving the last good table.
+                    log.exception(
+                        "reconciling the configuration failed; keeping the previous one",
+                        extra={"fields": {"generation": snapshot.generation}},
+                    )
+                self._mark_applied(snapshot.generation)
+
+    def _mark_applied(self, generation: int) -> None:
+        self._applied = generation
+        self._applied_event.set()
+        self._applied_event = trio.Event()
+
+    async def wait_applied(self, generation: int) -> None:
+        """Return once the route table reflects catalog ``generation`` (or a later one).
+
+        The admin API waits on this before answering a write, so that "takes effect
+        on the next request" holds for the client that made the change.
+        """
+        while self._applied < generation:
+            await self._applied_event.wait()
 
     # --- reconciliation -----------------------------------------------------------------
 
     def _reconcile(self, snapshot: Snapshot) -> None:
         assert self._nursery is not None
-        actors: dict[str, TargetActor] = {}
+        # Actors are keyed by upstream and target: a target id is only unique in its upstream.
+        actors: dict[tuple[str, str], TargetActor] = {}
         dispatchers: dict[str, Dispatcher] = {}
         for upstream in snapshot.upstreams.values():
             policy = breaker_policy(upstream)
             members = []
             for target in upstream.targets:
-                actor = self._actors.get(target.id)
+                key = (upstream.id, target.id)
+                actor = self._actors.get(key)
                 endpoint = Endpoint.of(target)
                 if (
                     actor is not None
@@ -126,10 +155,11 @@ class Runtime:
                                 actor.breaker,
                                 actor.latency_estimate,
                             )
+                            fresh.breaker.policy = policy
                         actor.retire()
                     actor = fresh
                     self._nursery.start_soon(self._supervise, actor)
-                actors[target.id] = actor
+                actors[key] = actor
                 members.append(actor)
             previous = self.table.dispatchers.get(upstream.id)
             if (
@@ -140,8 +170,8 @@ class Runtime:
                 dispatchers[upstream.id] = previous
             else:
                 dispatchers[upstream.id] = Dispatcher.build(upstream, members)
-        for target_id, actor in self._actors.items():
-            if target_id not in actors:
+        for key, actor in self._actors.items():
+            if key not in actors:
                 actor.retire()
         self._actors = actors
         self.table = _compile(snapshot, dispatchers)
@@ -190,10 +220,23 @@ def _compile(snapshot: Snapshot, dispatchers: Mapping[str, Dispatcher]) -> Route
         generation=snapshot.generation,
         keys={k.key_hash: k for k in snapshot.api_keys.values()},
         gateways={
-            gid: GatewayRoute(gateway, compile_rules(rules_by_gateway[gid]))
+            gid: _gateway_route(gateway, rules_by_gateway[gid], snapshot)
             for gid, gateway in snapshot.gateways.items()
         },
         subdomains={g.subdomain: g.id for g in snapshot.gateways.values() if g.subdomain},
         services=services,
         dispatchers=dispatchers,
     )
+
+
+def _gateway_route(gateway: Gateway, rules: list, snapshot: Snapshot) -> GatewayRoute:
+    compiled = compile_rules(rules)
+    models: dict[str, str] = {}
+    for rule in compiled:
+        service = snapshot.services.get(rule.service_id)
+        upstream = snapshot.upstreams.get(service.upstream_id) if service else None
+        for target in upstream.targets if upstream else ():
+            names = (*target.models, *((target.default_model,) if target.default_model else ()))
+            for name in names:
+                models.setdefault(name, target.provider.value)
+    return GatewayRoute(gateway, compiled, tuple(sorted(models.items())))

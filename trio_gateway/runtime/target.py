@@ -52,7 +52,7 @@ from trio_gateway.core.failover import (
 )
 from trio_gateway.core.health import Breaker, BreakerPolicy, BreakerStatistics, Ticket
 from trio_gateway.providers.endpoints import Endpoint
-from trio_gateway.providers.formats import ApiFormat
+from trio_gateway.providers.watch import MALFORMED, StreamWatch
 
 log = logging.getLogger("trio_gateway.target")
 
@@ -63,12 +63,6 @@ CONNECT_TIMEOUT_S = 10.0
 PROBE_TIMEOUT_S = 10.0
 #: httpx2's own timeouts are a safety net only: the requester's budgets cancel first.
 SAFETY_TIMEOUT_S = 3600.0
-
-#: How each provider format ends a complete stream (checked with a newline before it).
-STREAM_TERMINATORS = {
-    ApiFormat.OPENAI: b"\ndata: [DONE]",
-    ApiFormat.ANTHROPIC: b"\nevent: message_stop",
-}
 
 
 # --- messages ------------------------------------------------------------------------
@@ -90,10 +84,26 @@ class StreamStart:
 
 
 @attrs.frozen
+class Meta:
+    """Whole stream events that carry no content yet (metadata, pings, keep-alives).
+
+    Forwarded like content, but they neither commit a stream (failover stays
+    possible) nor reset its idle timer. Content comes as plain ``bytes``.
+    """
+
+    data: bytes
+
+
+@attrs.frozen
 class StreamEnd:
-    """The provider closed the stream; ``complete`` if its terminator was seen."""
+    """The provider closed the stream.
+
+    ``complete``: its terminator was seen. ``relayed_error``: it sent an error event,
+    already passed on, so the client needs no second one.
+    """
 
     complete: bool
+    relayed_error: bool = False
 
 
 @attrs.frozen
@@ -102,7 +112,7 @@ class AttemptFailed:
     message: str
 
 
-Reply = Answer | StreamStart | StreamEnd | AttemptFailed | bytes
+Reply = Answer | StreamStart | Meta | StreamEnd | AttemptFailed | bytes
 
 
 @attrs.define(eq=False)
@@ -123,6 +133,13 @@ class Job:
     abort: Outcome | None = None
     #: The job's last message is on its way: its verdict is known, nothing to cancel.
     answered: bool = False
+    #: The actor took it off the queue (a job cancelled before that says nothing
+    #: about the provider).
+    started: bool = False
+    #: The provider's response headers arrived.
+    first_byte: bool = False
+    #: The requester found the answer unusable (it did not translate): a failure.
+    unusable: str | None = None
     done: bool = False
 
     def cancel(self, why: Outcome) -> None:
@@ -173,7 +190,6 @@ class TargetActor:
         self._send, self._receive = trio.open_memory_channel[Job](
             min(self.max_in_flight, QUEUE_SIZE)
         )
-        self._terminator = STREAM_TERMINATORS[self.format]
         self._retired = False
 
     # --- used by the dispatcher (synchronous, same thread) -------------------------------
@@ -254,35 +270,45 @@ class TargetActor:
                 response = await client.get(url, headers=headers)
                 if not 200 <= response.status_code < 300:
                     error = f"HTTP {response.status_code}"
-            except httpx2.HTTPError as exc:
-                error = f"{type(exc).__name__}: {exc}"
+            except Exception as exc:  # an unusable probe is a failed probe, never a crash
+                error = type(exc).__name__
         if timer.cancelled_caught:
             error = "timed out"
         self.breaker.probed(trio.current_time(), ok=not error, error=error)
 
     async def _serve(self, client: httpx2.AsyncClient, job: Job, slots: trio.Semaphore) -> None:
+        job.started = True
+        begun = trio.current_time()
         verdict, error, retry_after = Verdict.NEUTRAL, "", None
+        given_up = job.abort is not None  # while it waited in the queue: nothing to learn
         try:
             async with job.reply:
                 with job.scope:
-                    verdict, error, retry_after = await self._exchange(client, job)
+                    if not given_up:
+                        verdict, error, retry_after = await self._exchange(client, job)
         except trio.BrokenResourceError:
             verdict, error = Verdict.NEUTRAL, "requester left"
-        except Exception as exc:  # a bug of ours: the attempt fails over, the actor lives on
+        except Exception:  # a bug of ours: the attempt fails over, the actor lives on
             log.exception("job failed", extra={"fields": {"target_id": self.target.id}})
-            verdict, error = Verdict.NEUTRAL, f"internal error: {exc!r}"
+            verdict, error = Verdict.NEUTRAL, "internal error"
         finally:
             job.done = True
-            if job.abort is not None:
+            if job.abort is not None and not given_up:
                 verdict, error = outcome_verdict(job.abort), job.abort.value
-            self._settle(job.ticket, verdict, error, retry_after)
+            if job.unusable is not None:
+                verdict, error = Verdict.FAILURE, job.unusable
+            self._settle(job.ticket, verdict, error, retry_after, trio.current_time() - begun)
             self.in_flight -= 1
             slots.release()
 
     async def _exchange(
         self, client: httpx2.AsyncClient, job: Job
     ) -> tuple[Verdict, str, float | None]:
-        """The HTTP call. Returns the verdict for the breaker and an error text."""
+        """The HTTP call. Returns the verdict for the breaker and an error text.
+
+        Error texts are fixed phrases plus an exception's class name, never its
+        message: an HTTP library's message can quote a header, a credential included.
+        """
         request = client.build_request(
             "POST",
             self.endpoint.url_for(job.model),
@@ -293,16 +319,31 @@ class TargetActor:
         try:
             response = await client.send(request, stream=True)
         except httpx2.TimeoutException as exc:
-            return await self._failed(job, Outcome.TIMEOUT, f"timed out: {exc!r}")
+            return await self._failed(job, Outcome.TIMEOUT, f"timed out ({type(exc).__name__})")
         except (httpx2.ConnectError, httpx2.UnsupportedProtocol) as exc:
-            return await self._failed(job, Outcome.CONNECT_ERROR, f"cannot connect: {exc}")
+            return await self._failed(
+                job, Outcome.CONNECT_ERROR, f"cannot connect to the provider ({type(exc).__name__})"
+            )
+        except httpx2.LocalProtocolError:
+            # Our request could not be written: a configuration problem, not the provider's.
+            return await self._failed(
+                job,
+                Outcome.INTERNAL_ERROR,
+                "the request could not be sent (check the target's headers)",
+            )
         except httpx2.HTTPError as exc:
-            return await self._failed(job, Outcome.PROTOCOL_ERROR, f"bad response: {exc!r}")
+            return await self._failed(
+                job,
+                Outcome.PROTOCOL_ERROR,
+                f"bad response from the provider ({type(exc).__name__})",
+            )
+        job.first_byte = True
         try:
             status = response.status_code
             verdict = status_verdict(status)
             if verdict is Verdict.SUCCESS:
-                self.latency_estimate.observe(trio.current_time() - started, trio.current_time())
+                now = trio.current_time()
+                self.latency_estimate.observe(now - started, now)
             if job.stream and verdict is Verdict.SUCCESS:
                 return await self._relay_stream(job, response)
             body = bytearray()
@@ -312,53 +353,86 @@ class TargetActor:
                     return await self._failed(
                         job, Outcome.PROTOCOL_ERROR, "response body too large"
                     )
-            job.answered = True
-            await job.reply.send(Answer(status, response.headers, bytes(body)))
+            await self._last(job, Answer(status, response.headers, bytes(body)))
             retry_after = parse_retry_after(response.headers.get("retry-after"))
             return verdict, "" if verdict is Verdict.SUCCESS else f"HTTP {status}", retry_after
         except httpx2.TimeoutException as exc:
-            return await self._failed(job, Outcome.TIMEOUT, f"timed out reading: {exc!r}")
+            return await self._failed(
+                job, Outcome.TIMEOUT, f"timed out reading ({type(exc).__name__})"
+            )
         except httpx2.HTTPError as exc:
-            return await self._failed(job, Outcome.READ_ERROR, f"read failed: {exc!r}")
+            return await self._failed(
+                job, Outcome.READ_ERROR, f"reading failed ({type(exc).__name__})"
+            )
         finally:
-            with trio.CancelScope(shield=True):
-                with trio.move_on_after(1.0):
-                    await response.aclose()
+            with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                await response.aclose()
 
     async def _relay_stream(self, job: Job, response: httpx2.Response) -> tuple[Verdict, str, None]:
-        await job.reply.send(StreamStart(response.status_code, response.headers))
-        terminator = self._terminator
-        keep = len(terminator)
-        tail = b"\n"  # so a terminator at the very start is seen too
-        complete = False
+        """Whole events to the requester, content marked; the watch decides the verdict."""
+        watch = StreamWatch(self.format)
+        if not await self._deliver(job, StreamStart(response.status_code, response.headers)):
+            return Verdict.NEUTRAL, "the requester stopped reading", None
         async for chunk in response.aiter_bytes():
-            if not complete:
-                joined = tail + chunk
-                complete = terminator in joined
-                tail = joined[-keep:]
-            try:
-                job.reply.send_nowait(chunk)
-            except trio.WouldBlock:
-                with trio.move_on_after(job.stall_timeout) as stalled:
-                    await job.reply.send(chunk)
-                if stalled.cancelled_caught:
-                    job.cancel(Outcome.CANCELLED)
-                    return Verdict.NEUTRAL, "the requester stopped reading", None
-        job.answered = True
-        await job.reply.send(StreamEnd(complete))
-        if complete:
+            out, content = watch.feed(chunk)
+            if watch.error is not None and not watch.started:
+                kind = Outcome.PROTOCOL_ERROR if watch.error == MALFORMED else Outcome.STREAM_ERROR
+                return await self._failed(
+                    job, kind, f"the stream began with an error ({watch.error})"
+                )
+            if out and not await self._deliver(job, out if content else Meta(out)):
+                return Verdict.NEUTRAL, "the requester stopped reading", None
+            if watch.error is not None:
+                break
+        out, content = watch.flush()
+        if out and not await self._deliver(job, out if content else Meta(out)):
+            return Verdict.NEUTRAL, "the requester stopped reading", None
+        relayed = watch.error is not None and watch.error != MALFORMED
+        await self._last(job, StreamEnd(watch.complete, relayed_error=relayed))
+        if watch.complete:
             return Verdict.SUCCESS, "", None
+        if watch.error is not None:
+            return Verdict.FAILURE, f"the stream broke ({watch.error})", None
         return Verdict.FAILURE, Outcome.STREAM_INCOMPLETE.value, None
 
-    async def _failed(self, job: Job, outcome: Outcome, message: str) -> tuple[Verdict, str, None]:
-        # The requester may be gone already; the breaker still learns.
+    async def _deliver(self, job: Job, message: Reply) -> bool:
+        """Hand ``message`` to the requester; ``False`` if it stopped reading for too long."""
+        try:
+            job.reply.send_nowait(message)
+            return True
+        except trio.WouldBlock:
+            with trio.move_on_after(job.stall_timeout) as stalled:
+                await job.reply.send(message)
+            return not stalled.cancelled_caught
+
+    async def _last(self, job: Job, message: Reply) -> None:
+        """The job's final message: its verdict stands whatever the requester does now."""
+        job.answered = True
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            job.answered = True
-            await job.reply.send(AttemptFailed(outcome, message))
+            await self._deliver(job, message)
+
+    async def _failed(self, job: Job, outcome: Outcome, message: str) -> tuple[Verdict, str, None]:
+        await self._last(job, AttemptFailed(outcome, message))
         return outcome_verdict(outcome), message, None
 
+    def report_unusable(self, job: Job, error: str) -> None:
+        """The requester could not use ``job``'s answer (it did not translate): a failure.
+
+        Recorded when the job settles, or at once if it already has.
+        """
+        if not job.done:
+            job.unusable = error
+            return
+        self.failures += 1
+        self.breaker.failed(trio.current_time(), job.ticket, error)
+
     def _settle(
-        self, ticket: Ticket, verdict: Verdict, error: str, retry_after: float | None
+        self,
+        ticket: Ticket,
+        verdict: Verdict,
+        error: str,
+        retry_after: float | None,
+        elapsed: float,
     ) -> None:
         now = trio.current_time()
         self.requests += 1
@@ -366,6 +440,8 @@ class TargetActor:
             self.breaker.succeeded(now, ticket)
         elif verdict is Verdict.FAILURE:
             self.failures += 1
+            # A failure is slow as far as latency-aware balancing is concerned.
+            self.latency_estimate.observe(elapsed, now)
             self.breaker.failed(now, ticket, error, retry_after)
             if log.isEnabledFor(logging.INFO):
                 log.info(

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import attrs
+import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -40,6 +41,8 @@ API = "/api/v1"
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 DEFAULT_MAX_BODY = 1 << 20
+#: How long a write's answer may wait for the proxy to adopt the change.
+APPLY_WAIT_S = 5.0
 
 #: URL segment under a gateway -> entity kind.
 COLLECTIONS: dict[str, Kind] = {
@@ -90,6 +93,7 @@ def create_admin_app(
     admin_token: str | None = None,
     max_body: int = DEFAULT_MAX_BODY,
     upstream_health: Callable[[str], list[TargetStatistics] | None] | None = None,
+    applied: Callable[[int], Awaitable[None]] | None = None,
 ) -> QuartTrio:
     """The admin app. ``admin_token`` set: every ``/api`` call needs ``Authorization: Bearer``."""
     app = QuartTrio("trio_gateway.admin")
@@ -107,6 +111,18 @@ def create_admin_app(
                 "this admin API needs 'Authorization: Bearer <admin token>'",
                 headers={"WWW-Authenticate": 'Bearer realm="trio-gateway admin"'},
             )
+
+    @app.after_request
+    async def settle(response: Response) -> Response:
+        """After a write, answer once the proxy uses the new configuration (bounded)."""
+        if (
+            applied is not None
+            and request.method in ("POST", "PUT", "DELETE")
+            and response.status_code < 300
+        ):
+            with trio.move_on_after(APPLY_WAIT_S):
+                await applied(catalog.snapshot.generation)
+        return response
 
     @app.errorhandler(GatewayError)
     async def gateway_error(error: GatewayError) -> Response:

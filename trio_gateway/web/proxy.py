@@ -43,6 +43,8 @@ from trio_gateway.web.http import from_http_exception
 log = logging.getLogger("trio_gateway.proxy")
 
 DEFAULT_MAX_BODY = 32 << 20
+MAX_MODEL_NAME = 256
+NO_KEY = "invalid or missing API key: send it as 'X-Api-Key' or 'Authorization: Bearer'"
 
 #: Client headers never sent upstream: hop-by-hop, the gateway's own key, what
 #: the gateway sets itself, and what describes the client's connection.
@@ -130,24 +132,16 @@ async def _proxy(
     headers = request.headers
     presented = _presented_key(headers)
     key = table.key(hash_api_key(presented), datetime.now(UTC)) if presented else None
-    if key is not None:
-        gateway = table.gateways.get(key.gateway_id)
-    else:
-        gateway = _named_gateway(table)
+    gateway = table.gateways.get(key.gateway_id) if key is not None else _named_gateway(table)
+    rule = match_rule(gateway.rules, request.method, request.path) if gateway else None
+    if key is None and (rule is None or not rule.public):
+        # Without a key, nothing is told apart: no gateway, no route, not public.
+        raise AuthenticationFailed(NO_KEY)
     if gateway is None:
-        raise AuthenticationFailed(
-            "invalid or missing API key: send it as 'X-Api-Key' or 'Authorization: Bearer'"
-            if presented or not _gateway_hint()
-            else "no such gateway"
-        )
-    rule = match_rule(gateway.rules, request.method, request.path)
+        raise AuthenticationFailed(NO_KEY)
     if rule is None:
         raise NotFound(
             f"no route for {request.method} {request.path} in gateway {gateway.gateway.name!r}"
-        )
-    if key is None and not rule.public:
-        raise AuthenticationFailed(
-            "invalid or missing API key: send it as 'X-Api-Key' or 'Authorization: Bearer'"
         )
     if not gateway.active:
         raise PermissionDenied(f"gateway {gateway.gateway.name!r} is inactive")
@@ -161,8 +155,14 @@ async def _proxy(
     raw = await _read_body(max_body)
     body = _parse(raw)
     model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise ClientError("'model' must be a string")
+    if model is not None and (
+        not isinstance(model, str)
+        or len(model) > MAX_MODEL_NAME
+        or not (model.isascii() and model.isprintable())
+    ):
+        raise ClientError(
+            f"'model' must be a string of at most {MAX_MODEL_NAME} printable ASCII characters"
+        )
     stream = body.get("stream") is True
     # Reading the body took time: follow the configuration as it is now.
     route = runtime.table.services.get(rule.service_id)
@@ -220,7 +220,7 @@ async def _read_body(limit: int) -> bytes:
     except HTTPException as exc:
         if exc.code == 413:
             raise PayloadTooLarge(f"request body is larger than {limit} bytes") from exc
-        raise
+        raise from_http_exception(exc) from exc  # e.g. 408: the body stalled
     if len(raw) > limit:
         raise PayloadTooLarge(f"request body is larger than {limit} bytes")
     return raw
@@ -276,20 +276,9 @@ def _models(table: RouteTable, request_id: str) -> Response:
     gateway = table.gateways.get(key.gateway_id) if key else None
     if gateway is None:
         raise AuthenticationFailed("invalid or missing API key")
-    models: dict[str, str] = {}
-    for rule in gateway.rules:
-        route = table.services.get(rule.service_id)
-        if route is None:
-            continue
-        for target in route.dispatcher.upstream.targets:
-            for model in (
-                *target.models,
-                *([target.default_model] if target.default_model else []),
-            ):
-                models.setdefault(model, target.provider.value)
-    names = sorted(models)
+    names = [name for name, _ in gateway.models]
     if _dialect() is ApiFormat.ANTHROPIC:
-        body = {
+        body: dict[str, Any] = {
             "data": [
                 {"type": "model", "id": m, "display_name": m, "created_at": "1970-01-01T00:00:00Z"}
                 for m in names
@@ -302,7 +291,8 @@ def _models(table: RouteTable, request_id: str) -> Response:
         body = {
             "object": "list",
             "data": [
-                {"id": m, "object": "model", "created": 0, "owned_by": models[m]} for m in names
+                {"id": m, "object": "model", "created": 0, "owned_by": provider}
+                for m, provider in gateway.models
             ],
         }
     return Response(

@@ -1,0 +1,113 @@
+"""StreamWatch: whole events out, and what they mean, whatever the chunking."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trio_gateway.providers.formats import ApiFormat
+from trio_gateway.providers.watch import MALFORMED, StreamWatch
+
+ROLE = b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
+TOKEN = b'data: {"choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\n'
+FINISH = b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+DONE = b"data: [DONE]\n\n"
+OPENAI = ROLE + b": keep-alive\n\n" + TOKEN + FINISH + DONE
+
+ANTHROPIC = (
+    b'event: message_start\ndata: {"type":"message_start","message":{"id":"m","content":[]}}\n\n'
+    b'event: content_block_start\ndata: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}\n\n'
+    b'event: ping\ndata: {"type": "ping"}\n\n'
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}\n\n'
+    b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n'
+    b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"}}\n\n'
+    b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+)
+
+
+def run(fmt, chunks):
+    watch = StreamWatch(fmt)
+    steps = [watch.feed(c) for c in chunks]
+    steps.append(watch.flush())
+    return watch, steps
+
+
+def test_openai_metadata_is_not_content_and_done_completes():
+    watch = StreamWatch(ApiFormat.OPENAI)
+    assert watch.feed(ROLE + b": keep-alive\n\n") == (ROLE + b": keep-alive\n\n", False)
+    assert not watch.started
+    assert watch.feed(TOKEN) == (TOKEN, True) and watch.started
+    watch.feed(FINISH + DONE)
+    assert watch.complete and watch.error is None
+
+
+def test_anthropic_first_content_is_the_first_delta():
+    watch = StreamWatch(ApiFormat.ANTHROPIC)
+    head, _, rest = ANTHROPIC.partition(b"event: content_block_delta")
+    assert watch.feed(head) == (head, False)
+    _, content = watch.feed(b"event: content_block_delta" + rest)
+    assert content and watch.started and watch.complete
+
+
+def test_tool_use_block_start_is_content():
+    block = b'event: content_block_start\ndata: {"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"t","name":"f","input":{}}}\n\n'
+    assert StreamWatch(ApiFormat.ANTHROPIC).feed(block) == (block, True)
+
+
+def test_terminators_without_the_optional_space():
+    openai = StreamWatch(ApiFormat.OPENAI)
+    openai.feed(TOKEN + b"data:[DONE]\n\n")
+    assert openai.complete
+    anthropic = StreamWatch(ApiFormat.ANTHROPIC)
+    anthropic.feed(b'event:message_stop\ndata:{"type":"message_stop"}\r\n\r\n')
+    assert anthropic.complete
+
+
+def test_content_mentioning_the_terminator_does_not_complete():
+    tricky = (
+        b'data: {"choices":[{"delta":{"content":"\\ndata: [DONE]\\nevent: message_stop"}}]}\n\n'
+    )
+    watch = StreamWatch(ApiFormat.OPENAI)
+    watch.feed(tricky)
+    assert watch.started and not watch.complete
+
+
+def test_error_events_in_both_dialects():
+    openai = StreamWatch(ApiFormat.OPENAI)
+    error = b'data: {"error":{"message":"x","type":"server_error"}}\n\n'
+    assert openai.feed(error) == (error, True)
+    assert openai.error == "server_error" and not openai.started
+    anthropic = StreamWatch(ApiFormat.ANTHROPIC)
+    anthropic.feed(
+        b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"x"}}\n\n'
+    )
+    assert anthropic.error == "overloaded_error"
+    assert anthropic.feed(ANTHROPIC) == (b"", False)  # nothing after an error
+
+
+def test_a_malformed_event_is_held_back_with_everything_after_it():
+    watch = StreamWatch(ApiFormat.OPENAI)
+    out, _ = watch.feed(TOKEN + b"data: {not json\n\n" + FINISH + DONE)
+    assert out == TOKEN
+    assert watch.error == MALFORMED and not watch.complete
+
+
+def test_a_last_event_without_its_blank_line():
+    watch = StreamWatch(ApiFormat.OPENAI)
+    watch.feed(TOKEN + b"data: [DONE]")
+    assert not watch.complete
+    assert watch.flush() == (b"data: [DONE]\n\n", True)
+    assert watch.complete
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([(ApiFormat.OPENAI, OPENAI), (ApiFormat.ANTHROPIC, ANTHROPIC)]), st.data())
+def test_any_chunking_releases_the_same_bytes_and_verdicts(case, data):
+    fmt, body = case
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(body) - 1), max_size=12)))
+    chunks = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
+    watch, steps = run(fmt, chunks)
+    assert b"".join(out for out, _ in steps) == body
+    assert watch.complete and watch.started and watch.error is None
+    for out, _ in steps:
+        assert not out or out.endswith((b"\n\n", b"\r\n\r\n"))
