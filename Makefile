@@ -21,11 +21,16 @@ run: $(STAMP)
 	$(BIN)/trio-gateway serve --config examples/quickstart.yaml --data-dir ./data
 
 lint: $(STAMP)
-	$(BIN)/ruff check trio_gateway tests examples
-	$(BIN)/ruff format --check trio_gateway tests examples
+	$(BIN)/ruff check trio_gateway tests examples benchmarks
+	$(BIN)/ruff format --check trio_gateway tests examples benchmarks
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# Not part of `make test`. Needs: apt-get install nginx libnginx-mod-http-echo wrk
+# (docs/benchmarks.md). Writes docs/benchmarks.md and benchmarks/results/latest.json.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache .hypothesis
