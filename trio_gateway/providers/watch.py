@@ -18,16 +18,16 @@ starts on an event boundary), and what they mean:
 * **a malformed event** (data that is not a JSON object): the stream is broken
   there. That event and anything after it are held back.
 
-Every data event is parsed once, with :func:`json.loads`: that is how a malformed
-event is caught, and it costs about as much as the event's own HTTP framing.
+Every data event is parsed once (orjson, about 0.4 µs for a token chunk): that is
+how a malformed event is caught.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
+from trio_gateway import jsonio
 from trio_gateway.providers.formats import ApiFormat
 
 MALFORMED = "malformed_event"
@@ -127,7 +127,7 @@ def _fields(block: bytes) -> tuple[bytes | None, bytes | None]:
 
 def _json(data: bytes) -> dict[str, Any] | None:
     try:
-        value = json.loads(data)
+        value = jsonio.loads(data)
     except ValueError:
         return None
     return value if isinstance(value, dict) else None

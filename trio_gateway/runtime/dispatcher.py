@@ -31,7 +31,6 @@ the last target tried, ``X-Request-Id`` and the attempt trail.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -41,6 +40,7 @@ import attrs
 import httpx2
 import trio
 
+from trio_gateway import jsonio
 from trio_gateway.config.models import ModelFallback, Upstream
 from trio_gateway.core.failover import Attempt, Outcome, Verdict, render_trail, status_verdict
 from trio_gateway.core.health import BreakerPolicy
@@ -241,11 +241,15 @@ class Dispatcher:
                 Attempt(actor.target.id, outcome, (trio.current_time() - started) * 1000)
             )
 
-        translator = translate.translator(
-            request.format,
-            actor.target.provider.value,
-            default_max_tokens=self.upstream.default_max_tokens,
-            request_id=request.request_id,
+        translator = (
+            None
+            if request.format is actor.format
+            else translate.translator(
+                request.format,
+                actor.target.provider.value,
+                default_max_tokens=self.upstream.default_max_tokens,
+                request_id=request.request_id,
+            )
         )
         try:
             body = _provider_body(request, choice.model, translator)
@@ -500,12 +504,12 @@ def _provider_body(
     if translator is not None:
         body = dict(request.body)
         body["model"] = model
-        return json.dumps(translator.request(body), separators=(",", ":")).encode()
+        return jsonio.dumpb(translator.request(body))
     if request.model == model:
         return request.raw
     body = dict(request.body)
     body["model"] = model
-    return json.dumps(body, separators=(",", ":")).encode()
+    return jsonio.dumpb(body)
 
 
 def _answer(
@@ -521,10 +525,10 @@ def _answer(
     if translator is not None:
         if 200 <= status < 300:
             try:
-                parsed = json.loads(body)
+                parsed = jsonio.loads(body)
                 if not isinstance(parsed, dict):
                     return None
-                body = json.dumps(translator.response(parsed), separators=(",", ":")).encode()
+                body = jsonio.dumpb(translator.response(parsed))
             except (ValueError, TypeError, KeyError, AttributeError, GatewayError):
                 return None
         else:
@@ -588,9 +592,15 @@ async def _stream_body(
         yield opening
         idle_deadline = trio.current_time() + idle_timeout
         while True:
-            with trio.move_on_at(idle_deadline) as idle:
-                message = await _receive(channel)
-            if idle.cancelled_caught:
+            try:
+                message = channel.receive_nowait()  # usually already there: no cancel scope
+            except trio.WouldBlock:
+                message = _NOTHING
+                with trio.move_on_at(idle_deadline):
+                    message = await _receive(channel)
+            except trio.EndOfChannel:
+                message = None
+            if message is _NOTHING:
                 job.cancel(Outcome.IDLE_TIMEOUT)
                 out = stream.fail(
                     "upstream_timeout", f"no data from the provider for {idle_timeout:g} s"

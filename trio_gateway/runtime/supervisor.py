@@ -21,8 +21,8 @@ The request path only ever reads :attr:`Runtime.table`: no lock, no await, no st
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
-from datetime import datetime
 
 import attrs
 import httpx2
@@ -49,6 +49,22 @@ class ServiceRoute:
 
 
 @attrs.frozen
+class KeyRoute:
+    """An API key as the request path checks it: a hash lookup and two comparisons."""
+
+    id: str
+    gateway_id: str
+    active: bool
+    #: Seconds since the epoch; infinity when the key never expires.
+    expires: float
+
+    @classmethod
+    def of(cls, key: ApiKey) -> KeyRoute:
+        expires = key.expires_at.timestamp() if key.expires_at else math.inf
+        return cls(key.id, key.gateway_id, key.active, expires)
+
+
+@attrs.frozen
 class GatewayRoute:
     gateway: Gateway
     rules: tuple[CompiledRule, ...]
@@ -65,15 +81,16 @@ class RouteTable:
     """Everything the proxy needs per request, compiled for one catalog generation."""
 
     generation: int = 0
-    keys: Mapping[str, ApiKey] = attrs.field(factory=dict)
+    keys: Mapping[str, KeyRoute] = attrs.field(factory=dict)
     gateways: Mapping[str, GatewayRoute] = attrs.field(factory=dict)
     subdomains: Mapping[str, str] = attrs.field(factory=dict)
     services: Mapping[str, ServiceRoute] = attrs.field(factory=dict)
     dispatchers: Mapping[str, Dispatcher] = attrs.field(factory=dict)
 
-    def key(self, key_hash: str, now: datetime) -> ApiKey | None:
+    def key(self, key_hash: str, now: float) -> KeyRoute | None:
+        """The key with this hash if it is usable at ``now`` (seconds since the epoch)."""
         key = self.keys.get(key_hash)
-        return key if key is not None and key.usable_at(now) else None
+        return key if key is not None and key.active and now < key.expires else None
 
 
 class Runtime:
@@ -218,7 +235,7 @@ def _compile(snapshot: Snapshot, dispatchers: Mapping[str, Dispatcher]) -> Route
         )
     return RouteTable(
         generation=snapshot.generation,
-        keys={k.key_hash: k for k in snapshot.api_keys.values()},
+        keys={k.key_hash: KeyRoute.of(k) for k in snapshot.api_keys.values()},
         gateways={
             gid: _gateway_route(gateway, rules_by_gateway[gid], snapshot)
             for gid, gateway in snapshot.gateways.items()

@@ -178,6 +178,8 @@ class TargetActor:
         self.target = target
         self.checks = checks or HealthChecks()
         self.endpoint = Endpoint.of(target)
+        #: Parsed once: httpx would parse the URL string on every request.
+        self._url = None if "{model}" in self.endpoint.url else httpx2.URL(self.endpoint.url)
         self.format = self.endpoint.format
         self.breaker = Breaker(policy)
         self.latency_estimate = PeakEwma()
@@ -311,7 +313,7 @@ class TargetActor:
         """
         request = client.build_request(
             "POST",
-            self.endpoint.url_for(job.model),
+            self._url or self.endpoint.url_for(job.model),
             headers=self.endpoint.request_headers(job.headers),
             content=job.body,
         )
@@ -365,8 +367,11 @@ class TargetActor:
                 job, Outcome.READ_ERROR, f"reading failed ({type(exc).__name__})"
             )
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-                await response.aclose()
+            if response.is_stream_consumed and not job.scope.cancel_called:
+                await response.aclose()  # read to the end: the connection goes back to the pool
+            else:
+                with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                    await response.aclose()
 
     async def _relay_stream(self, job: Job, response: httpx2.Response) -> tuple[Verdict, str, None]:
         """Whole events to the requester, content marked; the watch decides the verdict."""

@@ -12,17 +12,20 @@ the model or the dialect changes.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import logging
 import os
 import re
-from datetime import UTC, datetime
+import time
 from typing import Any
 
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from trio_gateway import jsonio
 from trio_gateway.config.secrets import hash_api_key
 from trio_gateway.core.routing import match_rule
 from trio_gateway.errors import (
@@ -131,7 +134,7 @@ async def _proxy(
     table = runtime.table
     headers = request.headers
     presented = _presented_key(headers)
-    key = table.key(hash_api_key(presented), datetime.now(UTC)) if presented else None
+    key = table.key(_key_hash(presented), time.time()) if presented else None
     gateway = table.gateways.get(key.gateway_id) if key is not None else _named_gateway(table)
     rule = match_rule(gateway.rules, request.method, request.path) if gateway else None
     if key is None and (rule is None or not rule.public):
@@ -228,7 +231,7 @@ async def _read_body(limit: int) -> bytes:
 
 def _parse(raw: bytes) -> dict[str, Any]:
     try:
-        body = json.loads(raw)
+        body = jsonio.loads(raw)
     except ValueError as exc:
         raise ClientError(f"the request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
@@ -248,7 +251,14 @@ def _request_id() -> str:
     given = request.headers.get("X-Request-Id")
     if given and _REQUEST_ID.match(given):
         return given
-    return os.urandom(12).hex()
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):010x}"
+
+
+#: Request ids: a random prefix per process and a counter, unique without a syscall.
+_ID_PREFIX = os.urandom(6).hex()
+_ID_COUNTER = itertools.count(1)
+#: Keys are hashed once per distinct key, not once per request.
+_key_hash = functools.lru_cache(maxsize=4096)(hash_api_key)
 
 
 def _dialect() -> ApiFormat:
@@ -272,7 +282,7 @@ def render(fmt: ApiFormat, error: GatewayError, request_id: str) -> Response:
 def _models(table: RouteTable, request_id: str) -> Response:
     """The models reachable with the caller's key, in the caller's dialect."""
     presented = _presented_key(request.headers)
-    key = table.key(hash_api_key(presented), datetime.now(UTC)) if presented else None
+    key = table.key(_key_hash(presented), time.time()) if presented else None
     gateway = table.gateways.get(key.gateway_id) if key else None
     if gateway is None:
         raise AuthenticationFailed("invalid or missing API key")

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from typing import Any
 
+from trio_gateway import jsonio
 from trio_gateway.errors import Problem, UpstreamError, ValidationFailed
 from trio_gateway.providers.formats import ApiFormat, dialect_type, error_body, status_for_type
 
-#: Compact JSON, non-ASCII kept as is: the encoder is built once, not per call.
-dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-loads = json.loads
-
-
-def dumpb(obj: Any) -> bytes:
-    return dumps(obj).encode()
+#: Compact JSON, non-ASCII kept as is (orjson: see :mod:`trio_gateway.jsonio`).
+dumps = jsonio.dumps
+dumpb = jsonio.dumpb
+loads = jsonio.loads
 
 
 class TranslationError(ValidationFailed):
