@@ -103,18 +103,20 @@ def create_proxy_app(
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
-        return render(_dialect(), from_http_exception(error), _request_id())
+        wanted, _ = _headers()
+        return render(_dialect(wanted), from_http_exception(error), _request_id(wanted))
 
     @app.route("/<path:path>", methods=["POST", "GET"])
     async def proxy(path: str) -> Response:
         fmt = client_format(request.path)
-        request_id = _request_id()
+        wanted, forwarded = _headers()
+        request_id = _request_id(wanted)
         try:
             if request.method == "GET" and request.path.endswith("/models"):
-                return _models(runtime.table, request_id)
-            return await _proxy(runtime, fmt, request_id, max_body)
+                return _models(runtime.table, wanted, request_id)
+            return await _proxy(runtime, fmt, wanted, forwarded, request_id, max_body)
         except GatewayError as error:
-            return render(fmt or _dialect(), error, request_id)
+            return render(fmt or _dialect(wanted), error, request_id)
         except Exception as error:
             log.error(
                 "proxy request failed",
@@ -122,20 +124,28 @@ def create_proxy_app(
                 extra={"fields": {"request_id": request_id, "path": request.path}},
             )
             return render(
-                fmt or _dialect(), InternalError("internal error; see the gateway log"), request_id
+                fmt or _dialect(wanted),
+                InternalError("internal error; see the gateway log"),
+                request_id,
             )
 
     return app
 
 
 async def _proxy(
-    runtime: Runtime, fmt: ApiFormat | None, request_id: str, max_body: int
+    runtime: Runtime,
+    fmt: ApiFormat | None,
+    wanted: dict[str, str],
+    forwarded: list[tuple[str, str]],
+    request_id: str,
+    max_body: int,
 ) -> Response:
     table = runtime.table
-    headers = request.headers
-    presented = _presented_key(headers)
+    presented = _presented_key(wanted)
     key = table.key(_key_hash(presented), time.time()) if presented else None
-    gateway = table.gateways.get(key.gateway_id) if key is not None else _named_gateway(table)
+    gateway = (
+        table.gateways.get(key.gateway_id) if key is not None else _named_gateway(table, wanted)
+    )
     rule = match_rule(gateway.rules, request.method, request.path) if gateway else None
     if key is None and (rule is None or not rule.public):
         # Without a key, nothing is told apart: no gateway, no route, not public.
@@ -179,7 +189,7 @@ async def _proxy(
             raw=raw,
             model=model or None,
             stream=stream,
-            headers=_forwarded(headers),
+            headers=forwarded,
             request_id=request_id,
         ),
         route.limits,
@@ -192,26 +202,46 @@ async def _proxy(
     return response
 
 
-def _presented_key(headers: Any) -> str | None:
-    key = headers.get("X-Api-Key")
+#: The request headers the proxy reads itself (as ASGI gives them: lower-case).
+WANTED = frozenset(
+    {"x-api-key", "authorization", "x-request-id", "x-gateway-id", "host", "anthropic-version"}
+)
+
+
+def _headers() -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """One pass over the raw request headers: those the proxy reads, those it forwards.
+
+    Straight from the ASGI scope: werkzeug's case-insensitive lookups cost a scan
+    per lookup, and the proxy needs half a dozen.
+    """
+    wanted: dict[str, str] = {}
+    forwarded: list[tuple[str, str]] = []
+    for raw_name, raw_value in request.scope["headers"]:
+        name = raw_name.decode("latin-1").lower()
+        value = raw_value.decode("latin-1")
+        if name in WANTED:
+            wanted[name] = value
+        if name not in NOT_FORWARDED:
+            forwarded.append((name, value))
+    return wanted, forwarded
+
+
+def _presented_key(wanted: dict[str, str]) -> str | None:
+    key = wanted.get("x-api-key")
     if key:
         return key.strip()
-    scheme, _, token = headers.get("Authorization", "").partition(" ")
+    scheme, _, token = wanted.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
     return None
 
 
-def _gateway_hint() -> str | None:
-    return request.headers.get("X-Gateway-Id") or None
-
-
-def _named_gateway(table: RouteTable) -> GatewayRoute | None:
+def _named_gateway(table: RouteTable, wanted: dict[str, str]) -> GatewayRoute | None:
     """For public rules: the gateway named by ``X-Gateway-Id`` or the Host's subdomain."""
-    named = _gateway_hint()
+    named = wanted.get("x-gateway-id")
     if named:
         return table.gateways.get(named)
-    host = request.host.split(":", 1)[0]
+    host = wanted.get("host", "").split(":", 1)[0]
     subdomain = host.split(".", 1)[0] if host.count(".") >= 1 else None
     gateway_id = table.subdomains.get(subdomain) if subdomain else None
     return table.gateways.get(gateway_id) if gateway_id else None
@@ -239,16 +269,8 @@ def _parse(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _forwarded(headers: Any) -> list[tuple[str, str]]:
-    return [
-        (lower, value)
-        for name, value in headers.items()
-        if (lower := name.lower()) not in NOT_FORWARDED
-    ]
-
-
-def _request_id() -> str:
-    given = request.headers.get("X-Request-Id")
+def _request_id(wanted: dict[str, str]) -> str:
+    given = wanted.get("x-request-id")
     if given and _REQUEST_ID.match(given):
         return given
     return f"{_ID_PREFIX}{next(_ID_COUNTER):010x}"
@@ -261,12 +283,12 @@ _ID_COUNTER = itertools.count(1)
 _key_hash = functools.lru_cache(maxsize=4096)(hash_api_key)
 
 
-def _dialect() -> ApiFormat:
+def _dialect(wanted: dict[str, str]) -> ApiFormat:
     """The caller's dialect when the path does not say: Anthropic SDKs send ``anthropic-version``."""
     fmt = client_format(request.path)
     if fmt is not None:
         return fmt
-    return ApiFormat.ANTHROPIC if "anthropic-version" in request.headers else ApiFormat.OPENAI
+    return ApiFormat.ANTHROPIC if "anthropic-version" in wanted else ApiFormat.OPENAI
 
 
 def render(fmt: ApiFormat, error: GatewayError, request_id: str) -> Response:
@@ -279,15 +301,15 @@ def render(fmt: ApiFormat, error: GatewayError, request_id: str) -> Response:
     )
 
 
-def _models(table: RouteTable, request_id: str) -> Response:
+def _models(table: RouteTable, wanted: dict[str, str], request_id: str) -> Response:
     """The models reachable with the caller's key, in the caller's dialect."""
-    presented = _presented_key(request.headers)
+    presented = _presented_key(wanted)
     key = table.key(_key_hash(presented), time.time()) if presented else None
     gateway = table.gateways.get(key.gateway_id) if key else None
     if gateway is None:
         raise AuthenticationFailed("invalid or missing API key")
     names = [name for name, _ in gateway.models]
-    if _dialect() is ApiFormat.ANTHROPIC:
+    if _dialect(wanted) is ApiFormat.ANTHROPIC:
         body: dict[str, Any] = {
             "data": [
                 {"type": "model", "id": m, "display_name": m, "created_at": "1970-01-01T00:00:00Z"}
