@@ -327,7 +327,7 @@ def make_api_converter() -> cattrs.Converter:
     converter = _make_base()
     plain_headers = converter.get_unstructure_hook(dict[str, str])
 
-    def credentials(value: Credentials) -> dict[str, str]:
+    def credentials(value: Credentials) -> dict[str, str | None]:
         return {"header_name": value.header_name, "header_value": secrets.mask(value.header_value)}
 
     def headers(value: Mapping[str, str]) -> dict[str, str]:

@@ -169,3 +169,31 @@ async def test_a_body_over_the_proxy_limit_is_413(size):
 
 
 __all__ = ["KEY"]
+
+
+async def test_credentials_without_a_header_name_use_the_providers_own():
+    def bare(fakes):
+        return config(
+            [
+                {
+                    "provider": "openai",
+                    "base_url": fakes[0].url,
+                    "default_model": "gpt-4o-mini",
+                    "models": ["gpt-4o-mini"],
+                    "credentials": {"header_value": "sk-fake-0"},
+                },
+                {
+                    "provider": "anthropic",
+                    "base_url": fakes[1].url,
+                    "priority": 2,
+                    "default_model": "claude-3-5-sonnet-20241022",
+                    "credentials": {"header_value": "sk-fake-1"},
+                },
+            ]
+        )
+
+    async with setup([{}, {}], bare) as s:
+        assert (await s.chat()).status_code == 200
+        assert s.fakes[0].requests[-1].header("authorization") == "Bearer sk-fake-0"
+        assert (await s.messages()).status_code == 200
+        assert s.fakes[1].requests[-1].header("x-api-key") == "sk-fake-1"

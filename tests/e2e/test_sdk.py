@@ -391,3 +391,19 @@ async def test_client_anthropic_version_is_kept_unless_the_target_sets_one():
         assert forwarded.header("anthropic-beta") == "tools-2024"
         await s.messages()
         assert s.fakes[0].requests[-1].header("anthropic-version") == "2023-06-01"
+
+
+async def test_the_guides_upstream_splits_1000_requests_500_500():
+    async with setup([{}, {}], guide) as s:
+        providers: Counter[str] = Counter()
+        async with httpx2.AsyncClient(
+            base_url=s.gateway.proxy_url, headers={"X-Api-Key": KEY}
+        ) as client:
+            for _ in range(1000):
+                response = await client.post(
+                    "/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}]}
+                )
+                assert response.status_code == 200
+                providers[response.headers["x-selected-provider"]] += 1
+        assert providers == {"openai": 500, "anthropic": 500}
+        assert (len(s.fakes[0].requests), len(s.fakes[1].requests)) == (500, 500)

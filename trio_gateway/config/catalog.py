@@ -421,12 +421,12 @@ def _finish_upstream(upstream: Upstream, old: Upstream | None) -> Upstream:
             for name, value in headers.items()
         }
 
-    def same_header(name: str) -> list[str]:
+    def same_header(name: str | None) -> list[str]:
         """Stored credentials sent in header ``name``: what a target without an id may mean."""
         return [
             t.credentials.header_value
             for t in old_targets
-            if t.credentials and t.credentials.header_name.lower() == name.lower()
+            if t.credentials and (t.credentials.header_name or "").lower() == (name or "").lower()
         ]
 
     targets = []

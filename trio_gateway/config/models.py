@@ -134,9 +134,14 @@ class Gateway:
 
 @attrs.frozen(kw_only=True)
 class Credentials:
-    """The header a target authenticates with. ``header_value`` is a secret."""
+    """The header a target authenticates with. ``header_value`` is a secret.
 
-    header_name: HeaderName
+    Without ``header_name`` the provider's own header is used (``Authorization:
+    Bearer <value>`` for OpenAI-style providers, ``x-api-key`` for Anthropic,
+    ``api-key`` for Azure OpenAI), so ``{"header_value": "sk-..."}`` is enough.
+    """
+
+    header_name: HeaderName | None = None
     header_value: HeaderValue = attrs.field(repr=False)
 
 

@@ -26,6 +26,9 @@ class ProviderInfo:
     headers: Mapping[str, str] = attrs.field(factory=dict)
     #: What an active health probe ``GET``s by default: the model list.
     probe_path: str = "/v1/models"
+    #: The header credentials go in when a target names none, and its scheme.
+    auth_header: str = "authorization"
+    auth_scheme: str | None = "Bearer"
 
 
 PROVIDERS: Mapping[Provider, ProviderInfo] = {
@@ -37,6 +40,8 @@ PROVIDERS: Mapping[Provider, ProviderInfo] = {
         "https://api.anthropic.com",
         "/v1/messages",
         {"anthropic-version": "2023-06-01"},
+        auth_header="x-api-key",
+        auth_scheme=None,
     ),
     Provider.OPENAI_COMPATIBLE: ProviderInfo(ApiFormat.OPENAI, None, "/v1/chat/completions"),
     Provider.AZURE_OPENAI: ProviderInfo(
@@ -44,8 +49,23 @@ PROVIDERS: Mapping[Provider, ProviderInfo] = {
         None,
         f"/openai/deployments/{{model}}/chat/completions?api-version={AZURE_API_VERSION}",
         probe_path=f"/openai/models?api-version={AZURE_API_VERSION}",
+        auth_header="api-key",
+        auth_scheme=None,
     ),
 }
+
+
+def credential_header(target: Target) -> tuple[str, str]:
+    """The (lower-case) header name and value a target's credentials are sent as."""
+    credentials = target.credentials
+    assert credentials is not None
+    if credentials.header_name:
+        return credentials.header_name.lower(), credentials.header_value
+    info = PROVIDERS[target.provider]
+    value = credentials.header_value
+    if info.auth_scheme and not value.startswith(f"{info.auth_scheme} "):
+        value = f"{info.auth_scheme} {value}"
+    return info.auth_header, value
 
 
 def target_format(target: Target) -> ApiFormat:
@@ -77,7 +97,8 @@ class Endpoint:
             raise ValueError(f"provider {target.provider.value!r} needs a base_url")
         own = {name.lower(): value for name, value in target.headers.items()}
         if target.credentials is not None:
-            own[target.credentials.header_name.lower()] = target.credentials.header_value
+            name, value = credential_header(target)
+            own[name] = value
         own["content-type"] = "application/json"
         return cls(
             format=info.format,
