@@ -169,7 +169,7 @@ async def test_openai_sdk_tool_calls_whole_and_streamed():
 )
 async def test_openai_sdk_raises_its_own_errors(fault, error):
     async with setup(
-        [{"faults": [fault]}], lambda f: anthropic_behind(f, service={"first_byte_timeout": 0.5})
+        [{"faults": [fault]}], lambda f: anthropic_behind(f, service={"first_byte_timeout": 1.0})
     ) as s:
         async with openai_client(s) as client:
             with pytest.raises(error) as info:
@@ -271,7 +271,7 @@ async def test_anthropic_sdk_stream_helper_and_tool_use():
 )
 async def test_anthropic_sdk_raises_its_own_errors(fault, error):
     async with setup(
-        [{"faults": [fault]}], lambda f: openai_behind(f, service={"first_byte_timeout": 0.5})
+        [{"faults": [fault]}], lambda f: openai_behind(f, service={"first_byte_timeout": 1.0})
     ) as s:
         async with anthropic_client(s) as client:
             with pytest.raises(error):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -111,3 +112,63 @@ def test_any_chunking_releases_the_same_bytes_and_verdicts(case, data):
     assert watch.complete and watch.started and watch.error is None
     for out, _ in steps:
         assert not out or out.endswith((b"\n\n", b"\r\n\r\n"))
+
+
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n", b"\r"])
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_line_endings_and_splits_give_the_same_events_and_flags(eol, data):
+    body = ANTHROPIC.replace(b"\n", eol)
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(body) - 1), max_size=10)))
+    chunks = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
+    watch, steps = run(ApiFormat.ANTHROPIC, chunks)
+    assert b"".join(out for out, _ in steps) == body
+    assert watch.complete and watch.started
+    # The content flag goes with the bytes that carry the first delta, however cut.
+    first = next(i for i, (out, content) in enumerate(steps) if content)
+    released = b"".join(out for out, _ in steps[: first + 1])
+    assert b"content_block_delta" in released
+    assert b"content_block_delta" not in b"".join(out for out, _ in steps[:first])
+
+
+def test_a_blank_line_made_of_lf_then_crlf():
+    watch = StreamWatch(ApiFormat.OPENAI)
+    assert watch.feed(TOKEN.rstrip(b"\n") + b"\n\r\n") == (TOKEN.rstrip(b"\n") + b"\n\r\n", True)
+
+
+def test_a_cr_at_the_end_of_a_chunk_waits_for_what_follows():
+    watch = StreamWatch(ApiFormat.OPENAI)
+    event = TOKEN.rstrip(b"\n")
+    assert watch.feed(event + b"\r") == (b"", False)  # CR, then maybe LF: not yet an event
+    assert watch.feed(b"\n\r\n") == (event + b"\r\n\r\n", True)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "event"),
+    [
+        (ApiFormat.OPENAI, b'data: {"choices": 5}\n\n'),
+        (ApiFormat.OPENAI, b'data: {"choices": [{"delta": "x"}]}\n\n'),
+        (ApiFormat.OPENAI, b'data: {"error": "down"}\n\n'),
+        (ApiFormat.ANTHROPIC, b'data: {"type": []}\n\n'),
+        (ApiFormat.ANTHROPIC, b'event: content_block_start\ndata: {"content_block": "x"}\n\n'),
+    ],
+)
+def test_valid_json_of_the_wrong_shape_never_crashes(fmt, event):
+    watch = StreamWatch(fmt)
+    watch.feed(event)
+    assert watch.error is not None  # malformed, or (a bare error string) an error event
+
+
+def test_nothing_is_released_after_the_terminator():
+    watch = StreamWatch(ApiFormat.OPENAI)
+    out, _ = watch.feed(TOKEN + DONE + b'data: {"error": {"type": "late"}}\n\n')
+    assert out == TOKEN + DONE and watch.complete and watch.error is None
+    assert watch.feed(TOKEN) == (b"", False)
+
+
+def test_an_event_without_end_is_cut_off():
+    from trio_gateway.providers.watch import MAX_EVENT
+
+    watch = StreamWatch(ApiFormat.OPENAI)
+    watch.feed(b"data: " + b"x" * (MAX_EVENT + 1))
+    assert watch.error == MALFORMED

@@ -13,6 +13,10 @@ from trio_gateway.providers.formats import ApiFormat, stream_error_event
 
 
 class PassthroughStream:
+    #: As a translator's: the actor's stream watch already judges the provider's events.
+    error: None = None
+    complete: bool = False
+
     def __init__(self, fmt: ApiFormat) -> None:
         self._format = fmt
 

@@ -31,8 +31,14 @@ from trio_gateway import jsonio
 from trio_gateway.providers.formats import ApiFormat
 
 MALFORMED = "malformed_event"
+#: An event this long without its blank line is not an event: the stream is broken.
+MAX_EVENT = 1 << 20
 
-_BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+#: A blank line: two line ends in a row, a line end being CRLF, CR or LF. A lone CR
+#: must not be the first half of a CRLF (``\r(?!\n)``), or ``data: x\r\n`` would
+#: read as a blank line.
+_EOL = rb"(?:\r\n|\r(?!\n)|\n)"
+_BOUNDARY = re.compile(_EOL + _EOL)
 _OPENAI_CONTENT = (
     "content",
     "tool_calls",
@@ -61,38 +67,57 @@ class StreamWatch:
         self.error: str | None = None
 
     def feed(self, data: bytes) -> tuple[bytes, bool]:
-        """The whole events ``data`` completes, and whether any of them carries content."""
-        if self.error is not None:
+        """The whole events ``data`` completes, and whether any of them carries content.
+
+        Only the new bytes (and the last few of the old, where a boundary may have
+        begun) are searched, so a long event arriving in small chunks costs linear
+        time. Nothing is released after the terminator or an error.
+        """
+        if self.error is not None or self.complete:
             return b"", False
-        buffer = self._pending + data if self._pending else data
+        old = len(self._pending)
+        buffer = self._pending + data if old else data
         out: list[bytes] = []
         content = False
         start = 0
-        for boundary in _BOUNDARY.finditer(buffer):
+        for boundary in _BOUNDARY.finditer(buffer, max(0, old - 3)):
+            if boundary.end() == len(buffer) and buffer.endswith(b"\r"):
+                break  # the CR may be the start of a CRLF still to come
             block = buffer[start : boundary.end()]
             start = boundary.end()
             released, has_content = self._block(block)
             if released:
                 out.append(block)
                 content = content or has_content
-            if self.error is not None:
+            if self.error is not None or self.complete:
                 self._pending = b""
                 return b"".join(out), content
         self._pending = buffer[start:]
+        if len(self._pending) > MAX_EVENT:
+            self.error = MALFORMED
+            self._pending = b""
         return b"".join(out), content
 
     def flush(self) -> tuple[bytes, bool]:
         """The provider closed: a last event missing its blank line still counts."""
         block, self._pending = self._pending, b""
-        if self.error is not None or not block.strip():
+        if self.error is not None or self.complete or not block.strip():
             return b"", False
         released, content = self._block(block)
-        return (block + b"\n\n", content) if released else (b"", False)
+        if not released:
+            return b"", False
+        ended = any(
+            m.end() == len(block) for m in _BOUNDARY.finditer(block, max(0, len(block) - 4))
+        )
+        return (block if ended else block + b"\n\n"), content
 
     def _block(self, block: bytes) -> tuple[bool, bool]:
         """Classify one event; returns (release it, it carries content)."""
         event, data = _fields(block)
-        kind, detail = self._classify(event, data)
+        try:
+            kind, detail = self._classify(event, data)
+        except (TypeError, AttributeError, KeyError, ValueError):
+            kind, detail = "malformed", None  # valid JSON, but not the shape of an event
         if kind == "malformed":
             self.error = MALFORMED
             return False, False

@@ -44,7 +44,7 @@ from trio_gateway import jsonio
 from trio_gateway.config.models import ModelFallback, Upstream
 from trio_gateway.core.failover import Attempt, Outcome, Verdict, render_trail, status_verdict
 from trio_gateway.core.health import BreakerPolicy
-from trio_gateway.core.routing import Choice, TargetRoute, UpstreamPlan
+from trio_gateway.core.routing import Choice, ModelNotServed, TargetRoute, UpstreamPlan
 from trio_gateway.errors import ClientError, GatewayError
 from trio_gateway.providers import translate
 from trio_gateway.providers.formats import ApiFormat, error_body
@@ -63,6 +63,8 @@ from trio_gateway.runtime.target import (
 log = logging.getLogger("trio_gateway.dispatch")
 
 REPLY_BUFFER = 32
+#: Outcomes of targets skipped without being asked: they do not use up an attempt.
+SKIPS = frozenset({Outcome.OVERLOADED.value, Outcome.UNTRANSLATABLE.value})
 #: An attempt that would start with less time than this before the deadline is not made.
 MIN_ATTEMPT_S = 0.01
 #: Response headers of a provider that a client may care about and that stay true
@@ -113,6 +115,7 @@ class _Failure:
     outcome: str
     message: str
     actor: TargetActor
+    model: str
     #: The provider's own answer (an error status), relayed if nothing better comes.
     answer: Answer | None = None
     #: The request is the client's error for this target (it does not translate).
@@ -193,7 +196,8 @@ class Dispatcher:
 
         ``current`` returns the upstream's dispatcher now: the configuration may
         change between two attempts, and the next attempt follows it (targets
-        already tried, by id, are not tried again).
+        already tried, by id, are not tried again). Targets skipped without being
+        asked (queue full, request not translatable) do not count as attempts.
         """
         deadline = trio.current_time() + limits.request_timeout
         dispatcher: Dispatcher = self
@@ -201,29 +205,34 @@ class Dispatcher:
         tried: set[str] = set()
         attempts: list[Attempt] = []
         failures: list[_Failure] = []
-        last: tuple[TargetActor, str] | None = None
+        made = 0
         timed_out = False
 
-        while len(attempts) < max_attempts:
+        while made < max_attempts:
             now = trio.current_time()
             if now >= deadline - MIN_ATTEMPT_S:
                 timed_out = True
                 break
             if attempts and current is not None:
                 dispatcher = current() or dispatcher
-            choice = dispatcher.choose(request.model, tried, now)
+            try:
+                choice = dispatcher.choose(request.model, tried, now)
+            except ModelNotServed:
+                if not attempts:
+                    raise
+                break  # the configuration changed under a failover: answer with what we have
             if choice is None:
                 break
             actor = dispatcher.actors[choice.index]
             tried.add(actor.target.id)
-            last = (actor, choice.model)
             result = await dispatcher._attempt(request, limits, actor, choice, deadline, attempts)
             if isinstance(result, ProxyResponse):
                 return dispatcher._decorate(result, request, actor, choice, attempts)
             failures.append(result)
+            made += result.outcome not in SKIPS
             timed_out = result.outcome == Outcome.DEADLINE.value
 
-        return dispatcher._give_up(request, attempts, failures, last, timed_out, limits)
+        return dispatcher._give_up(request, attempts, failures, timed_out, limits)
 
     async def _attempt(
         self,
@@ -235,11 +244,15 @@ class Dispatcher:
         attempts: list[Attempt],
     ) -> ProxyResponse | _Failure:
         started = trio.current_time()
+        model = choice.model
 
         def record(outcome: str) -> None:
             attempts.append(
                 Attempt(actor.target.id, outcome, (trio.current_time() - started) * 1000)
             )
+
+        def failed(outcome: str, message: str, answer: Answer | None = None) -> _Failure:
+            return _Failure(outcome, message, actor, model, answer=answer)
 
         translator = (
             None
@@ -252,26 +265,28 @@ class Dispatcher:
             )
         )
         try:
-            body = _provider_body(request, choice.model, translator)
+            body = _provider_body(request, model, translator)
         except ClientError as exc:
             record(Outcome.UNTRANSLATABLE.value)
-            return _Failure(Outcome.UNTRANSLATABLE.value, exc.message, actor, client_error=exc)
+            failure = failed(Outcome.UNTRANSLATABLE.value, exc.message)
+            failure.client_error = exc
+            return failure
 
         reply_send, reply_receive = trio.open_memory_channel[Reply](REPLY_BUFFER)
         job = Job(
             body=body,
             headers=request.headers if translator is None else _foreign(request),
-            model=choice.model,
+            model=model,
             stream=request.stream,
             reply=reply_send,
             ticket=actor.breaker.admit(started),
-            stall_timeout=limits.idle_timeout,
+            translate=None if translator is None or request.stream else _whole(translator),
         )
         if not actor.submit(job):
             reply_send.close()
             reply_receive.close()
             record(Outcome.OVERLOADED.value)
-            return _Failure(Outcome.OVERLOADED.value, "the target's queue is full", actor)
+            return failed(Outcome.OVERLOADED.value, "the target's queue is full")
 
         budget_end = started + limits.first_byte_timeout
         first_byte_by = min(deadline, budget_end)
@@ -280,68 +295,91 @@ class Dispatcher:
             message: Any = _NOTHING
             stream: Any = None
             opening: bytes | AttemptFailed | None = None
-            with trio.move_on_at(first_byte_by):
+            with trio.move_on_at(first_byte_by) as budget:
                 message = await _receive(reply_receive)
                 if isinstance(message, StreamStart):
                     stream = (
                         translator.stream() if translator else PassthroughStream(request.format)
                     )
                     opening = await _first_events(reply_receive, stream)
-            if message is _NOTHING:
-                message = _late(reply_receive)  # an answer that arrived as the budget ran out
-            if message is _NOTHING and job.first_byte and not request.stream:
-                # Headers in time, the body still coming: it may take until the deadline.
-                with trio.move_on_at(deadline):
-                    message = await _receive(reply_receive)
-                if message is _NOTHING:
-                    job.cancel(Outcome.TIMEOUT)
-                    record(Outcome.TIMEOUT.value)
-                    return _Failure(
-                        Outcome.TIMEOUT.value, "the answer did not finish in time", actor
-                    )
-            if message is _NOTHING or (stream is not None and opening is None):
-                # Silent until the budget ran out. Whose budget: the target's own, or what
-                # was left of the request's (then the target is not to blame)?
-                own = budget_end <= deadline
-                outcome = Outcome.FIRST_BYTE_TIMEOUT if own else Outcome.DEADLINE
-                job.cancel(outcome)
-                record(outcome.value)
-                return _Failure(outcome.value, "no first byte within the time allowed", actor)
+            if budget.cancelled_caught:
+                if stream is None:
+                    late = _late(reply_receive)
+                    message = late if late is not _NOTHING else message
+                if stream is None and not isinstance(message, Answer | AttemptFailed):
+                    if job.first_byte and not request.stream:
+                        # Headers in time, the body still coming: it may take until the deadline.
+                        message = _NOTHING
+                        with trio.move_on_at(deadline):
+                            message = await _receive(reply_receive)
+                        if message is _NOTHING:
+                            job.cancel(Outcome.DEADLINE, blame=False)
+                            record(Outcome.DEADLINE.value)
+                            return failed(
+                                Outcome.DEADLINE.value, "the answer did not finish in time"
+                            )
+                    else:
+                        return self._timed_out(job, limits, budget_end, deadline, record, failed)
+                elif stream is not None:
+                    return self._timed_out(job, limits, budget_end, deadline, record, failed)
             if stream is not None:
                 if isinstance(opening, bytes):
                     record(str(message.status))
                     committed = True
+                    body_stream = _stream_body(
+                        opening, stream, reply_receive, job, limits.idle_timeout
+                    )
                     return ProxyResponse(
                         status=message.status,
                         headers=_passed_headers(message.headers, SSE_TYPE),
-                        body=_stream_body(opening, stream, reply_receive, job, limits.idle_timeout),
+                        body=_StreamBody(body_stream, job, reply_receive),
                     )
-                message = opening
+                message = (
+                    opening
+                    if opening is not None
+                    else AttemptFailed(
+                        Outcome.INTERNAL_ERROR, "the attempt ended without an answer"
+                    )
+                )
             if isinstance(message, AttemptFailed):
                 record(message.outcome.value)
-                return _Failure(message.outcome.value, message.message, actor)
+                return failed(message.outcome.value, message.message)
             if isinstance(message, Answer):
                 record(str(message.status))
                 if status_verdict(message.status) is Verdict.FAILURE:
-                    return _Failure(
-                        str(message.status), f"HTTP {message.status}", actor, answer=message
-                    )
-                response = _answer(message, request, translator)
-                if response is None:
-                    actor.report_unusable(job, "the answer did not translate")
-                    attempts[-1] = attrs.evolve(attempts[-1], outcome=Outcome.PROTOCOL_ERROR.value)
-                    return _Failure(
-                        Outcome.PROTOCOL_ERROR.value, "the provider's answer is not valid", actor
-                    )
-                return response
+                    return failed(str(message.status), f"HTTP {message.status}", answer=message)
+                return _answer(message, translator)
             record(Outcome.INTERNAL_ERROR.value)
-            return _Failure(
-                Outcome.INTERNAL_ERROR.value, "the attempt ended without an answer", actor
-            )
+            return failed(Outcome.INTERNAL_ERROR.value, "the attempt ended without an answer")
         finally:
             if not committed:
                 job.cancel(Outcome.CANCELLED)
                 reply_receive.close()
+
+    def _timed_out(
+        self,
+        job: Job,
+        limits: Limits,
+        budget_end: float,
+        deadline: float,
+        record: Callable[[str], None],
+        failed: Callable[..., _Failure],
+    ) -> _Failure:
+        """No first byte in time: whose time ran out, and is the target to blame?
+
+        The target's own budget: ``first_byte_timeout``, blamed, unless the job spent
+        that time in the gateway's queue (the target had it for less than its budget).
+        What was left of the request's deadline: ``deadline``, nobody blamed.
+        """
+        now = trio.current_time()
+        if budget_end <= deadline:
+            held = now - job.dequeued_at if job.dequeued_at is not None else 0.0
+            outcome, blame = Outcome.FIRST_BYTE_TIMEOUT, held >= limits.first_byte_timeout * 0.95
+        else:
+            outcome, blame = Outcome.DEADLINE, False
+        job.cancel(outcome, blame=blame)
+        record(outcome.value)
+        return failed(outcome.value, "no first byte within the time allowed")
 
     # --- the response's headers and the final error ---------------------------------------
 
@@ -365,7 +403,6 @@ class Dispatcher:
         request: ClientRequest,
         attempts: list[Attempt],
         failures: list[_Failure],
-        last: tuple[TargetActor, str] | None,
         timed_out: bool,
         limits: Limits,
     ) -> ProxyResponse:
@@ -374,15 +411,23 @@ class Dispatcher:
         In order: the last error a provider answered with (translated to the
         client's dialect); a request that translates for no target; all targets
         full (429); nothing eligible (503 with Retry-After); else a 502/504 of ours.
+        ``X-Selected-*`` name the target whose answer (or failure) is returned.
         """
         fmt = request.format
-        if last is not None:
-            headers = _selection_headers(request, last[0], last[1], attempts)
-        else:
-            headers = [("X-Request-Id", request.request_id), ("X-Gateway-Attempts", "")]
+
+        def headers_of(failure: _Failure | None) -> list[tuple[str, str]]:
+            if failure is None:
+                return [
+                    ("X-Request-Id", request.request_id),
+                    ("X-Gateway-Attempts", render_trail(attempts)),
+                ]
+            return _selection_headers(request, failure.actor, failure.model, attempts)
+
+        headers = headers_of(failures[-1] if failures else None)
         answered = [f for f in failures if f.answer is not None]
         if answered:
             failure = answered[-1]
+            headers = headers_of(failure)
             answer = failure.answer
             assert answer is not None
             translator = translate.translator(
@@ -438,6 +483,7 @@ class Dispatcher:
                 headers,
             )
         failure = real[-1]
+        headers = headers_of(failure)
         timeout = failure.outcome in (
             Outcome.TIMEOUT.value,
             Outcome.FIRST_BYTE_TIMEOUT.value,
@@ -456,11 +502,12 @@ _NOTHING: Any = object()
 
 
 def _late(channel: trio.MemoryReceiveChannel[Reply]) -> Any:
-    """A message already waiting when a budget ran out (an answer must not be thrown away)."""
+    """A whole answer (or failure) already waiting when a budget ran out: not thrown away."""
     try:
-        return channel.receive_nowait()
+        message = channel.receive_nowait()
     except (trio.WouldBlock, trio.EndOfChannel):
         return _NOTHING
+    return message if isinstance(message, Answer | AttemptFailed) else _NOTHING
 
 
 def _foreign(request: ClientRequest) -> list[tuple[str, str]]:
@@ -512,29 +559,33 @@ def _provider_body(
     return jsonio.dumpb(body)
 
 
-def _answer(
-    message: Answer, request: ClientRequest, translator: translate.Translator | None
-) -> ProxyResponse | None:
-    """A whole provider answer (success or a client error) in the client's dialect.
+def _answer(message: Answer, translator: translate.Translator | None) -> ProxyResponse:
+    """A whole provider answer (success, or a client error) in the client's dialect.
 
-    ``None`` when a success cannot be put in the client's dialect (the provider
-    broke its own protocol): that attempt failed.
+    A success in another dialect was already translated by the actor (``Job.translate``).
     """
     status, body = message.status, message.body
     content_type = message.headers.get("content-type", JSON_TYPE)
     if translator is not None:
-        if 200 <= status < 300:
-            try:
-                parsed = jsonio.loads(body)
-                if not isinstance(parsed, dict):
-                    return None
-                body = jsonio.dumpb(translator.response(parsed))
-            except (ValueError, TypeError, KeyError, AttributeError, GatewayError):
-                return None
-        else:
+        if not 200 <= status < 300:
             status, body = translator.error(status, body)
         content_type = JSON_TYPE
     return ProxyResponse(status, _passed_headers(message.headers, content_type), body)
+
+
+def _whole(translator: translate.Translator) -> Callable[[bytes], bytes | None]:
+    """The actor's check and translation of a whole success: client bytes, or ``None``."""
+
+    def translate_answer(body: bytes) -> bytes | None:
+        try:
+            parsed = jsonio.loads(body)
+            if not isinstance(parsed, dict):
+                return None
+            return jsonio.dumpb(translator.response(parsed))
+        except (ValueError, TypeError, KeyError, AttributeError, GatewayError):
+            return None
+
+    return translate_answer
 
 
 async def _receive(channel: trio.MemoryReceiveChannel[Reply]) -> Reply | None:
@@ -550,18 +601,24 @@ async def _first_events(
     """Read until the client can be sent a stream with content (``bytes``), or it failed.
 
     Metadata and keep-alives are translated and held back; the first content event
-    (or a complete stream with none) releases them. ``None``: the job vanished.
+    that produces client bytes (or a complete stream with none) releases them. A
+    translator that finds the provider breaking its protocol fails the attempt.
+    ``None``: the job vanished.
     """
     held: list[bytes] = []
     while True:
         message = await _receive(channel)
         if isinstance(message, bytes):
-            held.append(stream.feed(message))
-            opening = b"".join(held)
-            if opening:
-                return opening
+            out = stream.feed(message)
+            if stream.error is not None:
+                return AttemptFailed(Outcome.PROTOCOL_ERROR, "the provider's stream is not valid")
+            held.append(out)
+            if out:
+                return b"".join(held)
         elif isinstance(message, Meta):
             held.append(stream.feed(message.data))
+            if stream.error is not None:
+                return AttemptFailed(Outcome.PROTOCOL_ERROR, "the provider's stream is not valid")
         elif isinstance(message, StreamEnd):
             if message.complete:
                 held.append(stream.finish())
@@ -573,6 +630,36 @@ async def _first_events(
             return message
         else:
             return None
+
+
+class _StreamBody:
+    """The committed stream's body as Quart iterates it, with a safety net.
+
+    Quart closes the body when it is done with it; but if the client leaves after
+    the response was made and before Quart starts sending it, nothing ever iterates
+    (or closes) the generator, and its ``finally`` never runs. Dropping this object
+    (CPython frees it at once) cancels the job and closes the reply channel instead.
+    """
+
+    __slots__ = ("_body", "_channel", "_job")
+
+    def __init__(
+        self, body: AsyncIterator[bytes], job: Job, channel: trio.MemoryReceiveChannel[Reply]
+    ) -> None:
+        self._body, self._job, self._channel = body, job, channel
+
+    def __aiter__(self) -> _StreamBody:
+        return self
+
+    def __anext__(self) -> Any:
+        return self._body.__anext__()
+
+    async def aclose(self) -> None:
+        await self._body.aclose()  # type: ignore[attr-defined]
+
+    def __del__(self) -> None:
+        self._job.cancel(Outcome.CANCELLED)
+        self._channel.close()
 
 
 async def _stream_body(
@@ -611,6 +698,9 @@ async def _stream_body(
             if isinstance(message, bytes):
                 idle_deadline = trio.current_time() + idle_timeout
             out, done = _stream_step(stream, message)
+            if stream.error is not None and not done:
+                job.cancel(Outcome.PROTOCOL_ERROR)  # the translator already told the client
+                done = True
             if out:
                 yield out
             if done:

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 
 import attrs
 import httpx2
@@ -145,9 +146,16 @@ class Runtime:
     # --- reconciliation -----------------------------------------------------------------
 
     def _reconcile(self, snapshot: Snapshot) -> None:
+        """Plan everything first, without side effects; then start, retire and swap.
+
+        If planning raises, nothing has changed: the previous actors and table go on
+        serving (``run`` logs the error).
+        """
         assert self._nursery is not None
         # Actors are keyed by upstream and target: a target id is only unique in its upstream.
         actors: dict[tuple[str, str], TargetActor] = {}
+        updates: list[Callable[[], None]] = []
+        fresh: list[TargetActor] = []
         dispatchers: dict[str, Dispatcher] = {}
         for upstream in snapshot.upstreams.values():
             policy = breaker_policy(upstream)
@@ -161,21 +169,17 @@ class Runtime:
                     and actor.endpoint == endpoint
                     and actor.target.max_in_flight == target.max_in_flight
                 ):
-                    actor.update(target, policy, upstream.health_checks)
+                    updates.append(partial(actor.update, target, policy, upstream.health_checks))
                 else:
-                    fresh = TargetActor(
+                    new = TargetActor(
                         target, policy, upstream.health_checks, transport=self._transport
                     )
-                    if actor is not None:
-                        if actor.endpoint.url == endpoint.url:
-                            fresh.breaker, fresh.latency_estimate = (
-                                actor.breaker,
-                                actor.latency_estimate,
-                            )
-                            fresh.breaker.policy = policy
-                        actor.retire()
-                    actor = fresh
-                    self._nursery.start_soon(self._supervise, actor)
+                    if actor is not None and actor.endpoint.url == endpoint.url:
+                        # Same place, new credentials or headers: its health carries over.
+                        new.breaker, new.latency_estimate = actor.breaker, actor.latency_estimate
+                        updates.append(partial(setattr, new.breaker, "policy", policy))
+                    fresh.append(new)
+                    actor = new
                 actors[key] = actor
                 members.append(actor)
             previous = self.table.dispatchers.get(upstream.id)
@@ -187,11 +191,17 @@ class Runtime:
                 dispatchers[upstream.id] = previous
             else:
                 dispatchers[upstream.id] = Dispatcher.build(upstream, members)
+        table = _compile(snapshot, dispatchers)
+
+        for update in updates:
+            update()
+        for actor in fresh:
+            self._nursery.start_soon(self._supervise, actor)
         for key, actor in self._actors.items():
-            if key not in actors:
+            if actors.get(key) is not actor:
                 actor.retire()
         self._actors = actors
-        self.table = _compile(snapshot, dispatchers)
+        self.table = table
 
     async def _supervise(self, actor: TargetActor) -> None:
         backoff = RESTART_BACKOFF_S

@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 import httpx2
@@ -60,6 +60,8 @@ QUEUE_SIZE = 256
 MAX_IN_FLIGHT = 1024
 MAX_BODY = 64 << 20
 CONNECT_TIMEOUT_S = 10.0
+#: After a stream's terminator: how long to read what is left, to keep the connection.
+DRAIN_S = 1.0
 PROBE_TIMEOUT_S = 10.0
 #: httpx2's own timeouts are a safety net only: the requester's budgets cancel first.
 SAFETY_TIMEOUT_S = 3600.0
@@ -126,26 +128,36 @@ class Job:
     reply: trio.MemorySendChannel[Reply]
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     ticket: Ticket = Ticket.NORMAL
-    #: How long a stream chunk may wait for the requester to take it before the job
+    #: How long a message may wait for the requester to take it before the job
     #: gives up: the requester is gone or stuck, and the connection must not leak.
-    stall_timeout: float = 60.0
+    stall_timeout: float = 300.0
+    #: For a whole answer in another dialect: the client's body, or ``None`` when the
+    #: provider's answer is not valid (then the attempt failed). Run by the actor, so
+    #: that the verdict it records is the final one.
+    translate: Callable[[bytes], bytes | None] | None = None
     #: Why the requester cancelled ``scope``; decides what the breaker records.
     abort: Outcome | None = None
     #: The job's last message is on its way: its verdict is known, nothing to cancel.
     answered: bool = False
-    #: The actor took it off the queue (a job cancelled before that says nothing
-    #: about the provider).
-    started: bool = False
+    #: When the actor took it off its queue (``None`` while queued).
+    dequeued_at: float | None = None
     #: The provider's response headers arrived.
     first_byte: bool = False
-    #: The requester found the answer unusable (it did not translate): a failure.
-    unusable: str | None = None
+    #: A stream's first content event arrived.
+    first_content: bool = False
+    #: Whether the abort reason counts against the target (see :meth:`cancel`).
+    blame: bool = True
     done: bool = False
 
-    def cancel(self, why: Outcome) -> None:
-        """Stop this attempt unless it has answered (idempotent; the first reason wins)."""
+    def cancel(self, why: Outcome, *, blame: bool = True) -> None:
+        """Stop this attempt unless it has answered (idempotent; the first reason wins).
+
+        ``blame=False``: the reason says nothing about the target (the time ran out
+        while the job waited in the gateway's own queue).
+        """
         if not self.answered and not self.done and self.abort is None:
             self.abort = why
+            self.blame = blame
             self.scope.cancel()
 
 
@@ -193,6 +205,7 @@ class TargetActor:
             min(self.max_in_flight, QUEUE_SIZE)
         )
         self._retired = False
+        self._probes: trio.CancelScope | None = None
 
     # --- used by the dispatcher (synchronous, same thread) -------------------------------
 
@@ -210,9 +223,15 @@ class TargetActor:
         return True
 
     def retire(self) -> None:
-        """Take no new jobs; serve the queued ones, then let :meth:`run` return."""
+        """Take no new jobs; serve the queued ones, then let :meth:`run` return.
+
+        Probing stops at once: a retired actor's old credentials must not eject the
+        target its successor serves (they may share a breaker).
+        """
         self._retired = True
         self._send.close()
+        if self._probes is not None:
+            self._probes.cancel()
 
     @property
     def retired(self) -> bool:
@@ -241,7 +260,9 @@ class TargetActor:
             ) as client,
             trio.open_nursery() as nursery,
         ):
-            probes = trio.CancelScope()
+            self._probes = probes = trio.CancelScope()
+            if self._retired:
+                probes.cancel()
             nursery.start_soon(self._probe_loop, client, probes)
             task_status.started()
             while True:
@@ -279,8 +300,7 @@ class TargetActor:
         self.breaker.probed(trio.current_time(), ok=not error, error=error)
 
     async def _serve(self, client: httpx2.AsyncClient, job: Job, slots: trio.Semaphore) -> None:
-        job.started = True
-        begun = trio.current_time()
+        begun = job.dequeued_at = trio.current_time()
         verdict, error, retry_after = Verdict.NEUTRAL, "", None
         given_up = job.abort is not None  # while it waited in the queue: nothing to learn
         try:
@@ -293,12 +313,15 @@ class TargetActor:
         except Exception:  # a bug of ours: the attempt fails over, the actor lives on
             log.exception("job failed", extra={"fields": {"target_id": self.target.id}})
             verdict, error = Verdict.NEUTRAL, "internal error"
+            with contextlib.suppress(
+                trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError
+            ):
+                job.reply.send_nowait(AttemptFailed(Outcome.INTERNAL_ERROR, "internal error"))
         finally:
             job.done = True
             if job.abort is not None and not given_up:
-                verdict, error = outcome_verdict(job.abort), job.abort.value
-            if job.unusable is not None:
-                verdict, error = Verdict.FAILURE, job.unusable
+                verdict = outcome_verdict(job.abort) if job.blame else Verdict.NEUTRAL
+                error = job.abort.value
             self._settle(job.ticket, verdict, error, retry_after, trio.current_time() - begun)
             self.in_flight -= 1
             slots.release()
@@ -343,11 +366,11 @@ class TargetActor:
         try:
             status = response.status_code
             verdict = status_verdict(status)
+            if job.stream and verdict is Verdict.SUCCESS:
+                return await self._relay_stream(job, response, started)
             if verdict is Verdict.SUCCESS:
                 now = trio.current_time()
                 self.latency_estimate.observe(now - started, now)
-            if job.stream and verdict is Verdict.SUCCESS:
-                return await self._relay_stream(job, response)
             body = bytearray()
             async for chunk in response.aiter_bytes():
                 body += chunk
@@ -355,6 +378,13 @@ class TargetActor:
                     return await self._failed(
                         job, Outcome.PROTOCOL_ERROR, "response body too large"
                     )
+            if verdict is Verdict.SUCCESS and job.translate is not None:
+                translated = job.translate(bytes(body))
+                if translated is None:
+                    return await self._failed(
+                        job, Outcome.PROTOCOL_ERROR, "the provider's answer is not valid"
+                    )
+                body = bytearray(translated)
             await self._last(job, Answer(status, response.headers, bytes(body)))
             retry_after = parse_retry_after(response.headers.get("retry-after"))
             return verdict, "" if verdict is Verdict.SUCCESS else f"HTTP {status}", retry_after
@@ -373,8 +403,14 @@ class TargetActor:
                 with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                     await response.aclose()
 
-    async def _relay_stream(self, job: Job, response: httpx2.Response) -> tuple[Verdict, str, None]:
-        """Whole events to the requester, content marked; the watch decides the verdict."""
+    async def _relay_stream(
+        self, job: Job, response: httpx2.Response, started: float
+    ) -> tuple[Verdict, str, None]:
+        """Whole events to the requester, content marked; the watch decides the verdict.
+
+        The terminator ends the job at once: what the provider does after it (closing
+        badly, lingering) is neither the client's business nor a failure.
+        """
         watch = StreamWatch(self.format)
         if not await self._deliver(job, StreamStart(response.status_code, response.headers)):
             return Verdict.NEUTRAL, "the requester stopped reading", None
@@ -385,8 +421,18 @@ class TargetActor:
                 return await self._failed(
                     job, kind, f"the stream began with an error ({watch.error})"
                 )
+            if content and not job.first_content:
+                job.first_content = True
+                now = trio.current_time()
+                self.latency_estimate.observe(now - started, now)  # time to first token
             if out and not await self._deliver(job, out if content else Meta(out)):
                 return Verdict.NEUTRAL, "the requester stopped reading", None
+            if watch.complete:
+                await self._last(job, StreamEnd(True))
+                with trio.move_on_after(DRAIN_S), contextlib.suppress(httpx2.HTTPError):
+                    async for _ in response.aiter_bytes():
+                        pass  # read to the end, so the connection can be reused
+                return Verdict.SUCCESS, "", None
             if watch.error is not None:
                 break
         out, content = watch.flush()
@@ -419,17 +465,6 @@ class TargetActor:
     async def _failed(self, job: Job, outcome: Outcome, message: str) -> tuple[Verdict, str, None]:
         await self._last(job, AttemptFailed(outcome, message))
         return outcome_verdict(outcome), message, None
-
-    def report_unusable(self, job: Job, error: str) -> None:
-        """The requester could not use ``job``'s answer (it did not translate): a failure.
-
-        Recorded when the job settles, or at once if it already has.
-        """
-        if not job.done:
-            job.unusable = error
-            return
-        self.failures += 1
-        self.breaker.failed(trio.current_time(), job.ticket, error)
 
     def _settle(
         self,

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import httpx2
 import trio
 
 from trio_gateway.config.file import load_file, parse
@@ -40,9 +41,14 @@ async def open_gateway(
     *,
     settings: Settings = TEST_SETTINGS,
     environ: Mapping[str, str] | None = None,
+    transport: httpx2.AsyncBaseTransport | None = None,
     **overrides: Any,
 ) -> AsyncIterator[Running]:
-    """Start a gateway (memory store unless ``data_dir=`` is given) and yield it running."""
+    """Start a gateway (memory store unless ``data_dir=`` is given) and yield it running.
+
+    ``transport`` replaces every target's HTTP transport (``httpx2.MockTransport``
+    scripts a provider byte by byte, for what no fake provider does).
+    """
     settings = attrs.evolve(settings, **overrides)
     declarations = None
     if isinstance(config, Path):
@@ -50,6 +56,6 @@ async def open_gateway(
     elif config is not None:
         declarations = parse(config, environ or {})
     async with trio.open_nursery() as nursery:
-        running = await nursery.start(partial(serve, settings, declarations))
+        running = await nursery.start(partial(serve, settings, declarations, transport=transport))
         yield running
         nursery.cancel_scope.cancel()

@@ -12,7 +12,6 @@ the model or the dialect changes.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import logging
@@ -39,7 +38,7 @@ from trio_gateway.errors import (
 )
 from trio_gateway.providers.formats import ApiFormat, error_body
 from trio_gateway.runtime.dispatcher import ClientRequest
-from trio_gateway.runtime.supervisor import GatewayRoute, RouteTable, Runtime
+from trio_gateway.runtime.supervisor import GatewayRoute, KeyRoute, RouteTable, Runtime
 from trio_gateway.web.admin import Readiness, add_health_routes
 from trio_gateway.web.http import from_http_exception
 
@@ -142,22 +141,22 @@ async def _proxy(
 ) -> Response:
     table = runtime.table
     presented = _presented_key(wanted)
-    key = table.key(_key_hash(presented), time.time()) if presented else None
+    key = _key(table, presented)
+    if presented and key is None:
+        raise AuthenticationFailed(NO_KEY)  # a wrong key is refused, public rule or not
     gateway = (
         table.gateways.get(key.gateway_id) if key is not None else _named_gateway(table, wanted)
     )
     rule = match_rule(gateway.rules, request.method, request.path) if gateway else None
-    if key is None and (rule is None or not rule.public):
+    if gateway is None or (key is None and (rule is None or not rule.public)):
         # Without a key, nothing is told apart: no gateway, no route, not public.
         raise AuthenticationFailed(NO_KEY)
-    if gateway is None:
-        raise AuthenticationFailed(NO_KEY)
+    if not gateway.active:
+        raise PermissionDenied(f"gateway {gateway.gateway.name!r} is inactive")
     if rule is None:
         raise NotFound(
             f"no route for {request.method} {request.path} in gateway {gateway.gateway.name!r}"
         )
-    if not gateway.active:
-        raise PermissionDenied(f"gateway {gateway.gateway.name!r} is inactive")
     if fmt is None:
         raise NotFound(
             f"{request.path} is not an API endpoint: use /v1/chat/completions or /v1/messages"
@@ -279,8 +278,24 @@ def _request_id(wanted: dict[str, str]) -> str:
 #: Request ids: a random prefix per process and a counter, unique without a syscall.
 _ID_PREFIX = os.urandom(6).hex()
 _ID_COUNTER = itertools.count(1)
-#: Keys are hashed once per distinct key, not once per request.
-_key_hash = functools.lru_cache(maxsize=4096)(hash_api_key)
+#: Hashes of keys that were valid when first seen: each key is hashed once, not per
+#: request. Only known keys are kept (never a guess), and at most KEY_CACHE of them.
+_key_hashes: dict[str, str] = {}
+KEY_CACHE = 4096
+
+
+def _key(table: RouteTable, presented: str | None) -> KeyRoute | None:
+    """The usable key the client presented, if any (revocation and expiry apply at once)."""
+    if not presented:
+        return None
+    digest = _key_hashes.get(presented)
+    if digest is None:
+        digest = hash_api_key(presented)
+        if digest in table.keys:
+            if len(_key_hashes) >= KEY_CACHE:
+                _key_hashes.clear()
+            _key_hashes[presented] = digest
+    return table.key(digest, time.time())
 
 
 def _dialect(wanted: dict[str, str]) -> ApiFormat:
@@ -303,11 +318,12 @@ def render(fmt: ApiFormat, error: GatewayError, request_id: str) -> Response:
 
 def _models(table: RouteTable, wanted: dict[str, str], request_id: str) -> Response:
     """The models reachable with the caller's key, in the caller's dialect."""
-    presented = _presented_key(wanted)
-    key = table.key(_key_hash(presented), time.time()) if presented else None
+    key = _key(table, _presented_key(wanted))
     gateway = table.gateways.get(key.gateway_id) if key else None
     if gateway is None:
-        raise AuthenticationFailed("invalid or missing API key")
+        raise AuthenticationFailed(NO_KEY)
+    if not gateway.active:
+        raise PermissionDenied(f"gateway {gateway.gateway.name!r} is inactive")
     names = [name for name, _ in gateway.models]
     if _dialect(wanted) is ApiFormat.ANTHROPIC:
         body: dict[str, Any] = {
