@@ -414,7 +414,8 @@ class TargetActor:
         watch = StreamWatch(self.format)
         if not await self._deliver(job, StreamStart(response.status_code, response.headers)):
             return Verdict.NEUTRAL, "the requester stopped reading", None
-        async for chunk in response.aiter_bytes():
+        chunks = response.aiter_bytes()
+        async for chunk in chunks:
             out, content = watch.feed(chunk)
             if watch.error is not None and not watch.started:
                 kind = Outcome.PROTOCOL_ERROR if watch.error == MALFORMED else Outcome.STREAM_ERROR
@@ -429,9 +430,11 @@ class TargetActor:
                 return Verdict.NEUTRAL, "the requester stopped reading", None
             if watch.complete:
                 await self._last(job, StreamEnd(True))
+                # Read what is left from the same iterator (the chunked terminator, usually)
+                # so the connection goes back to the pool; whatever happens there is ignored.
                 with trio.move_on_after(DRAIN_S), contextlib.suppress(httpx2.HTTPError):
-                    async for _ in response.aiter_bytes():
-                        pass  # read to the end, so the connection can be reused
+                    async for _ in chunks:
+                        pass
                 return Verdict.SUCCESS, "", None
             if watch.error is not None:
                 break
