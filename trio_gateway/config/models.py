@@ -250,9 +250,6 @@ class ApiKey:
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
-    def usable_at(self, now: datetime) -> bool:
-        return self.active and (self.expires_at is None or now < self.expires_at)
-
 
 Entity = Gateway | Upstream | Service | Rule | ApiKey
 

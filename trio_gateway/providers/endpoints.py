@@ -68,10 +68,6 @@ def credential_header(target: Target) -> tuple[str, str]:
     return info.auth_header, value
 
 
-def target_format(target: Target) -> ApiFormat:
-    return PROVIDERS[target.provider].format
-
-
 @attrs.frozen
 class Endpoint:
     """A target's resolved URL template and headers, computed once per configuration.

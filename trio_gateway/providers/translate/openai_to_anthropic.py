@@ -388,14 +388,21 @@ def _text_block(part: dict, text: str) -> dict:
     return block
 
 
-def _text_blocks(content: Any, loc: str) -> list[dict]:
-    """Text-only content (system, developer, assistant text) as text blocks."""
+def _parts(content: Any, loc: str) -> list[dict] | list[Any]:
+    """A message's content as text blocks (a string) or its raw parts (an array)."""
     if isinstance(content, str):
         return [{"type": "text", "text": content}] if content else []
     if content is None:
         return []
     if not isinstance(content, list):
         raise fail(loc, "must be a string or an array of content parts")
+    return content
+
+
+def _text_blocks(content: Any, loc: str) -> list[dict]:
+    """Text-only content (system, developer, assistant text) as text blocks."""
+    if not isinstance(content, list):
+        return _parts(content, loc)
     blocks = []
     for j, part in enumerate(content):
         if not isinstance(part, dict) or part.get("type") not in ("text", "refusal"):
@@ -407,12 +414,8 @@ def _text_blocks(content: Any, loc: str) -> list[dict]:
 
 
 def _user_blocks(content: Any, loc: str) -> list[dict]:
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    if content is None:
-        return []
     if not isinstance(content, list):
-        raise fail(loc, "must be a string or an array of content parts")
+        return _parts(content, loc)
     blocks = []
     for j, part in enumerate(content):
         block = _user_part(part, f"{loc}[{j}]")
