@@ -19,6 +19,9 @@ AZURE_API_VERSION = "2024-10-21"
 
 @attrs.frozen
 class ProviderInfo:
+    """A provider's defaults. Its dialect comes from the one provider-to-dialect table,
+    :meth:`ApiFormat.of_provider`, which the translators use too."""
+
     format: ApiFormat
     #: ``None``: the target must set ``base_url`` (there is no public default).
     base_url: str | None
@@ -33,19 +36,21 @@ class ProviderInfo:
 
 PROVIDERS: Mapping[Provider, ProviderInfo] = {
     Provider.OPENAI: ProviderInfo(
-        ApiFormat.OPENAI, "https://api.openai.com", "/v1/chat/completions"
+        ApiFormat.of_provider(Provider.OPENAI), "https://api.openai.com", "/v1/chat/completions"
     ),
     Provider.ANTHROPIC: ProviderInfo(
-        ApiFormat.ANTHROPIC,
+        ApiFormat.of_provider(Provider.ANTHROPIC),
         "https://api.anthropic.com",
         "/v1/messages",
         {"anthropic-version": "2023-06-01"},
         auth_header="x-api-key",
         auth_scheme=None,
     ),
-    Provider.OPENAI_COMPATIBLE: ProviderInfo(ApiFormat.OPENAI, None, "/v1/chat/completions"),
+    Provider.OPENAI_COMPATIBLE: ProviderInfo(
+        ApiFormat.of_provider(Provider.OPENAI_COMPATIBLE), None, "/v1/chat/completions"
+    ),
     Provider.AZURE_OPENAI: ProviderInfo(
-        ApiFormat.OPENAI,
+        ApiFormat.of_provider(Provider.AZURE_OPENAI),
         None,
         f"/openai/deployments/{{model}}/chat/completions?api-version={AZURE_API_VERSION}",
         probe_path=f"/openai/models?api-version={AZURE_API_VERSION}",
