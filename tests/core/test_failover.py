@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from trio_gateway.core.failover import AttemptRecord, Exchange, render_trail
 from trio_gateway.errors import (
     Answer,
@@ -101,3 +104,40 @@ def test_otherwise_the_last_failure_names_itself():
         render_trail(ex.trail)
         == "a;outcome=connect_error;ms=12, b;outcome=first_byte_timeout;ms=12"
     )
+
+
+ERRORS = [
+    lambda: UpstreamConnectError("x"),
+    lambda: FirstByteTimeout("x"),
+    lambda: TargetBusy("x"),
+    lambda: Untranslatable(ValidationFailed.single("a", "b")),
+    lambda: UpstreamStatusError(503, "x", answer=ANSWER),
+    lambda: RateLimited("x", retry_after=None, answer=ANSWER),
+    lambda: CredentialRejected(401, "t"),
+    lambda: DeadlineExceeded("x"),
+    lambda: None,
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    outcomes=st.lists(st.sampled_from(ERRORS), max_size=12),
+    max_attempts=st.integers(1, 6),
+)
+def test_an_exchange_stops_when_it_must_and_always_has_an_answer(outcomes, max_attempts):
+    ex = Exchange(deadline=100.0, max_attempts=max_attempts)
+    tried = 0
+    for i, make in enumerate(outcomes):
+        if not ex.may_try(0.0):
+            break
+        error = make()
+        record(ex, f"t{i}", error)
+        tried += 1
+        if error is None:
+            return  # answered: the dispatcher returns the response
+    assert ex.made <= max_attempts
+    assert len(ex.tried) == tried  # each target once
+    conclusion = ex.conclude("m")
+    assert conclusion.answer is not None or 400 <= conclusion.error.status < 600
+    if any(isinstance(e, CredentialRejected) for _, e in ex.failures) and conclusion.answer:
+        assert conclusion.answer is ANSWER  # never the credential refusal's own body
