@@ -167,6 +167,8 @@ class Expectations:
     traffic: Mapping[Name, TrafficShare] | None = None
     #: Client calls (attempts in the trails) to a target.
     calls: Mapping[Name, Limit] | None = None
+    #: Client calls to a target that failed.
+    failed_calls: Mapping[Name, Limit] | None = None
     #: The target was ejected within this many seconds of the scope's start.
     ejected_within: Mapping[Name, Seconds] | None = None
     #: These targets were never ejected.
@@ -205,6 +207,14 @@ class Phase:
 
 
 @attrs.frozen(kw_only=True)
+class Short:
+    """The short form: load fields to change, and shorter phases (by name, in seconds)."""
+
+    load: Mapping[str, Any] = attrs.field(factory=dict)
+    durations: Mapping[Name, Duration] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
 class Scenario:
     name: Name
     description: str = ""
@@ -214,8 +224,8 @@ class Scenario:
     load: Load
     phases: tuple[Phase, ...]
     expect: Expectations | None = None
-    #: Load fields that ``--short`` (and the test suite) use instead: same timeline, less load.
-    short: Mapping[str, Any] | None = None
+    #: What ``--short`` (and the test suite) changes: less load, shorter phases.
+    short: Short | None = None
     #: How often the runner samples each target's health, in seconds.
     health_interval: Duration = 0.1
 
@@ -230,16 +240,24 @@ class Scenario:
         return target_names(self.upstream.get("targets") or [])
 
     def shortened(self) -> Scenario:
-        """The short form: the ``short`` load fields applied (already validated)."""
-        if not self.short:
+        """The short form: the ``short`` load fields and phase durations applied."""
+        if self.short is None:
             return self
-        fields = attrs.asdict(self.load, recurse=False)
-        fields.update(self.short)
-        if "rate" in self.short:
-            fields["concurrency"] = None
-        if "concurrency" in self.short:
-            fields["rate"] = None
-        return attrs.evolve(self, load=Load(**fields))
+        phases = tuple(
+            attrs.evolve(p, duration=self.short.durations.get(p.name, p.duration))
+            for p in self.phases
+        )
+        return attrs.evolve(self, load=_short_load(self.load, self.short.load), phases=phases)
+
+
+def _short_load(load: Load, changes: Mapping[str, Any]) -> Load:
+    fields = {**attrs.asdict(load, recurse=False), **changes}
+    if "rate" in changes:
+        fields["concurrency"] = None
+    if "concurrency" in changes:
+        fields["rate"] = None
+    fields["api"] = Api(fields["api"])
+    return Load(**fields)
 
 
 # --- reading -------------------------------------------------------------------------------
@@ -375,6 +393,7 @@ def _cross_checks(scenario: Scenario, fakes: set[str]) -> list[Problem]:
         for field in (
             "traffic",
             "calls",
+            "failed_calls",
             "ejected_within",
             "not_ejected",
             "recovered_within",
@@ -387,16 +406,23 @@ def _cross_checks(scenario: Scenario, fakes: set[str]) -> list[Problem]:
                         Problem(f"{loc}.{field}.{name}", f"no target named {name!r} ({known})")
                     )
     if scenario.short is not None:
-        try:
-            fields = {**attrs.asdict(scenario.load, recurse=False), **scenario.short}
-            if "rate" in scenario.short:
-                fields["concurrency"] = None
-            if "concurrency" in scenario.short:
-                fields["rate"] = None
+        fields = {**attrs.asdict(scenario.load, recurse=False), **scenario.short.load}
+        if "rate" in scenario.short.load:
+            fields["concurrency"] = None
+        if "concurrency" in scenario.short.load:
+            fields["rate"] = None
+        if isinstance(fields["api"], Api):
             fields["api"] = fields["api"].value
-            serde.structure({k: v for k, v in fields.items() if v is not None}, Load, loc="short")
+        try:
+            serde.structure(
+                {k: v for k, v in fields.items() if v is not None}, Load, loc="short.load"
+            )
         except ValidationFailed as exc:
             problems.extend(exc.details)
+        phase_names = {p.name for p in scenario.phases}
+        for name in scenario.short.durations:
+            if name not in phase_names:
+                problems.append(Problem(f"short.durations.{name}", f"no phase named {name!r}"))
     return problems
 
 

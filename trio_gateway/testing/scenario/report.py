@@ -250,6 +250,11 @@ def _check(
             f"{n} ({s.failed_calls.get(target, 0)} failed)",
             limit.holds(n),
         )
+    for target, limit in (expect.failed_calls or {}).items():
+        n = s.failed_calls.get(target, 0)
+        add(
+            f"failed_calls {target}", str(limit), f"{n} of {s.calls.get(target, 0)}", limit.holds(n)
+        )
     for target, within in (expect.ejected_within or {}).items():
         when = _ejected_at(run, target, span)
         add(

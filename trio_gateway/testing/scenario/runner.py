@@ -271,6 +271,26 @@ class _Admin:
         return self._process.pid if self._process is not None else None
 
 
+class _Direct:
+    """No gateway at all: the load goes straight to one fake (every protection off)."""
+
+    def __init__(self, fake: FakeProvider) -> None:
+        self.proxy_url = fake.url or ""
+        self.key = fake.spec.api_key or ""
+
+    def names(self) -> Callable[[str], str]:
+        return lambda target_id: target_id
+
+    async def health(self) -> None:
+        return None
+
+    async def set_targets(self, targets: Sequence[Mapping[str, Any]]) -> None:
+        pass  # no upstream to change
+
+    def pid(self) -> int | None:
+        return None
+
+
 # --- running ---------------------------------------------------------------------------------
 
 
@@ -281,11 +301,17 @@ async def run_scenario(
     process: bool = False,
     progress: Callable[[Progress], None] | None = None,
     virtual: bool = False,
+    direct: str | None = None,
 ) -> Run:
-    """Run ``scenario`` to its end and return what was observed (see the module docstring)."""
+    """Run ``scenario`` to its end and return what was observed (see the module docstring).
+
+    ``direct`` names a fake to send the load to straight, without any gateway: what
+    an application would see with no protection at all (the tests use it to show
+    that an expectation can fail).
+    """
     async with AsyncExitStack() as exit_stack:
         nursery = await exit_stack.enter_async_context(trio.open_nursery())
-        if gateway is None and not process:
+        if gateway is None and not process and direct is None:
             opened = await exit_stack.enter_async_context(open_stack(scenario.stack_spec()))
             fakes = opened.fakes
             gw: _Gateway = _InProcess(opened)
@@ -300,6 +326,10 @@ async def run_scenario(
                 fakes[fake.name] = fake
             admin_http = await exit_stack.enter_async_context(httpx2.AsyncClient(timeout=10))
             child = None
+        if direct is not None:
+            gw = _Direct(fakes[direct])
+            where = f"none (straight to {direct})"
+        elif gateway is not None or process:
             if gateway is None:
                 child, gateway = await exit_stack.enter_async_context(
                     _gateway_process(scenario, fakes)
@@ -337,7 +367,7 @@ async def run_scenario(
                 side.start_soon(_progress, run, t0, progress)
             async with httpx2.AsyncClient(
                 base_url=gw.proxy_url,
-                headers={"X-Api-Key": gw.key},
+                headers={"Authorization": f"Bearer {gw.key}"},
                 timeout=httpx2.Timeout(scenario.load.timeout + 60),
                 limits=httpx2.Limits(max_connections=None, max_keepalive_connections=1000),
             ) as http:
