@@ -528,6 +528,8 @@ async def _gateway_process(
             "127.0.0.1:0",
             "--log-level",
             "WARNING",
+            "--graceful-timeout",
+            "1",
         ]
         process = await trio.lowlevel.open_process(command, stdout=-1)
         try:
