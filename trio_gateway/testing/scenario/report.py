@@ -13,6 +13,7 @@ calls that reached it (its POST requests) in it; times are seconds since the run
 
 from __future__ import annotations
 
+import bisect
 import collections
 import html
 import math
@@ -377,8 +378,6 @@ def _calls_while_ejected(run: Run, target: str, span: Span, whole: bool) -> list
     end = math.inf if whole else span.end
     bad = []
     times = [s.t for s in samples]
-    import bisect
-
     for t in run.received.get(fake, ()):
         if not span.start <= t < end:
             continue
