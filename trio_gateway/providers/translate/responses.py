@@ -557,7 +557,7 @@ def _user_part(part: Any, loc: str) -> dict:
 def _tools(body: dict, out: dict) -> None:
     tools = body.get("tools")
     if tools is None:
-        return
+        tools = []
     if not isinstance(tools, list):
         raise fail("tools", "must be an array")
     converted: list[dict] = []
@@ -1092,7 +1092,6 @@ class ChatToResponsesStream:
         item = self._open
         if item is None or item.kind != kind:
             self._close_open(out)
-            self._close_calls(out)  # text after tool calls: those calls are done
             n = len(self._output)
             if kind == _MESSAGE:
                 id = f"msg_{self._base}_{n}"
