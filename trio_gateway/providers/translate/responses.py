@@ -859,12 +859,18 @@ def _call_item(id: str, call_id: str, name: str, arguments: str, status: str) ->
     }
 
 
-def failure_error(kind: str | None, message: str) -> dict:
-    """A ``response.error`` object: its ``code`` is one of the Responses API's own."""
+def failure_error(kind: str | None, message: str, original: str | None = None) -> dict:
+    """A ``response.error`` object: its ``code`` is one of the Responses API's own.
+
+    ``kind`` (an error type of any dialect, or the gateway's) picks the code;
+    ``original`` (the provider's own, more specific name, when it has one) or else
+    ``kind`` is kept as ``type``.
+    """
     code = "rate_limit_exceeded" if status_for_type(kind, 500) == 429 else "server_error"
     error: dict[str, Any] = {"code": code, "message": message}
-    if kind and kind != code:
-        error["type"] = kind  # the provider's (or the gateway's) own name for it
+    named = original or kind
+    if named and named != code:
+        error["type"] = named
     return error
 
 
@@ -1015,7 +1021,9 @@ class ChatToResponsesStream:
             kind, message, code = parse_error(chunk)
             self.error = stream_failure(kind or code, message)
             self._done = True
-            out.append(self._failed(code or kind, message or "the provider reported an error"))
+            out.append(
+                self._failed(kind or code, message or "the provider reported an error", code)
+            )
             return
         usage = chunk.get("usage")
         if usage:
@@ -1276,7 +1284,7 @@ class ChatToResponsesStream:
         self.complete = True
         self._done = True
 
-    def _failed(self, kind: str | None, message: str) -> bytes:
+    def _failed(self, kind: str | None, message: str, original: str | None = None) -> bytes:
         """``response.failed`` with what was made so far (``error`` before any event)."""
         if not self._started:
             return responses_error_event(kind, message, sequence_number=self._seq)
@@ -1286,7 +1294,7 @@ class ChatToResponsesStream:
             model=self._model,
             output=dumpb(self._snapshot()),
             usage=responses_usage(self._usage) if self._usage is not None else None,
-            error=failure_error(kind, message),
+            error=failure_error(kind, message, original),
         )
         return self._event(b"response.failed", b'"response":' + response)
 
