@@ -661,14 +661,18 @@ class ResponseShape:
     output and usage around it.
     """
 
-    __slots__ = ("created", "model", "request_id", "static")
+    __slots__ = ("created", "model", "request_id", "settings", "static")
 
-    def __init__(self, *, request_id: str, created: int, model: str, static: bytes) -> None:
+    def __init__(
+        self, *, request_id: str, created: int, model: str = "", settings: dict | None = None
+    ) -> None:
         self.request_id = request_id
         self.created = created
         self.model = model
-        #: The settings' members, serialised: ``"background":false,…`` (no braces).
-        self.static = static
+        #: The request's settings, as the ``response`` echoes them.
+        self.settings = settings or {}
+        #: The same, serialised: ``"background":false,…`` (no braces).
+        self.static = dumpb(self.settings)[1:-1] if settings else b""
 
     @classmethod
     def of(cls, body: dict, *, request_id: str, created: int) -> ResponseShape:
@@ -699,7 +703,7 @@ class ResponseShape:
             request_id=request_id,
             created=created,
             model=model if isinstance(model, str) else "",
-            static=dumpb(static)[1:-1],
+            settings=static,
         )
 
     def response_id(self, chat_id: Any) -> str:
@@ -790,15 +794,19 @@ class ResponseShape:
                     )
                 )
         usage = body.get("usage")
-        rendered = self.render(
-            id=resp_id,
-            status="incomplete" if incomplete else "completed",
-            model=body.get("model") or self.model,
-            output=dumpb(output),
-            usage=responses_usage(usage) if isinstance(usage, dict) else None,
-            incomplete=incomplete,
-        )
-        return loads(rendered)
+        model = body.get("model")
+        return {
+            "id": resp_id,
+            "object": "response",
+            "created_at": self.created,
+            "status": "incomplete" if incomplete else "completed",
+            "error": None,
+            "incomplete_details": {"reason": incomplete} if incomplete else None,
+            "model": model if isinstance(model, str) and model else self.model,
+            "output": output,
+            "usage": responses_usage(usage) if isinstance(usage, dict) else None,
+            **self.settings,
+        }
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -883,11 +891,12 @@ _REASONING = 1
 class _Open:
     """An open message or reasoning item and its current content part."""
 
-    __slots__ = ("id", "index", "kind", "part", "part_kind", "parts", "text")
+    __slots__ = ("id", "id_json", "index", "kind", "part", "part_kind", "parts", "text")
 
     def __init__(self, kind: int, id: str, index: int) -> None:
         self.kind = kind
         self.id = id
+        self.id_json = dumpb(id)
         self.index = index  # output_index
         self.parts: list[dict] = []  # finished parts
         self.part = -1  # content_index of the open part, -1: none
@@ -896,13 +905,14 @@ class _Open:
 
 
 class _Call:
-    __slots__ = ("arguments", "call_id", "done", "id", "index", "name", "pending")
+    __slots__ = ("arguments", "call_id", "done", "id", "id_json", "index", "name", "pending")
 
     def __init__(self) -> None:
         self.done = False
         self.call_id = ""
         self.name = ""
         self.id = ""
+        self.id_json = b""
         self.index = -1  # output_index once its item was added
         self.arguments: list[str] = []
         self.pending: list[str] = []  # arguments that came before the name
@@ -1117,7 +1127,7 @@ class ChatToResponsesStream:
                 self._event(
                     b"response.content_part.added",
                     b'"item_id":%s,"output_index":%d,"content_index":%d,"part":%s'
-                    % (dumpb(item.id), item.index, item.part, _empty_part(part_kind)),
+                    % (item.id_json, item.index, item.part, _empty_part(part_kind)),
                 )
             )
         item.text.append(text)
@@ -1131,7 +1141,7 @@ class ChatToResponsesStream:
             self._event(
                 name,
                 b'"item_id":%s,"output_index":%d,"content_index":%d,"delta":%s%s'
-                % (dumpb(item.id), item.index, item.part, dumpb(text), extra),
+                % (item.id_json, item.index, item.part, dumpb(text), extra),
             )
         )
 
@@ -1143,7 +1153,7 @@ class ChatToResponsesStream:
         kind = item.part_kind
         item.part_kind = ""
         head = b'"item_id":%s,"output_index":%d,"content_index":%d' % (
-            dumpb(item.id),
+            item.id_json,
             item.index,
             item.part,
         )
@@ -1219,6 +1229,7 @@ class ChatToResponsesStream:
         self._close_open(out)
         n = len(self._output)
         call.id = f"fc_{self._base}_{n}"
+        call.id_json = dumpb(call.id)
         if not call.call_id:
             call.call_id = f"call_{self._base}_{n}"
         call.index = self._add_item(
@@ -1235,7 +1246,7 @@ class ChatToResponsesStream:
             self._event(
                 b"response.function_call_arguments.delta",
                 b'"item_id":%s,"output_index":%d,"delta":%s'
-                % (dumpb(call.id), call.index, dumpb(arguments)),
+                % (call.id_json, call.index, dumpb(arguments)),
             )
         )
 
@@ -1249,7 +1260,7 @@ class ChatToResponsesStream:
                 self._event(
                     b"response.function_call_arguments.done",
                     b'"item_id":%s,"output_index":%d,"name":%s,"arguments":%s'
-                    % (dumpb(call.id), call.index, dumpb(call.name), dumpb(arguments)),
+                    % (call.id_json, call.index, dumpb(call.name), dumpb(arguments)),
                 )
             )
             self._done_item(

@@ -38,9 +38,7 @@ class ResponsesToAnthropic:
         self.chat = OpenAIToAnthropic(
             default_max_tokens=default_max_tokens, request_id=self.request_id, created=created
         )
-        self.shape = ResponseShape(
-            request_id=self.request_id, created=created, model="", static=b""
-        )
+        self.shape = ResponseShape(request_id=self.request_id, created=created)
 
     def request(self, body: dict) -> dict:
         try:

@@ -30,9 +30,7 @@ class ResponsesToOpenAI:
         self.kind = kind
         self.request_id = request_id or new_id()
         self.created = created
-        self.shape = ResponseShape(
-            request_id=self.request_id, created=created, model="", static=b""
-        )
+        self.shape = ResponseShape(request_id=self.request_id, created=created)
 
     def request(self, body: dict) -> dict:
         try:
