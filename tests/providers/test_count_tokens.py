@@ -54,7 +54,7 @@ def test_text(text: str, tokens: int) -> None:
 
 
 def test_english_prose_is_near_what_tokenizers_count():
-    # "The quick brown fox jumps over the lazy dog." is 10 tokens for cl100k and Claude.
+    # "The quick brown fox jumps over the lazy dog." is 10 tokens for cl100k.
     assert 10 <= text_tokens("The quick brown fox jumps over the lazy dog.") <= 12
 
 

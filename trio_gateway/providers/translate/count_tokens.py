@@ -16,9 +16,9 @@ Greek...) and per character from CJK scripts on (U+2E80), each rounded up; every
 adds 4, the request 3. An image counts 1,600 tokens (what Anthropic charges at most for
 an image it has resized to its default limit); a PDF 2,000 per page (its text and its
 page image), pages counted in the file; tool definitions their name, description and
-schema as text, plus 350 for the tool-use instructions a model is given. For the target
-model's own tokenizer the count can be off by a fifth either way; it is meant for
-"how full is the context", not for billing.
+schema as text, plus 350 for the tool-use instructions a model is given. No tokenizer
+is run: the count is close for English prose and rougher for code and other languages;
+it is meant for "how full is the context", not for billing.
 
 The request is checked as Anthropic checks it (``model``; ``messages`` a non-empty list
 of user/assistant turns; content a string or blocks), with the field named in a 400.
