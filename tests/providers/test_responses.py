@@ -540,3 +540,43 @@ def sdk_raw(body: bytes) -> list[tuple[str | None, str]]:
 
     decoder = SSEDecoder()
     return [(e.event, e.data) for e in decoder.feed(body) + decoder.flush()]
+
+
+def test_assistant_messages_and_calls_group_into_turns():
+    body = {
+        **REQUEST,
+        "input": [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "first"},
+            {"role": "assistant", "content": "second"},
+            {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+            {"role": "assistant", "content": " and more"},
+            {"type": "function_call_output", "call_id": "c1", "output": "1"},
+        ],
+    }
+    messages = to_chat(body=body).request(body)["messages"]
+    assert [(m["role"], m.get("content")) for m in messages] == [
+        ("user", "a"),
+        ("assistant", "first"),
+        ("assistant", "second and more"),  # the calls' turn, text after them included
+        ("tool", "1"),
+    ]
+    assert [c["id"] for c in messages[2]["tool_calls"]] == ["c1"]
+
+
+def test_an_assistant_message_while_calls_wait_for_outputs_is_refused():
+    body = {
+        **REQUEST,
+        "input": [
+            {"role": "user", "content": "a"},
+            {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+            {"type": "function_call", "call_id": "c2", "name": "f", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "1"},
+            {"role": "assistant", "content": "hm"},
+            {"type": "function_call_output", "call_id": "c2", "output": "2"},
+        ],
+    }
+    t = translator("responses", "openai-compatible")
+    assert t is not None
+    with pytest.raises(TranslationError, match=r"input\[4\]: function calls \['c2'\]"):
+        t.request(body)

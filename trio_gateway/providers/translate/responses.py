@@ -382,10 +382,16 @@ class _Items:
         content = item.get("content")
         if role == "assistant":
             text = _assistant_text(content, f"{loc}.content")
-            if self.turn is not None:  # more text in a turn that already has calls
+            if self.turn is not None and "tool_calls" in self.turn:
+                # Text after the calls of the same turn: chat holds it in that message.
                 if text:
                     self.turn["content"] = (self.turn["content"] or "") + text
                 return
+            if self.pending:
+                raise fail(
+                    loc,
+                    f"function calls {list(self.pending)} have no function_call_output before it",
+                )
             self.turn = {"role": "assistant", "content": text}
             self.turn_where = _Where(loc, f"{loc}.content")
             self._add(self.turn, self.turn_where)
