@@ -78,8 +78,6 @@ _HANDLED = frozenset(
         "metadata",
         "store",
         "background",
-        "include",
-        "truncation",
         # refused when set (check_stateless), so never silently dropped:
         "previous_response_id",
         "conversation",
