@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from openai.types.responses import ResponseErrorEvent, ResponseFailedEvent
 
 from tests.providers import sdk
-from trio_gateway.errors import UpstreamError, UpstreamProtocolError
+from trio_gateway.errors import UpstreamError
 from trio_gateway.providers.formats import Api, ApiFormat, responses_error_event
 from trio_gateway.providers.translate import (
     ResponsesPassthroughStream,
@@ -261,13 +261,44 @@ def test_fail_after_complete_sends_nothing():
     assert stream.fail("x", "y") == b""
 
 
-def test_a_non_json_chunk_is_a_protocol_error_and_response_failed():
+def test_an_event_that_cannot_be_read_is_skipped_and_counted():
     stream = to_chat().stream()
-    out = stream.feed(chunk({"content": "a"}) + b"data: {nope\n\n" + chunk({"content": "b"}))
-    assert isinstance(stream.error, UpstreamProtocolError)
-    names = [name for name, _ in events(out)]
-    assert names[-1] == "response.failed"
-    assert b'"delta":"b"' not in out  # nothing after the broken event
+    out = stream.feed(chunk({"content": "a"}) + b"data: <html>oops</html>\n\n")
+    out += stream.feed(b'data: {"choices": [{"index": 0, "delta": "x"}]}\n\n')
+    out += stream.feed(chunk({"content": "b"}, "stop") + USAGE + DONE)
+    assert stream.error is None and stream.skipped == 2 and stream.complete
+    final, _ = sdk.replay_responses_stream(out)
+    assert final is not None and final.output_text == "ab"
+
+    chained = to_anthropic().stream()
+    chained.feed(b"event: ping\ndata: {nope\n\n")
+    assert chained.skipped == 1 and chained.error is None
+
+
+@pytest.mark.parametrize("make", [to_chat, to_anthropic])
+def test_a_clean_close_after_the_finish_reason_ends_the_stream_properly(make) -> None:
+    stream = make().stream()
+    if make is to_chat:
+        out = stream.feed(chunk({"content": "ok"}) + chunk({}, "stop") + USAGE)
+    else:
+        out = stream.feed(
+            b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1","type":"message",'
+            b'"role":"assistant","model":"m","content":[],"usage":{"input_tokens":1,"output_tokens":1}}}\n\n'
+            b'event: content_block_start\ndata: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}\n\n'
+            b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"ok"}}\n\n'
+            b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":1}}\n\n'
+        )
+    assert not stream.complete
+    out += stream.finish()
+    assert stream.complete
+    final, _ = sdk.replay_responses_stream(out)
+    assert final is not None and final.output_text == "ok"
+
+
+def test_a_close_without_a_finish_reason_is_not_complete():
+    stream = to_chat().stream()
+    stream.feed(chunk({"content": "a"}))
+    assert stream.finish() == b"" and not stream.complete
 
 
 def test_a_cut_off_last_event_is_not_a_protocol_error():

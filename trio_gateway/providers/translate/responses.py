@@ -960,6 +960,9 @@ class ChatToResponsesStream:
     SSE comment (keep-alive)        passed on as a comment
     ``{"error": ...}`` chunk        ``response.failed`` (an ``error`` event if
                                     nothing was sent yet); the stream ends
+    an event that cannot be read    skipped and counted (``skipped``)
+    ``finish()`` after a finish     ``response.completed`` as at ``[DONE]``: the
+    reason, without ``[DONE]``      provider closed cleanly, the answer is whole
     ==============================  ================================================
 
     Tool calls stay open until the turn ends, so an argument fragment that arrives
@@ -984,6 +987,8 @@ class ChatToResponsesStream:
         self._done = False
         self.complete = False
         self.error: UpstreamError | None = None
+        #: Provider events that could not be read, skipped.
+        self.skipped = 0
 
     def feed(self, data: bytes) -> bytes:
         if self._done:
@@ -994,7 +999,13 @@ class ChatToResponsesStream:
     def finish(self) -> bytes:
         if self._done:
             return b""
-        return self._handle(self._decoder.flush(), final=True)
+        out = self._handle(self._decoder.flush(), final=True)
+        if not self._done and self._finish is not None:
+            # Closed cleanly after its finish reason, without [DONE]: the answer is whole.
+            end: list[bytes] = []
+            self._end(end)
+            out += b"".join(end)
+        return out
 
     def fail(self, type: str, message: str) -> bytes:
         if self._done:
@@ -1020,12 +1031,14 @@ class ChatToResponsesStream:
             except ValueError:
                 if final:  # the cut-off remains of a last event
                     break
-                self._protocol_error(out, f"OpenAI stream sent a non-JSON event: {data[:100]!r}")
-                break
+                self.skipped += 1  # an event that cannot be read is skipped, not fatal
+                continue
             try:
                 self._chunk(chunk, out)
-            except (KeyError, TypeError, AttributeError) as exc:
-                self._protocol_error(out, f"OpenAI stream sent a malformed chunk ({exc!r})")
+            except (KeyError, TypeError, AttributeError):
+                # What the chunk did before it broke stays: the events sent so far are
+                # the state's, and the next events follow on from both.
+                self.skipped += 1
             if self._done:
                 break
         return b"".join(out)
@@ -1338,11 +1351,6 @@ class ChatToResponsesStream:
             )
         return [item for item in output if item is not None]
 
-    def _protocol_error(self, out: list[bytes], message: str) -> None:
-        self.error = UpstreamProtocolError(message)
-        self._done = True
-        out.append(self._failed(self.error.type, message))
-
 
 def _empty_part(kind: str) -> bytes:
     if kind == "output_text":
@@ -1373,6 +1381,7 @@ class ResponsesPassthroughStream:
 
     error: None = None  # the actor's watch judges the provider's events
     complete: bool = False
+    skipped: int = 0
 
     def __init__(self) -> None:
         self._created: dict | None = None

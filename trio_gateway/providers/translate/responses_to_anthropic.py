@@ -66,9 +66,11 @@ class ResponsesToAnthropic:
 class ResponsesToAnthropicStream:
     """Messages events → chat chunks → Responses events, one ``feed`` through both.
 
-    The first stage ends an Anthropic ``error`` event (or a protocol violation) with
-    a chat error chunk, which the second turns into ``response.failed``; ``error`` is
-    the first stage's, which knows what the provider said.
+    The first stage ends an Anthropic ``error`` event with a chat error chunk, which
+    the second turns into ``response.failed``; ``error`` is the first stage's, which
+    knows what the provider said. ``finish`` ends a stream that closed cleanly after
+    its stop reason: the first stage then writes the chat ending, the second
+    ``response.completed``. ``skipped`` counts what either stage could not read.
     """
 
     __slots__ = ("_chat", "_responses")
@@ -84,6 +86,10 @@ class ResponsesToAnthropicStream:
     @property
     def error(self) -> UpstreamError | None:
         return self._chat.error or self._responses.error
+
+    @property
+    def skipped(self) -> int:
+        return self._chat.skipped + self._responses.skipped
 
     def feed(self, data: bytes) -> bytes:
         chunks = self._chat.feed(data)
