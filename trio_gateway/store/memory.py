@@ -4,8 +4,9 @@ It keeps serialized copies, exactly as the SQLite store does, so that a test
 against it catches an entity that cannot round-trip. It versions, conditions
 and notifies like the shared stores, without threads: several catalogs on one
 ``MemoryStore`` behave like several instances on one database, in virtual
-time. :meth:`MemoryStore.set_outage` makes it unreachable, as a database that
-went away.
+time: :meth:`MemoryStore.connect` gives another handle on the same data (an
+instance of its own), and :meth:`MemoryStore.set_outage` makes one handle lose
+the store, as an instance whose database went away.
 """
 
 from __future__ import annotations
@@ -32,39 +33,51 @@ from trio_gateway.store.base import (
 )
 
 
-class MemoryStore:
+class _Data:
+    """What the handles of one memory store share: the rows, the version, the wake-up."""
+
     def __init__(self) -> None:
-        self._rows: dict[tuple[Kind, str], tuple[int, str]] = {}
-        self._tombstones: dict[tuple[Kind, str], int] = {}
-        self._version = 0
+        self.rows: dict[tuple[Kind, str], tuple[int, str]] = {}
+        self.tombstones: dict[tuple[Kind, str], int] = {}
+        self.version = 0
+        self.changed = trio.Event()
+
+    def wake(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+
+class MemoryStore:
+    def __init__(self, data: _Data | None = None) -> None:
+        self._data = data or _Data()
         self._commits = 0
         self._status = StoreStatus()
-        self._changed = trio.Event()
+
+    def connect(self) -> MemoryStore:
+        """Another handle on the same data, with its own reachability."""
+        return MemoryStore(self._data)
 
     def set_outage(self, error: str | None) -> None:
-        """Make every call fail with ``error`` (``None``: reachable again)."""
+        """Make every call of this handle fail with ``error`` (``None``: reachable again)."""
         self._status = StoreStatus(error is None, error, time.time())
-        self._wake()
+        self._data.wake()
 
     def _check(self) -> None:
         if not self._status.available:
             raise StoreUnavailable(f"the configuration store is unreachable: {self._status.error}")
 
-    def _wake(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
     async def read(self, since: int | None = None) -> Changes:
         await trio.lowlevel.checkpoint()
         self._check()
-        if since is None or since > self._version:
+        data = self._data
+        if since is None or since > data.version:
             return Changes(
-                self._version, [self._entity(k, body) for k, (_, body) in self._rows.items()]
+                data.version, [self._entity(k, body) for k, (_, body) in data.rows.items()]
             )
         return Changes(
-            self._version,
-            puts=[self._entity(k, body) for k, (v, body) in self._rows.items() if v > since],
-            deletes=[key for key, v in self._tombstones.items() if v > since],
+            data.version,
+            puts=[self._entity(k, body) for k, (v, body) in data.rows.items() if v > since],
+            deletes=[key for key, v in data.tombstones.items() if v > since],
             complete=False,
         )
 
@@ -78,16 +91,17 @@ class MemoryStore:
     async def version(self) -> int:
         await trio.lowlevel.checkpoint()
         self._check()
-        return self._version
+        return self._data.version
 
     async def commit(self, change: Change, *, base_version: int | None = None) -> int:
         await trio.lowlevel.checkpoint()
         self._check()
-        if base_version is not None and base_version != self._version:
-            raise StaleVersion(base_version, self._version)
-        version = self._version + 1
-        rows = dict(self._rows)
-        tombstones = dict(self._tombstones)
+        data = self._data
+        if base_version is not None and base_version != data.version:
+            raise StaleVersion(base_version, data.version)
+        version = data.version + 1
+        rows = dict(data.rows)
+        tombstones = dict(data.tombstones)
         for entity in change.puts:
             key = (Kind.of(entity), entity.id)
             rows[key] = (version, json.dumps(serde.STORE.unstructure(entity)))
@@ -95,26 +109,26 @@ class MemoryStore:
         for key in change.deletes:
             if rows.pop(key, None) is not None:
                 tombstones[key] = version
-        self._rows, self._tombstones, self._version = rows, tombstones, version
+        data.rows, data.tombstones, data.version = rows, tombstones, version
         self._commits += 1
-        self._wake()
+        data.wake()
         return version
 
     @trio.as_safe_channel
     async def notices(self) -> AsyncIterator[Notice]:
         """``connected``, then a ``config`` notice per commit (coalesced), outages as they come."""
         available = None
-        seen = self._version
+        seen = self._data.version
         while True:
-            changed = self._changed
+            changed = self._data.changed
             if self._status.available != available:
                 available = self._status.available
                 if available:
                     yield Notice(CONNECTED)
                 else:
                     yield Notice(DISCONNECTED, {"error": self._status.error})
-            if available and self._version != seen:
-                seen = self._version
+            if available and self._data.version != seen:
+                seen = self._data.version
                 yield Notice(CONFIG, {"version": seen})
             await changed.wait()
 
@@ -127,6 +141,6 @@ class MemoryStore:
             location=":memory:",
             schema_version=0,
             commits=self._commits,
-            entities=len(self._rows),
-            version=self._version,
+            entities=len(self._data.rows),
+            version=self._data.version,
         )
