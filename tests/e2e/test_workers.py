@@ -5,13 +5,16 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx2
+import pytest
 import trio
 import yaml
 
 from tests.e2e.conftest import KEY, config, target
+from trio_gateway.serve import SAFETY_NET_S
 from trio_gateway.testing.fake import open_fake_provider
 
 
@@ -27,7 +30,16 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
-async def test_two_workers_serve_one_port_and_follow_admin_writes(tmp_path):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_args(request: pytest.FixtureRequest, tmp_path: Path) -> list[str]:
+    if request.param == "sqlite":
+        return ["--data-dir", str(tmp_path / "data")]
+    return ["--store", request.getfixturevalue("postgres").url]
+
+
+async def test_two_workers_serve_one_port_and_follow_admin_writes(tmp_path, store_args):
+    """Each worker hears of the parent's write at once (SQLite: the doorbell; PostgreSQL:
+    NOTIFY), well before the periodic version check would have caught it."""
     with trio.fail_after(60):
         async with open_fake_provider(name="f", api_key="sk-fake-0") as fake:
             path = tmp_path / "gateway.yaml"
@@ -40,8 +52,7 @@ async def test_two_workers_serve_one_port_and_follow_admin_writes(tmp_path):
                     "serve",
                     "--workers",
                     "2",
-                    "--data-dir",
-                    str(tmp_path / "data"),
+                    *store_args,
                     "--config",
                     str(path),
                     "--admin-listen",
@@ -83,6 +94,7 @@ async def test_two_workers_serve_one_port_and_follow_admin_writes(tmp_path):
                         gateway = (await api.get("/gateways")).json()["items"][0]["id"]
                         key = (await api.get(f"/gateways/{gateway}/keys")).json()["items"][0]["id"]
                         await api.put(f"/gateways/{gateway}/keys/{key}", json={"active": False})
+                    written = time.monotonic()
                     refused = 0
                     while refused < 20:  # every worker has followed the write
                         refused = (
@@ -91,6 +103,7 @@ async def test_two_workers_serve_one_port_and_follow_admin_writes(tmp_path):
                             == 401
                             else 0
                         )
+                    assert time.monotonic() - written < SAFETY_NET_S / 2
             finally:
                 process.terminate()
                 await process.wait()
