@@ -26,6 +26,7 @@ secret it masks.
 
 from __future__ import annotations
 
+import random
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -69,8 +70,10 @@ READ_ONLY_BY_KIND: Mapping[Kind, frozenset[str]] = {
 INTERNAL_BY_KIND: Mapping[Kind, frozenset[str]] = {
     kind: frozenset({"key_hash"}) if kind is Kind.API_KEY else frozenset() for kind in Kind
 }
-#: How often a write is tried again on a newer snapshot when another process wrote first.
-WRITE_ATTEMPTS = 5
+#: How often a write is tried on a newer snapshot when another process wrote first,
+#: waiting up to ``WRITE_RETRY_S * 2**attempt`` (at random) before the next try.
+WRITE_ATTEMPTS = 10
+WRITE_RETRY_S = 0.002
 
 
 def utcnow() -> datetime:
@@ -580,7 +583,7 @@ class Catalog:
         process wrote first; see the class docstring).
         """
         async with self._lock:
-            for _ in range(WRITE_ATTEMPTS):
+            for attempt in range(WRITE_ATTEMPTS):
                 draft = Draft(self._snapshot, self._clock())
                 result = edit(draft)
                 change = draft.change()
@@ -596,6 +599,8 @@ class Catalog:
                         self._publish(draft.snapshot(), version)
                 except StaleVersion:
                     await self._refresh_locked()
+                    # Jitter: two instances writing in step would otherwise collide forever.
+                    await trio.sleep(random.uniform(0, WRITE_RETRY_S * 2**attempt))
                     continue
                 return result
         raise ServiceUnavailable(

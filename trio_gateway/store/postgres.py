@@ -497,11 +497,14 @@ class PostgresStore:
     async def notices(self) -> AsyncIterator[Notice]:
         """See the module docstring: one listening connection, kept open."""
         backoff = LISTEN_BACKOFF_S[0]
+        connected: bool | None = None  # what the consumer was last told
         while True:
             try:
                 conn = await trio.to_thread.run_sync(self._listen, abandon_on_cancel=True)
             except DISCONNECTS as exc:
-                if self._lost(exc):
+                self._lost(exc)
+                if connected is not False:
+                    connected = False
                     yield Notice(DISCONNECTED, {"error": _describe(exc)})
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, LISTEN_BACKOFF_S[1])
@@ -509,6 +512,7 @@ class PostgresStore:
             backoff = LISTEN_BACKOFF_S[0]
             try:
                 self._found()
+                connected = True
                 yield Notice(CONNECTED)
                 while True:
                     await trio.lowlevel.wait_readable(conn.fileno())
@@ -516,6 +520,7 @@ class PostgresStore:
                         yield notice
             except DISCONNECTS as exc:
                 self._lost(exc)
+                connected = False
                 yield Notice(DISCONNECTED, {"error": _describe(exc)})
             finally:
                 with trio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
