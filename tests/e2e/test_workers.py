@@ -93,17 +93,19 @@ async def test_two_workers_serve_one_port_and_follow_admin_writes(tmp_path, stor
                     async with httpx2.AsyncClient(base_url=admin + "/api/v1") as api:
                         gateway = (await api.get("/gateways")).json()["items"][0]["id"]
                         key = (await api.get(f"/gateways/{gateway}/keys")).json()["items"][0]["id"]
-                        await api.put(f"/gateways/{gateway}/keys/{key}", json={"active": False})
-                    written = time.monotonic()
-                    refused = 0
-                    while refused < 20:  # every worker has followed the write
-                        refused = (
-                            refused + 1
-                            if (await client.post("/v1/chat/completions", json=body)).status_code
-                            == 401
-                            else 0
-                        )
-                    assert time.monotonic() - written < SAFETY_NET_S / 2
+                        # Six writes, each seen by every worker well before a version check
+                        # (every 2 s) could have caught it by chance.
+                        for active in (False, True) * 3:
+                            await api.put(
+                                f"/gateways/{gateway}/keys/{key}", json={"active": active}
+                            )
+                            written = time.monotonic()
+                            expected = 200 if active else 401
+                            streak = 0
+                            while streak < 20:  # every worker has followed the write
+                                response = await client.post("/v1/chat/completions", json=body)
+                                streak = streak + 1 if response.status_code == expected else 0
+                            assert time.monotonic() - written < SAFETY_NET_S / 2
             finally:
                 process.terminate()
                 await process.wait()

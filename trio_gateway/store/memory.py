@@ -116,7 +116,11 @@ class MemoryStore:
 
     @trio.as_safe_channel
     async def notices(self) -> AsyncIterator[Notice]:
-        """``connected``, then a ``config`` notice per commit (coalesced), outages as they come."""
+        """``connected``, then a ``config`` notice per commit (coalesced), outages as they come.
+
+        Commits made while this handle is cut off are not announced when it comes
+        back: only ``connected`` is, as a database listener would.
+        """
         available = None
         seen = self._data.version
         while True:
@@ -124,6 +128,8 @@ class MemoryStore:
             if self._status.available != available:
                 available = self._status.available
                 if available:
+                    # As with a real listener: what was committed meanwhile was not heard.
+                    seen = self._data.version
                     yield Notice(CONNECTED)
                 else:
                     yield Notice(DISCONNECTED, {"error": self._status.error})
