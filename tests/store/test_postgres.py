@@ -64,3 +64,19 @@ def test_the_password_is_never_shown():
     shown = display_location("postgresql://gw:s3cret@db.internal:5433/gateway?sslmode=require")
     assert shown == "postgresql://gw@db.internal:5433/gateway"
     assert "s3cret" not in display_location("host=db password=s3cret dbname=x")
+
+
+async def test_an_idle_connection_the_server_closed_is_replaced_quietly(postgres: Schema):
+    """After a database restart the pooled connections are dead: that is not an outage."""
+    with trio.fail_after(TIMEOUT):
+        async with PostgresStore.open(postgres.url) as store:
+            await store.commit(Change(puts=[Gateway(id="a", name="a")]))
+            killed = postgres.query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = 'trio-gateway' AND pid <> pg_backend_pid()"
+                " AND query NOT LIKE 'LISTEN%%'"
+            )
+            assert killed and all(ok for (ok,) in killed)
+            assert await store.version() == 1
+            assert store.status().available
+            assert await store.commit(Change(puts=[Gateway(id="b", name="b")])) == 2
