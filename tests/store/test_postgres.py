@@ -72,11 +72,16 @@ async def test_an_idle_connection_the_server_closed_is_replaced_quietly(postgres
         async with PostgresStore.open(postgres.url) as store:
             await store.commit(Change(puts=[Gateway(id="a", name="a")]))
             killed = postgres.query(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity"
                 " WHERE application_name = 'trio-gateway' AND pid <> pg_backend_pid()"
                 " AND query NOT LIKE 'LISTEN%%'"
             )
-            assert killed and all(ok for (ok,) in killed)
+            assert killed and all(ok for (_, ok) in killed)
+            pids = [pid for (pid, _) in killed]
+            while postgres.query(  # termination is a signal: wait until they are gone
+                "SELECT 1 FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)
+            ):
+                await trio.sleep(0.01)
             assert await store.version() == 1
             assert store.status().available
             assert await store.commit(Change(puts=[Gateway(id="b", name="b")])) == 2

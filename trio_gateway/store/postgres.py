@@ -81,7 +81,7 @@ T = TypeVar("T")
 MAX_CONNECTIONS = 4
 CONNECT_TIMEOUT_S = 3
 CLOSE_TIMEOUT_S = 5.0
-LISTEN_BACKOFF_S = (0.1, 1.0)
+LISTEN_BACKOFF_S = (0.05, 0.5)
 #: Tombstones are kept for this many versions; a reader further behind reloads fully.
 TOMBSTONES_KEPT = 10_000
 #: Libpq settings for every connection: bounded connects, dead peers found by keepalives.
@@ -204,8 +204,24 @@ class PostgresStore:
         return conn
 
     def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        """In a worker thread: run ``fn(conn, *args)`` on an idle or new connection."""
-        conn = self._idle.pop() if self._idle else self._connect()
+        """In a worker thread: run ``fn(conn, *args)`` on an idle or new connection.
+
+        An idle connection is checked first: one the server closed meanwhile (it
+        restarted) is dropped here, instead of failing ``fn`` and reporting the store
+        unreachable when it is not.
+        """
+        conn = None
+        while self._idle:
+            candidate = self._idle.pop()
+            try:
+                candidate.execute("SELECT 1")
+            except DISCONNECTS:
+                candidate.close()
+                continue
+            conn = candidate
+            break
+        if conn is None:
+            conn = self._connect()
         try:
             result = fn(conn, *args)
         except DISCONNECTS:
