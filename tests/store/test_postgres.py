@@ -78,7 +78,7 @@ async def test_an_idle_connection_the_server_closed_is_replaced_quietly(postgres
             )
             assert killed and all(ok for (_, ok) in killed)
             pids = [pid for (pid, _) in killed]
-            while postgres.query(  # termination is a signal: wait until they are gone
+            while postgres.query(  # noqa: ASYNC110 (termination is a signal: wait until gone)
                 "SELECT 1 FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)
             ):
                 await trio.sleep(0.01)
