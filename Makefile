@@ -24,8 +24,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check trio_gateway tests examples benchmarks
 	$(BIN)/ruff format --check trio_gateway tests examples benchmarks
 
+# The suite needs PostgreSQL: .ci/with-postgres starts a private server (installing it
+# from the distribution's packages when missing) unless TRIO_GATEWAY_TEST_POSTGRES is set.
 test: lint
-	$(BIN)/python -m pytest -q
+	.ci/with-postgres $(BIN)/python -m pytest -q
 
 # Not part of `make test`. Needs: apt-get install nginx libnginx-mod-http-echo wrk
 # (docs/benchmarks.md). Writes docs/benchmarks.md and benchmarks/results/latest.json.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx2
@@ -12,6 +12,7 @@ import pytest
 import trio
 from hypothesis import settings
 
+from tests.pg import Schema
 from trio_gateway.serve import Running
 from trio_gateway.testing.harness import open_gateway
 
@@ -49,3 +50,14 @@ async def gateway_id(admin: httpx2.AsyncClient) -> str:
     response = await admin.post("/gateways", json={"name": "test"})
     assert response.status_code == 201, response.text
     return response.json()["id"]
+
+
+@pytest.fixture
+def postgres() -> Iterator[Schema]:
+    """A fresh schema on the test PostgreSQL server (fails when there is none)."""
+    schema = Schema()
+    schema.create()
+    try:
+        yield schema
+    finally:
+        schema.drop()

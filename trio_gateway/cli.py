@@ -8,26 +8,31 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import attrs
 import trio
+import yaml
 
 from trio_gateway import __version__, logs
-from trio_gateway.config.file import Declarations, load_file
+from trio_gateway.config import transfer
+from trio_gateway.config.catalog import Catalog
+from trio_gateway.config.file import Declarations, load_file, read_yaml, substitute
 from trio_gateway.config.models import Kind
-from trio_gateway.errors import ValidationFailed
+from trio_gateway.errors import GatewayError, ValidationFailed
 from trio_gateway.serve import Running, serve
 from trio_gateway.settings import (
     DEFAULT_ADMIN_LISTEN,
     DEFAULT_PROXY_LISTEN,
+    STORE_ENV,
     TOKEN_ENV,
     Settings,
     SettingsError,
     split_listen,
 )
-from trio_gateway.store import StoreCorrupt
+from trio_gateway.store import Store, StoreCorrupt, StoreUnavailable, open_store
+from trio_gateway.store.base import is_postgres_url
 
 log = logging.getLogger("trio_gateway")
 
@@ -73,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the SQLite store lives (default: ./data)",
     )
     store.add_argument(
+        "--store",
+        metavar="URL",
+        help=f"the PostgreSQL store shared by several instances (postgresql://...; also "
+        f"{STORE_ENV} or server.store in the config file); default: SQLite in --data-dir",
+    )
+    store.add_argument(
         "--memory",
         action="store_true",
         help="keep the configuration in memory only; nothing survives a restart",
@@ -115,6 +126,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path, metavar="FILE")
     p.set_defaults(run=_check_config)
 
+    p = sub.add_parser(
+        "migrate",
+        help="bring the store's schema up to date and exit",
+        description="Apply the store's migrations (forward only; a lock makes instances "
+        "starting at once migrate once) and exit. serve does the same at start; run this "
+        "before rolling out a new version to several instances.",
+    )
+    _add_store_arguments(p)
+    p.set_defaults(run=_migrate)
+
+    p = sub.add_parser(
+        "export",
+        help="write the whole configuration as a YAML file",
+        description="Write every gateway, upstream, service, rule and API key as a YAML "
+        "file in the configuration-file format, with ids, so that 'import' restores the "
+        "same installation. Secrets become ${VAR} references, listed at the top.",
+    )
+    _add_store_arguments(p)
+    p.add_argument(
+        "-o", "--output", type=Path, metavar="FILE", help="write to FILE (default: stdout)"
+    )
+    p.add_argument(
+        "--include-secrets",
+        action="store_true",
+        help="write the secrets themselves instead of ${VAR} references (the file is then "
+        "created readable by its owner only)",
+    )
+    p.set_defaults(run=_export)
+
+    p = sub.add_parser(
+        "import",
+        help="load a file written by export into a store",
+        description="Write every entity of FILE (from 'export') into the store, ids kept, "
+        "in one transaction: entities with the same id are overwritten, others left alone. "
+        "${VAR} references must be set. Instances using the store pick it up at once.",
+    )
+    p.add_argument("file", type=Path, metavar="FILE")
+    _add_store_arguments(p)
+    p.set_defaults(run=_import)
+
     p = sub.add_parser("version", help="print the version", description="Print the version.")
     p.set_defaults(run=lambda args: print(f"trio-gateway {__version__}") or 0)
 
@@ -126,6 +177,121 @@ def build_parser() -> argparse.ArgumentParser:
 
     scenario_cli.add_parser(sub)
     return parser
+
+
+def _add_store_arguments(p: argparse.ArgumentParser) -> None:
+    store = p.add_mutually_exclusive_group()
+    store.add_argument(
+        "--data-dir", type=Path, metavar="DIR", help="the SQLite store (default: ./data)"
+    )
+    store.add_argument(
+        "--store", metavar="URL", help=f"the PostgreSQL store (postgresql://...; or {STORE_ENV})"
+    )
+
+
+def _store_of(args: argparse.Namespace) -> tuple[Path | None, str | None]:
+    """(data_dir, url) from ``--data-dir``/``--store``/the environment."""
+    if args.data_dir is not None:
+        return args.data_dir, None
+    url = args.store or os.environ.get(STORE_ENV) or None
+    return (None, url) if url else (Path("data"), None)
+
+
+def _with_store(args: argparse.Namespace, work: Callable[[Store], Awaitable[int]]) -> int:
+    """Open the store the arguments name, run ``work`` on it, report store errors."""
+    logs.configure("text", "WARNING")
+    data_dir, url = _store_of(args)
+    if url is not None and not is_postgres_url(url):
+        print(f"trio-gateway: --store: expected postgresql://..., got {url!r}", file=sys.stderr)
+        return EXIT_USAGE
+
+    async def run() -> int:
+        async with open_store(data_dir, url) as store:
+            return await work(store)
+
+    try:
+        return trio.run(run)
+    except (StoreCorrupt, StoreUnavailable, OSError) as exc:
+        print(f"trio-gateway: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    async def work(store: Store) -> int:
+        stats = store.statistics()
+        found = getattr(store, "migrated_from", stats.schema_version)
+        what = (
+            "already up to date"
+            if found == stats.schema_version
+            else f"migrated from schema version {found}"
+        )
+        print(f"{stats.location}: schema version {stats.schema_version} ({what})")
+        return 0
+
+    return _with_store(args, work)
+
+
+def _export(args: argparse.Namespace) -> int:
+    async def work(store: Store) -> int:
+        catalog = await Catalog.load(store)
+        data, names = transfer.export(catalog.snapshot, include_secrets=args.include_secrets)
+        stats = store.statistics()
+        lines = [
+            f"# trio-gateway {__version__} export of {stats.location}, "
+            f"configuration version {catalog.version}.",
+            "# Load it with: trio-gateway import FILE [--store URL | --data-dir DIR]",
+        ]
+        if names:
+            lines.append("# Set these variables before importing (the secrets of the export):")
+            lines += [f"#   {name}: {where}" for name, where in names.items()]
+        text = "\n".join(lines) + "\n" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+        if args.output is None:
+            sys.stdout.write(text)
+        else:
+            mode = 0o600 if args.include_secrets else 0o644
+            fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(text)
+        counts = {kind.label: len(catalog.snapshot.entities[kind]) for kind in Kind}
+        print(
+            f"exported {', '.join(f'{n} {label}(s)' for label, n in counts.items())}",
+            file=sys.stderr,
+        )
+        return 0
+
+    return _with_store(args, work)
+
+
+def _import(args: argparse.Namespace) -> int:
+    try:
+        data = substitute(read_yaml(args.file), os.environ)
+    except ValidationFailed as exc:
+        return _problems(args.file, exc)
+
+    async def work(store: Store) -> int:
+        catalog = await Catalog.load(store)
+        try:
+            report = await catalog.write(lambda draft: transfer.restore(draft, data))
+        except GatewayError as exc:  # validation, or a conflict with what the store holds
+            return _problems(args.file, exc)
+        print(
+            f"{args.file}: imported into {store.statistics().location}: "
+            f"{len(report.created)} created, {len(report.updated)} updated, "
+            f"{report.unchanged} unchanged (configuration version {catalog.version})"
+        )
+        return 0
+
+    return _with_store(args, work)
+
+
+def _problems(path: Path, exc: GatewayError) -> int:
+    if not exc.details:
+        print(f"{path}: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{path}: {len(exc.details)} problem(s):", file=sys.stderr)
+    for problem in exc.details:
+        print(f"  {problem.loc}: {problem.msg}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def _add_log_arguments(p: argparse.ArgumentParser) -> None:
@@ -183,6 +349,10 @@ def _serve(args: argparse.Namespace) -> int:
         "graceful_timeout": args.graceful_timeout,
     }
     explicit = {k: v for k, v in explicit.items() if v is not None}
+    if args.store or os.environ.get(STORE_ENV):
+        explicit["store"] = args.store or os.environ[STORE_ENV]
+    elif args.data_dir is not None or args.memory:
+        explicit["store"] = None  # the command line chose: the file's server.store is ignored
     settings = Settings(
         data_dir=None if args.memory else (args.data_dir or Path("data")),
         config_file=args.config,
@@ -208,7 +378,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         trio.run(_run_until_signalled, settings, declarations)
     except Exception as exc:
-        if (found := _find(exc, (OSError, StoreCorrupt))) is None:
+        if (found := _find(exc, (OSError, StoreCorrupt, StoreUnavailable))) is None:
             raise
         prefix = "cannot start: " if isinstance(found, OSError) else ""
         print(f"trio-gateway: {prefix}{found}", file=sys.stderr)
@@ -262,7 +432,7 @@ def banner(running: Running, settings: Settings, declarations: Declarations | No
         + ("" if settings.admin_token else "  (no token: loopback only)"),
         f"  proxy:     {running.proxy_url}"
         + (f"  ({settings.workers} worker processes)" if settings.workers > 1 else ""),
-        f"  store:     {settings.data_dir or 'memory (nothing survives a restart)'}",
+        f"  store:     {_store_line(running)}",
     ]
     for name, url in running.fake_providers.items():
         lines.append(f"  fake provider {name!r}: {url}")
@@ -290,6 +460,13 @@ def banner(running: Running, settings: Settings, declarations: Declarations | No
             f"    -H \"Content-Type: application/json\" -d '{body}'",
         ]
     return "\n".join(lines)
+
+
+def _store_line(running: Running) -> str:
+    stats = running.catalog.store.statistics()
+    if stats.kind == "memory":
+        return "memory (nothing survives a restart)"
+    return f"{stats.kind} {stats.location} (configuration version {running.catalog.version})"
 
 
 def _declared_key(declarations: Declarations | None) -> str | None:

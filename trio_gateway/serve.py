@@ -13,13 +13,21 @@ accepting, let in-flight requests finish for up to ``graceful_timeout`` seconds
 and return; then everything else is cancelled and the store closed.
 Cancelling ``serve`` from outside (as tests do) stops everything at once.
 
+Following the store: every process keeps its catalog at the store's version
+(:func:`follow_store`): it learns of other processes' commits at once from the
+store's notices (PostgreSQL ``LISTEN/NOTIFY``; for SQLite a doorbell file watched
+with inotify), catches up by version after a reconnect, and checks the version
+every :data:`SAFETY_NET_S` in case a notice was lost. ``/readyz`` turns ready
+once the process has loaded the current version; it reports the store's
+reachability under ``store`` (writes are refused with 503 while it is
+unreachable; the proxy keeps serving the last configuration).
+
 Several workers (``settings.workers > 1``): this process keeps the admin API, the
 configuration file and its own proxy, and starts ``workers - 1`` children with
 ``--worker-fd``. They serve the proxy on the same listening socket (the kernel
-hands each connection to one of them), load the configuration from the store and
-follow it (:func:`follow_store`), so an admin write reaches every worker within
-:data:`FOLLOW_INTERVAL_S`. A child that dies is restarted; on shutdown each gets
-SIGTERM and the same grace period. Health state is per process.
+hands each connection to one of them), load the configuration from the same
+store and follow it like any instance. A child that dies is restarted; on
+shutdown each gets SIGTERM and the same grace period. Health state is per process.
 """
 
 from __future__ import annotations
@@ -40,15 +48,22 @@ from trio_gateway.config import file
 from trio_gateway.config.catalog import Catalog
 from trio_gateway.config.file import ApplyReport, Declarations
 from trio_gateway.runtime.supervisor import Runtime
-from trio_gateway.settings import Settings
-from trio_gateway.store import open_store
+from trio_gateway.settings import STORE_ENV, Settings
+from trio_gateway.store import (
+    CONFIG,
+    CONNECTED,
+    DISCONNECTED,
+    StoreCorrupt,
+    StoreUnavailable,
+    open_store,
+)
 from trio_gateway.web.admin import Readiness, create_admin_app
 from trio_gateway.web.proxy import create_proxy_app
 
 log = logging.getLogger("trio_gateway")
 
-#: How often a worker child checks the store for another process's writes.
-FOLLOW_INTERVAL_S = 0.5
+#: How often a process checks the store's version, should a notice have been lost.
+SAFETY_NET_S = 2.0
 WORKER_RESTART_BACKOFF_S = 1.0
 
 
@@ -85,8 +100,9 @@ async def serve(
 ) -> None:
     shutdown = shutdown if shutdown is not None else trio.Event()
     readiness = Readiness()
-    async with open_store(settings.data_dir) as store:
+    async with open_store(settings.data_dir, settings.store) as store:
         catalog = await Catalog.load(store)
+        readiness.details["store"] = partial(store_report, catalog)
         report = None
         if declarations is not None:
             report = await catalog.write(lambda draft: file.apply(draft, declarations))
@@ -100,9 +116,9 @@ async def serve(
                     }
                 },
             )
-        readiness.set("config")
-
         async with trio.open_nursery() as background:
+            await background.start(follow_store, catalog)
+            readiness.set("config")
             fakes = {}
             if declarations is not None and declarations.fake_providers:
                 from trio_gateway.testing.fake import serve_fake_provider
@@ -112,8 +128,6 @@ async def serve(
 
             runtime = await background.start(Runtime(catalog, transport=transport).run)
             readiness.set("runtime")
-            if settings.worker:
-                background.start_soon(follow_store, catalog)
             admin_app = create_admin_app(
                 catalog,
                 readiness=readiness,
@@ -172,18 +186,87 @@ async def _terminate_on(event: trio.Event, process: trio.Process) -> None:
     process.terminate()
 
 
-async def follow_store(catalog: Catalog) -> None:
-    """Reload the configuration whenever another process has written to the store."""
+def store_report(catalog: Catalog) -> dict:
+    """The ``store`` entry of ``/readyz``: where, the version served, whether writes work."""
+    stats, status = catalog.store.statistics(), catalog.store.status()
+    return {
+        "kind": stats.kind,
+        "location": stats.location,
+        "version": catalog.version,
+        "writable": status.available,
+        "error": status.error,
+        "since": status.since,
+    }
+
+
+async def follow_store(
+    catalog: Catalog, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Keep ``catalog`` at the store's version until cancelled.
+
+    Started with ``nursery.start``: it reports started once it listens to the
+    store's notices and has caught up after subscribing, so no commit can fall
+    between the initial load and the subscription. Then: a ``config`` notice for
+    another version, or a (re)connection, makes it :meth:`Catalog.refresh`; every
+    :data:`SAFETY_NET_S` it compares versions in case a notice was lost. Notices
+    of other topics are for other subscribers (or newer gateways) and ignored.
+    A store that is unreachable is not an error here: the catalog keeps its
+    snapshot and the next notice or check catches up.
+    """
+    store = catalog.store
+    async with trio.open_nursery() as nursery, store.notices() as notices:
+        await notices.receive()  # connected (or not): from here on, no notice is missed
+        await _catch_up(catalog, "start")
+        nursery.start_soon(_check_version, catalog)
+        task_status.started()
+        async for notice in notices:
+            if notice.topic == CONFIG and notice.data.get("version") != catalog.version:
+                await _catch_up(catalog, "notice")
+            elif notice.topic == CONNECTED:
+                await _catch_up(catalog, "reconnected")
+            elif notice.topic == DISCONNECTED:
+                log.warning(
+                    "lost the store's notices; serving the last configuration",
+                    extra={"fields": {"version": catalog.version, **notice.data}},
+                )
+
+
+async def _check_version(catalog: Catalog) -> None:
     while True:
-        await trio.sleep(FOLLOW_INTERVAL_S)
-        if await catalog.store.changed():
-            await catalog.reload()
-            log.debug("configuration reloaded from the store")
+        await trio.sleep(SAFETY_NET_S)
+        try:
+            version = await catalog.store.version()
+        except StoreUnavailable:
+            continue
+        if version != catalog.version:
+            await _catch_up(catalog, "version check")
+
+
+async def _catch_up(catalog: Catalog, why: str) -> None:
+    try:
+        changed = await catalog.refresh()
+    except StoreUnavailable:
+        return  # the store's status says so; the next notice or check retries
+    except StoreCorrupt:
+        log.exception("cannot read the store; keeping the last configuration")
+        return
+    if changed:
+        log.debug(
+            "configuration caught up with the store",
+            extra={"fields": {"version": catalog.version, "why": why}},
+        )
 
 
 async def run_worker(settings: Settings, n: int, shutdown: trio.Event) -> None:
     """Keep worker child ``n`` running until ``shutdown``; then SIGTERM it and wait."""
-    assert settings.proxy_fd is not None and settings.data_dir is not None
+    assert settings.proxy_fd is not None
+    env = dict(os.environ)
+    if settings.store is not None:
+        store = []
+        env[STORE_ENV] = settings.store  # not on the command line: it may hold a password
+    else:
+        assert settings.data_dir is not None
+        store = ["--data-dir", str(settings.data_dir)]
     command = [
         sys.executable,
         "-m",
@@ -191,8 +274,7 @@ async def run_worker(settings: Settings, n: int, shutdown: trio.Event) -> None:
         "serve",
         "--worker-fd",
         str(settings.proxy_fd),
-        "--data-dir",
-        str(settings.data_dir),
+        *store,
         "--log-format",
         settings.log_format,
         "--log-level",
@@ -201,7 +283,7 @@ async def run_worker(settings: Settings, n: int, shutdown: trio.Event) -> None:
         str(settings.graceful_timeout),
     ]
     while not shutdown.is_set():
-        process = await trio.lowlevel.open_process(command, pass_fds=[settings.proxy_fd])
+        process = await trio.lowlevel.open_process(command, pass_fds=[settings.proxy_fd], env=env)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_terminate_on, shutdown, process)

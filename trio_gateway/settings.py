@@ -1,8 +1,8 @@
 """Process settings: where to listen, where to keep data, how to log.
 
 Precedence, highest first: command-line flags, the environment
-(``TRIO_GATEWAY_ADMIN_TOKEN``), the configuration file's ``server`` section,
-the defaults below.
+(``TRIO_GATEWAY_ADMIN_TOKEN``, ``TRIO_GATEWAY_STORE``), the configuration file's
+``server`` section, the defaults below.
 """
 
 from __future__ import annotations
@@ -13,9 +13,12 @@ from pathlib import Path
 
 import attrs
 
+from trio_gateway.store.base import is_postgres_url
+
 DEFAULT_ADMIN_LISTEN = "127.0.0.1:8080"
 DEFAULT_PROXY_LISTEN = "127.0.0.1:8081"
 TOKEN_ENV = "TRIO_GATEWAY_ADMIN_TOKEN"
+STORE_ENV = "TRIO_GATEWAY_STORE"
 
 
 class SettingsError(Exception):
@@ -28,6 +31,8 @@ class Settings:
     proxy_listen: str = DEFAULT_PROXY_LISTEN
     #: ``None`` keeps the configuration in memory only (tests, throw-away runs).
     data_dir: Path | None = Path("data")
+    #: A PostgreSQL URL (``postgresql://...``): the shared store. Wins over ``data_dir``.
+    store: str | None = attrs.field(default=None, repr=False)
     config_file: Path | None = None
     admin_token: str | None = attrs.field(default=None, repr=False)
     log_format: str = "text"
@@ -49,10 +54,15 @@ class Settings:
         """Refuse what would be unsafe or cannot bind; see :class:`SettingsError`."""
         if self.workers < 1:
             raise SettingsError("--workers must be at least 1")
-        if (self.workers > 1 or self.worker) and self.data_dir is None:
+        if self.store is not None and not is_postgres_url(self.store):
             raise SettingsError(
-                "several workers share their configuration through the SQLite store: "
-                "use --data-dir, not --memory"
+                f"store: expected a PostgreSQL URL such as postgresql://user@host/db, got "
+                f"{self.store.split('://')[0]!r}..."
+            )
+        if (self.workers > 1 or self.worker) and self.data_dir is None and self.store is None:
+            raise SettingsError(
+                "several workers share their configuration through a store: "
+                "use --data-dir or --store, not --memory"
             )
         for name in ("admin_listen", "proxy_listen"):
             split_listen(getattr(self, name), name)

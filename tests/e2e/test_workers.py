@@ -5,13 +5,16 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx2
+import pytest
 import trio
 import yaml
 
 from tests.e2e.conftest import KEY, config, target
+from trio_gateway.serve import SAFETY_NET_S
 from trio_gateway.testing.fake import open_fake_provider
 
 
@@ -27,7 +30,16 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
-async def test_two_workers_serve_one_port_and_follow_admin_writes(tmp_path):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_args(request: pytest.FixtureRequest, tmp_path: Path) -> list[str]:
+    if request.param == "sqlite":
+        return ["--data-dir", str(tmp_path / "data")]
+    return ["--store", request.getfixturevalue("postgres").url]
+
+
+async def test_two_workers_serve_one_port_and_follow_admin_writes(tmp_path, store_args):
+    """Each worker hears of the parent's write at once (SQLite: the doorbell; PostgreSQL:
+    NOTIFY), well before the periodic version check would have caught it."""
     with trio.fail_after(60):
         async with open_fake_provider(name="f", api_key="sk-fake-0") as fake:
             path = tmp_path / "gateway.yaml"
@@ -40,8 +52,7 @@ async def test_two_workers_serve_one_port_and_follow_admin_writes(tmp_path):
                     "serve",
                     "--workers",
                     "2",
-                    "--data-dir",
-                    str(tmp_path / "data"),
+                    *store_args,
                     "--config",
                     str(path),
                     "--admin-listen",
@@ -82,15 +93,19 @@ async def test_two_workers_serve_one_port_and_follow_admin_writes(tmp_path):
                     async with httpx2.AsyncClient(base_url=admin + "/api/v1") as api:
                         gateway = (await api.get("/gateways")).json()["items"][0]["id"]
                         key = (await api.get(f"/gateways/{gateway}/keys")).json()["items"][0]["id"]
-                        await api.put(f"/gateways/{gateway}/keys/{key}", json={"active": False})
-                    refused = 0
-                    while refused < 20:  # every worker has followed the write
-                        refused = (
-                            refused + 1
-                            if (await client.post("/v1/chat/completions", json=body)).status_code
-                            == 401
-                            else 0
-                        )
+                        # Six writes, each seen by every worker well before a version check
+                        # (every 2 s) could have caught it by chance.
+                        for active in (False, True) * 3:
+                            await api.put(
+                                f"/gateways/{gateway}/keys/{key}", json={"active": active}
+                            )
+                            written = time.monotonic()
+                            expected = 200 if active else 401
+                            streak = 0
+                            while streak < 20:  # every worker has followed the write
+                                response = await client.post("/v1/chat/completions", json=body)
+                                streak = streak + 1 if response.status_code == expected else 0
+                            assert time.monotonic() - written < SAFETY_NET_S / 2
             finally:
                 process.terminate()
                 await process.wait()

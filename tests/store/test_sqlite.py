@@ -1,9 +1,8 @@
-"""The SQLite store: round trips, schema versions, and nothing acknowledged lost on kill -9."""
+"""The SQLite store's own matters (WAL, old files); and kill -9 on every backend."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import sqlite3
@@ -12,51 +11,15 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx2
 import pytest
 import trio
 
-from trio_gateway.config.catalog import Catalog
-from trio_gateway.config.models import Gateway, Kind
+from tests.store.conftest import Backend
+from trio_gateway.config.models import Gateway
 from trio_gateway.store import Change, SqliteStore, StoreCorrupt
-from trio_gateway.store.sqlite import DB_NAME, SCHEMA_VERSION
-
-
-async def test_round_trip_keeps_secrets(tmp_path, guide_upstream):
-    async with SqliteStore.open(tmp_path) as store:
-        catalog = await Catalog.load(store)
-        gateway = await catalog.create(Kind.GATEWAY, {"name": "g"})
-        upstream = await catalog.create(Kind.UPSTREAM, guide_upstream, gateway.id)
-        key, _ = await catalog.create_api_key(gateway.id, {"name": "k"})
-        assert store.statistics().entities == 3
-    async with SqliteStore.open(tmp_path) as store:
-        loaded = {e.id: e for e in await store.load()}
-    assert loaded[upstream.id] == upstream
-    assert loaded[key.id] == key and loaded[key.id].key_hash
-    assert loaded[gateway.id] == gateway
-
-
-async def test_a_batch_is_one_transaction(tmp_path):
-    async with SqliteStore.open(tmp_path) as store:
-        await store.commit(Change(puts=[Gateway(id="a", name="a")]))
-    db = sqlite3.connect(tmp_path / DB_NAME)
-    db.execute(
-        "CREATE TRIGGER boom BEFORE INSERT ON entities WHEN NEW.name = 'boom'"
-        " BEGIN SELECT RAISE(ABORT, 'boom'); END"
-    )
-    db.commit()
-    db.close()
-    async with SqliteStore.open(tmp_path) as store:
-        with pytest.raises(sqlite3.IntegrityError, match="boom"):
-            # The second row fails inside the transaction: the first must not land either.
-            await store.commit(
-                Change(puts=[Gateway(id="b", name="b"), Gateway(id="c", name="boom")])
-            )
-        assert [e.id for e in await store.load()] == ["a"]
-        await store.commit(Change(deletes=[(Kind.GATEWAY, "a")]))
-        assert await store.load() == []
+from trio_gateway.store.sqlite import DB_NAME, SCHEMA_VERSION, _v1
 
 
 async def test_schema_version_and_wal(tmp_path):
@@ -72,32 +35,35 @@ async def test_schema_version_and_wal(tmp_path):
             pass
 
 
-async def test_unreadable_row_is_named(tmp_path):
-    async with SqliteStore.open(tmp_path):
-        pass
-    db = sqlite3.connect(tmp_path / DB_NAME)
+async def test_a_version_1_file_is_migrated_and_keeps_its_entities(tmp_path):
+    """A file from before configuration versions: its rows load, then versions work."""
+    (tmp_path / "data").mkdir()
+    db = sqlite3.connect(tmp_path / "data" / DB_NAME)
+    _v1(db)
     db.execute(
-        "INSERT INTO entities VALUES ('upstream', 'u1', 'g', 'n', ?)",
-        (json.dumps({"id": "u1", "name": "n", "targets": [{"provider": "nope"}]}),),
+        "INSERT INTO entities VALUES ('gateway', 'old', NULL, 'old', ?)",
+        (json.dumps({"id": "old", "name": "old"}),),
     )
+    db.execute("PRAGMA user_version = 1")
     db.commit()
     db.close()
-    async with SqliteStore.open(tmp_path) as store:
-        with pytest.raises(StoreCorrupt, match="upstream u1"):
-            await store.load()
+    async with SqliteStore.open(tmp_path / "data") as store:
+        assert store.migrated_from == 1
+        loaded = await store.read()
+        assert [e.id for e in loaded.puts] == ["old"] and loaded.version == 0
+        await store.commit(Change(puts=[Gateway(id="new", name="new")]), base_version=0)
+        assert [e.id for e in (await store.read(since=0)).puts] == ["new"]
 
 
-def test_kill_9_during_admin_writes_loses_nothing_acknowledged(tmp_path: Path):
+def test_kill_9_during_admin_writes_loses_nothing_acknowledged(backend: Backend):
     """Writers hammer the admin API; the process is killed mid-stream; every 201 survives."""
-    data_dir = tmp_path / "data"
     server = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "trio_gateway",
             "serve",
-            "--data-dir",
-            str(data_dir),
+            *backend.cli,
             "--admin-listen",
             "127.0.0.1:0",
             "--proxy-listen",
@@ -142,14 +108,13 @@ def test_kill_9_during_admin_writes_loses_nothing_acknowledged(tmp_path: Path):
         server.wait(10)
 
     async def reopen() -> list:
-        async with SqliteStore.open(data_dir) as store:
+        async with backend.open() as store:
             return await store.load()
 
     stored = trio.run(reopen)
     ids = {e.id for e in stored}
     assert set(acknowledged) <= ids
     assert all(isinstance(e, Gateway) and e.name.startswith("w") for e in stored)
-    assert os.path.exists(data_dir / DB_NAME)
 
 
 def _wait_for_admin_url(server: subprocess.Popen) -> str:

@@ -26,6 +26,7 @@ secret it masks.
 
 from __future__ import annotations
 
+import random
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -49,8 +50,14 @@ from trio_gateway.config.models import (
     check_upstream,
     rule_prefix,
 )
-from trio_gateway.errors import Conflict, NotFound, Problem, ValidationFailed
-from trio_gateway.store import Change, Store
+from trio_gateway.errors import (
+    Conflict,
+    NotFound,
+    Problem,
+    ServiceUnavailable,
+    ValidationFailed,
+)
+from trio_gateway.store import Change, StaleVersion, Store
 
 T = TypeVar("T")
 
@@ -63,6 +70,10 @@ READ_ONLY_BY_KIND: Mapping[Kind, frozenset[str]] = {
 INTERNAL_BY_KIND: Mapping[Kind, frozenset[str]] = {
     kind: frozenset({"key_hash"}) if kind is Kind.API_KEY else frozenset() for kind in Kind
 }
+#: How often a write is tried on a newer snapshot when another process wrote first,
+#: waiting up to ``WRITE_RETRY_S * 2**attempt`` (at random) before the next try.
+WRITE_ATTEMPTS = 10
+WRITE_RETRY_S = 0.002
 
 
 def utcnow() -> datetime:
@@ -179,6 +190,18 @@ class Draft:
         )
         self._check(entity)
         return self._put(entity), key
+
+    def restore(self, entity: Entity) -> Entity:
+        """Put a complete entity as it is, ids and timestamps kept (``trio-gateway import``).
+
+        Checked like any write (names, references, upstream rules); an entity with
+        the same id is overwritten. Returns the stored entity.
+        """
+        kind = Kind.of(entity)
+        if kind is not Kind.GATEWAY:
+            self.get(Kind.GATEWAY, entity.gateway_id)
+        self._check(entity)
+        return self._put(entity)
 
     def replace(
         self,
@@ -494,23 +517,45 @@ class Catalog:
 
     Not a task: it owns no nursery. Writers call the async methods from their own
     tasks (the admin handlers, the config-file loader); the data plane reads
-    :attr:`snapshot` and waits on :meth:`wait_changed`.
+    :attr:`snapshot` and waits on :meth:`wait_changed`; the store follower
+    (``serve.follow_store``) calls :meth:`refresh` when the store moved.
+
+    Several processes may share the store. :attr:`version` is the store version
+    the snapshot reflects. A write is validated against the snapshot and
+    committed on condition that the store is still at that version; if another
+    process committed in between, the catalog catches up (:meth:`refresh`) and
+    runs the edit again on the newer snapshot, so what lands was always checked
+    against what it lands on. Writes and refreshes hold the same lock: a refresh
+    never interleaves with a write of this process.
     """
 
-    def __init__(self, store: Store, snapshot: Snapshot, clock: Callable[[], datetime] = utcnow):
+    def __init__(
+        self,
+        store: Store,
+        snapshot: Snapshot,
+        clock: Callable[[], datetime] = utcnow,
+        version: int = 0,
+    ):
         self._store = store
         self._snapshot = snapshot
+        self._version = version
         self._clock = clock
         self._lock = trio.Lock()
         self._changed = trio.Event()
 
     @classmethod
     async def load(cls, store: Store, clock: Callable[[], datetime] = utcnow) -> Catalog:
-        return cls(store, Snapshot.of(await store.load()), clock)
+        loaded = await store.read()
+        return cls(store, Snapshot.of(loaded.puts), clock, loaded.version)
 
     @property
     def snapshot(self) -> Snapshot:
         return self._snapshot
+
+    @property
+    def version(self) -> int:
+        """The store version :attr:`snapshot` reflects."""
+        return self._version
 
     @property
     def store(self) -> Store:
@@ -532,19 +577,36 @@ class Catalog:
     # --- writes -------------------------------------------------------------------
 
     async def write(self, edit: Callable[[Draft], T]) -> T:
-        """Run ``edit`` on a draft of the latest snapshot, commit it, publish it."""
+        """Run ``edit`` on a draft of the latest snapshot, commit it, publish it.
+
+        ``edit`` must be pure (it may run again, on a newer snapshot, when another
+        process wrote first; see the class docstring).
+        """
         async with self._lock:
-            draft = Draft(self._snapshot, self._clock())
-            result = edit(draft)
-            change = draft.change()
-            if change:
-                # Once the store has the batch, memory must too: no cancel in between.
-                # Unbounded on purpose: a thread cannot be abandoned mid-commit, and
-                # the commit itself is bounded by SQLite's busy timeout and an fsync.
-                with trio.CancelScope(shield=True):
-                    await self._store.commit(change)
-                    self._publish(draft.snapshot())
-            return result
+            for attempt in range(WRITE_ATTEMPTS):
+                draft = Draft(self._snapshot, self._clock())
+                result = edit(draft)
+                change = draft.change()
+                if not change:
+                    return result
+                try:
+                    # Once the store has the batch, memory must too: no cancel in between.
+                    # Unbounded on purpose: a thread cannot be abandoned mid-commit, and
+                    # the commit itself is bounded (SQLite's busy timeout and an fsync;
+                    # PostgreSQL's connect timeout and TCP user timeout).
+                    with trio.CancelScope(shield=True):
+                        version = await self._store.commit(change, base_version=self._version)
+                        self._publish(draft.snapshot(), version)
+                except StaleVersion:
+                    await self._refresh_locked()
+                    # Jitter: two instances writing in step would otherwise collide forever.
+                    await trio.sleep(random.uniform(0, WRITE_RETRY_S * 2**attempt))
+                    continue
+                return result
+        raise ServiceUnavailable(
+            "the configuration kept changing under this write (other instances are "
+            "writing); try again"
+        )
 
     async def create(self, kind: Kind, data: Any, gateway_id: str | None = None) -> Any:
         return await self.write(lambda d: d.create(kind, data, gateway_id))
@@ -560,16 +622,43 @@ class Catalog:
     async def delete(self, kind: Kind, entity_id: str, gateway_id: str | None = None) -> None:
         await self.write(lambda d: d.delete(kind, entity_id, gateway_id))
 
-    async def reload(self) -> None:
-        """Take the store's content as the configuration (another process changed it)."""
+    async def refresh(self) -> bool:
+        """Catch up with the store: read what changed since :attr:`version`, publish it.
+
+        Cheap when nothing changed (the store answers with its version alone) and
+        proportional to the change otherwise. Returns whether anything was published.
+        """
         async with self._lock:
-            entities = await self._store.load()
-            self._publish(Snapshot.of(entities, self._snapshot.generation + 1))
+            return await self._refresh_locked()
+
+    async def reload(self) -> None:
+        """Take the whole of the store's content as the configuration."""
+        async with self._lock:
+            loaded = await self._store.read()
+            self._publish(Snapshot.of(loaded.puts, self._snapshot.generation + 1), loaded.version)
+
+    async def _refresh_locked(self) -> bool:
+        changes = await self._store.read(since=self._version)
+        if changes.complete:
+            snapshot = Snapshot.of(changes.puts, self._snapshot.generation + 1)
+        elif changes.puts or changes.deletes:
+            entities = {kind: dict(by_id) for kind, by_id in self._snapshot.entities.items()}
+            for entity in changes.puts:
+                entities[Kind.of(entity)][entity.id] = entity
+            for kind, entity_id in changes.deletes:
+                entities[kind].pop(entity_id, None)
+            snapshot = Snapshot(self._snapshot.generation + 1, entities)
+        else:
+            self._version = changes.version
+            return False
+        self._publish(snapshot, changes.version)
+        return True
 
     # --- change notification ----------------------------------------------------
 
-    def _publish(self, snapshot: Snapshot) -> None:
+    def _publish(self, snapshot: Snapshot, version: int) -> None:
         self._snapshot = snapshot
+        self._version = version
         self._changed.set()
         self._changed = trio.Event()
 

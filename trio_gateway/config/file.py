@@ -40,7 +40,7 @@ from trio_gateway.errors import Problem, ValidationFailed
 
 _VAR = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\})")
 
-SERVER_FIELDS = frozenset({"admin_listen", "proxy_listen", "admin_token"})
+SERVER_FIELDS = frozenset({"admin_listen", "proxy_listen", "admin_token", "store"})
 GATEWAY_LISTS = {
     "upstreams": Kind.UPSTREAM,
     "services": Kind.SERVICE,
@@ -83,6 +83,12 @@ class ApplyReport:
 
 def load_file(path: Path, environ: Mapping[str, str] | None = None) -> Declarations:
     """Read, substitute and validate ``path``; :class:`ValidationFailed` lists every problem."""
+    raw = read_yaml(path)
+    return parse(raw if raw is not None else {}, os.environ if environ is None else environ)
+
+
+def read_yaml(path: Path) -> Any:
+    """The YAML document in ``path``, or :class:`ValidationFailed` saying where it breaks."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -95,7 +101,16 @@ def load_file(path: Path, environ: Mapping[str, str] | None = None) -> Declarati
         raise ValidationFailed.single(
             "$", f"invalid YAML{at}: {getattr(exc, 'problem', exc)}"
         ) from exc
-    return parse(raw if raw is not None else {}, os.environ if environ is None else environ)
+    return raw
+
+
+def substitute(raw: Any, environ: Mapping[str, str]) -> Any:
+    """``raw`` with every ``${VAR}`` replaced; :class:`ValidationFailed` names each unset one."""
+    problems: list[Problem] = []
+    data = _substitute(raw, "", environ, problems)
+    if problems:
+        raise ValidationFailed.of(problems)
+    return data
 
 
 def parse(raw: Any, environ: Mapping[str, str]) -> Declarations:

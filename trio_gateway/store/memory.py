@@ -1,46 +1,145 @@
 """A store that forgets on exit: for tests and throw-away runs.
 
 It keeps serialized copies, exactly as the SQLite store does, so that a test
-against it catches an entity that cannot round-trip.
+against it catches an entity that cannot round-trip. It versions, conditions
+and notifies like the shared stores, without threads: several catalogs on one
+``MemoryStore`` behave like several instances on one database, in virtual
+time: :meth:`MemoryStore.connect` gives another handle on the same data (an
+instance of its own), and :meth:`MemoryStore.set_outage` makes one handle lose
+the store, as an instance whose database went away.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import AsyncIterator
 
 import trio
 
 from trio_gateway import serde
 from trio_gateway.config.models import Entity, Kind
-from trio_gateway.store.base import Change, StoreStatistics
+from trio_gateway.store.base import (
+    CONFIG,
+    CONNECTED,
+    DISCONNECTED,
+    Change,
+    Changes,
+    Notice,
+    StaleVersion,
+    StoreStatistics,
+    StoreStatus,
+    StoreUnavailable,
+)
+
+
+class _Data:
+    """What the handles of one memory store share: the rows, the version, the wake-up."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[Kind, str], tuple[int, str]] = {}
+        self.tombstones: dict[tuple[Kind, str], int] = {}
+        self.version = 0
+        self.changed = trio.Event()
+
+    def wake(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
 
 
 class MemoryStore:
-    def __init__(self) -> None:
-        self._rows: dict[tuple[Kind, str], str] = {}
+    def __init__(self, data: _Data | None = None) -> None:
+        self._data = data or _Data()
         self._commits = 0
+        self._status = StoreStatus()
+
+    def connect(self) -> MemoryStore:
+        """Another handle on the same data, with its own reachability."""
+        return MemoryStore(self._data)
+
+    def set_outage(self, error: str | None) -> None:
+        """Make every call of this handle fail with ``error`` (``None``: reachable again)."""
+        self._status = StoreStatus(error is None, error, time.time())
+        self._data.wake()
+
+    def _check(self) -> None:
+        if not self._status.available:
+            raise StoreUnavailable(f"the configuration store is unreachable: {self._status.error}")
+
+    async def read(self, since: int | None = None) -> Changes:
+        await trio.lowlevel.checkpoint()
+        self._check()
+        data = self._data
+        if since is None or since > data.version:
+            return Changes(
+                data.version, [self._entity(k, body) for k, (_, body) in data.rows.items()]
+            )
+        return Changes(
+            data.version,
+            puts=[self._entity(k, body) for k, (v, body) in data.rows.items() if v > since],
+            deletes=[key for key, v in data.tombstones.items() if v > since],
+            complete=False,
+        )
+
+    @staticmethod
+    def _entity(key: tuple[Kind, str], body: str) -> Entity:
+        return serde.structure(json.loads(body), key[0].model, converter=serde.STORE)
 
     async def load(self) -> list[Entity]:
-        await trio.lowlevel.checkpoint()
-        return [
-            serde.structure(json.loads(body), kind.model, converter=serde.STORE)
-            for (kind, _), body in self._rows.items()
-        ]
+        return list((await self.read()).puts)
 
-    async def commit(self, change: Change) -> None:
+    async def version(self) -> int:
         await trio.lowlevel.checkpoint()
-        rows = dict(self._rows)
+        self._check()
+        return self._data.version
+
+    async def commit(self, change: Change, *, base_version: int | None = None) -> int:
+        await trio.lowlevel.checkpoint()
+        self._check()
+        data = self._data
+        if base_version is not None and base_version != data.version:
+            raise StaleVersion(base_version, data.version)
+        version = data.version + 1
+        rows = dict(data.rows)
+        tombstones = dict(data.tombstones)
         for entity in change.puts:
-            rows[Kind.of(entity), entity.id] = json.dumps(serde.STORE.unstructure(entity))
+            key = (Kind.of(entity), entity.id)
+            rows[key] = (version, json.dumps(serde.STORE.unstructure(entity)))
+            tombstones.pop(key, None)
         for key in change.deletes:
-            rows.pop(key, None)
-        self._rows = rows
+            if rows.pop(key, None) is not None:
+                tombstones[key] = version
+        data.rows, data.tombstones, data.version = rows, tombstones, version
         self._commits += 1
+        data.wake()
+        return version
 
-    async def changed(self) -> bool:
-        """Nobody else writes to a memory store."""
-        await trio.lowlevel.checkpoint()
-        return False
+    @trio.as_safe_channel
+    async def notices(self) -> AsyncIterator[Notice]:
+        """``connected``, then a ``config`` notice per commit (coalesced), outages as they come.
+
+        Commits made while this handle is cut off are not announced when it comes
+        back: only ``connected`` is, as a database listener would.
+        """
+        available = None
+        seen = self._data.version
+        while True:
+            changed = self._data.changed
+            if self._status.available != available:
+                available = self._status.available
+                if available:
+                    # As with a real listener: what was committed meanwhile was not heard.
+                    seen = self._data.version
+                    yield Notice(CONNECTED)
+                else:
+                    yield Notice(DISCONNECTED, {"error": self._status.error})
+            if available and self._data.version != seen:
+                seen = self._data.version
+                yield Notice(CONFIG, {"version": seen})
+            await changed.wait()
+
+    def status(self) -> StoreStatus:
+        return self._status
 
     def statistics(self) -> StoreStatistics:
         return StoreStatistics(
@@ -48,5 +147,6 @@ class MemoryStore:
             location=":memory:",
             schema_version=0,
             commits=self._commits,
-            entities=len(self._rows),
+            entities=len(self._data.rows),
+            version=self._data.version,
         )

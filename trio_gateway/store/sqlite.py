@@ -9,10 +9,25 @@ Theory of operation
   so an acknowledged admin write survives ``kill -9`` and power loss alike. Each
   :class:`~trio_gateway.store.base.Change` is one transaction, so no entity is
   ever half-written.
-* Entities are rows of ``(kind, id, gateway_id, name, body)``, ``body`` being the
-  :data:`trio_gateway.serde.STORE` form as JSON. ``PRAGMA user_version`` is the
-  schema version; :data:`MIGRATIONS` upgrades older files forward, one
-  transaction per step, and a file from a newer version is refused, not guessed at.
+* Entities are rows of ``(kind, id, gateway_id, name, body, version)``, ``body``
+  being the :data:`trio_gateway.serde.STORE` form as JSON and ``version`` the
+  configuration version that last wrote it. A delete leaves a tombstone
+  ``(kind, id, version)``; the ``state`` row holds the current version and the
+  *horizon*, below which tombstones have been pruned (a reader that old gets a
+  full load). ``BEGIN IMMEDIATE`` serializes writers, so versions follow commit
+  order and a read transaction sees exactly the versions up to ``state.version``.
+* ``PRAGMA user_version`` is the schema version; :data:`MIGRATIONS` upgrade older
+  files forward in one ``BEGIN IMMEDIATE`` transaction (the lock: two processes
+  opening a file at once migrate it once), and a file from a newer version is
+  refused, not guessed at.
+* Notices: after each commit the writer rewrites a small *doorbell* file beside
+  the database (``trio-gateway.notify``, holding the version). Every process
+  using the directory watches it with inotify (:mod:`.filewatch`) and learns of
+  the commit at once: ``--workers`` children, another ``serve`` on the same
+  directory, a ``trio-gateway import`` into a running installation. The bell is
+  rung after the commit returns, so the commit is visible by then. Where inotify
+  is missing, :meth:`SqliteStore.notices` polls the version every
+  :data:`POLL_INTERVAL_S` instead.
 """
 
 from __future__ import annotations
@@ -20,7 +35,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
 import trio
@@ -28,10 +43,26 @@ import trio
 from trio_gateway import serde
 from trio_gateway.config.models import Entity, Kind
 from trio_gateway.errors import ValidationFailed
-from trio_gateway.store.base import Change, StoreCorrupt, StoreStatistics
+from trio_gateway.store.base import (
+    CONFIG,
+    CONNECTED,
+    Change,
+    Changes,
+    Notice,
+    StaleVersion,
+    StoreCorrupt,
+    StoreStatistics,
+    StoreStatus,
+)
+from trio_gateway.store.filewatch import watch_directory
 
 DB_NAME = "trio-gateway.sqlite3"
+BELL_NAME = "trio-gateway.notify"
 CLOSE_TIMEOUT_S = 10.0
+#: How often :meth:`SqliteStore.notices` reads the version where inotify is missing.
+POLL_INTERVAL_S = 0.5
+#: Tombstones are kept for this many versions; a reader further behind reloads fully.
+TOMBSTONES_KEPT = 10_000
 
 
 def _v1(db: sqlite3.Connection) -> None:
@@ -50,12 +81,40 @@ def _v1(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX entities_by_gateway ON entities (gateway_id, kind)")
 
 
+def _v2(db: sqlite3.Connection) -> None:
+    """Configuration versions: a version per row, tombstones, the state row."""
+    db.execute("ALTER TABLE entities ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
+    db.execute("CREATE INDEX entities_by_version ON entities (version)")
+    db.execute(
+        """
+        CREATE TABLE tombstones (
+            kind TEXT NOT NULL,
+            id TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            PRIMARY KEY (kind, id)
+        )
+        """
+    )
+    db.execute("CREATE INDEX tombstones_by_version ON tombstones (version)")
+    db.execute(
+        """
+        CREATE TABLE state (
+            one INTEGER PRIMARY KEY CHECK (one = 1),
+            version INTEGER NOT NULL,
+            horizon INTEGER NOT NULL
+        )
+        """
+    )
+    db.execute("INSERT INTO state VALUES (1, 0, 0)")
+
+
 #: Step ``n`` upgrades a version-``n`` file to version ``n + 1``.
-MIGRATIONS: Sequence[Callable[[sqlite3.Connection], None]] = (_v1,)
+MIGRATIONS: Sequence[Callable[[sqlite3.Connection], None]] = (_v1, _v2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path) -> tuple[sqlite3.Connection, int]:
+    """Open, configure and migrate; return the connection and the version migrated from."""
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
@@ -64,89 +123,114 @@ def _connect(path: Path) -> sqlite3.Connection:
         if mode.lower() != "wal":
             raise StoreCorrupt(f"{path}: cannot use WAL journal mode (got {mode!r})")
         db.execute("PRAGMA synchronous = FULL")
-        _migrate(db, path)
+        found = _migrate(db, path)
     except BaseException:
         db.close()
         raise
-    return db
+    return db, found
 
 
-def _migrate(db: sqlite3.Connection, path: Path) -> None:
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    if version > SCHEMA_VERSION:
-        raise StoreCorrupt(
-            f"{path} has schema version {version}, newer than this trio-gateway "
-            f"understands ({SCHEMA_VERSION}); upgrade trio-gateway or use another --data-dir"
-        )
-    for step in range(version, SCHEMA_VERSION):
-        db.execute("BEGIN IMMEDIATE")
-        try:
+def _migrate(db: sqlite3.Connection, path: Path) -> int:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreCorrupt(
+                f"{path} has schema version {version}, newer than this trio-gateway "
+                f"understands ({SCHEMA_VERSION}); upgrade trio-gateway or use another --data-dir"
+            )
+        for step in range(version, SCHEMA_VERSION):
             MIGRATIONS[step](db)
-            db.execute(f"PRAGMA user_version = {step + 1}")
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return version
 
 
 class SqliteStore:
     """See the module docstring. Open with :meth:`open`; do not construct directly."""
 
-    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, db: sqlite3.Connection, path: Path, migrated_from: int) -> None:
         self._db = db
         self._path = path
         self._lock = trio.Lock()
         self._commits = 0
         self._entities = 0
-        self._data_version: int | None = None
+        self._version = 0
+        #: The schema version the file had when opened (0: it was created).
+        self.migrated_from = migrated_from
 
     @classmethod
     @asynccontextmanager
     async def open(cls, data_dir: Path) -> AsyncIterator[SqliteStore]:
         path = Path(data_dir) / DB_NAME
-        db = await trio.to_thread.run_sync(_connect, path)
+        db, found = await trio.to_thread.run_sync(_connect, path)
         try:
-            yield cls(db, path)
+            yield cls(db, path, found)
         finally:
             with trio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
                 await trio.to_thread.run_sync(db.close)
 
+    async def _run(self, fn: Callable[..., object], *args: object) -> object:
+        async with self._lock:
+            return await trio.to_thread.run_sync(fn, *args)
+
+    # --- reads ----------------------------------------------------------------------
+
+    async def read(self, since: int | None = None) -> Changes:
+        version, complete, rows, deletes = await self._run(self._read_rows, since)
+        puts = [self._structure(kind, entity_id, body) for kind, entity_id, body in rows]
+        if complete:
+            self._entities = len(puts)
+        self._version = version
+        return Changes(
+            version,
+            puts,
+            [(Kind(kind), entity_id) for kind, entity_id in deletes],
+            complete,
+        )
+
+    def _read_rows(self, since: int | None) -> tuple[int, bool, list, list]:
+        self._db.execute("BEGIN")
+        try:
+            version, horizon = self._db.execute("SELECT version, horizon FROM state").fetchone()
+            if since is None or since < horizon or since > version:
+                rows = self._db.execute(
+                    "SELECT kind, id, body FROM entities ORDER BY rowid"
+                ).fetchall()
+                return version, True, rows, []
+            rows = self._db.execute(
+                "SELECT kind, id, body FROM entities WHERE version > ? ORDER BY rowid", (since,)
+            ).fetchall()
+            deletes = self._db.execute(
+                "SELECT kind, id FROM tombstones WHERE version > ?", (since,)
+            ).fetchall()
+            return version, False, rows, deletes
+        finally:
+            self._db.execute("COMMIT")
+
+    def _structure(self, kind_name: str, entity_id: str, body: str) -> Entity:
+        try:
+            kind = Kind(kind_name)
+            return serde.structure(json.loads(body), kind.model, converter=serde.STORE)
+        except (ValueError, ValidationFailed) as exc:
+            raise StoreCorrupt(f"{self._path}: cannot read {kind_name} {entity_id}: {exc}") from exc
+
     async def load(self) -> list[Entity]:
-        async with self._lock:
-            rows = await trio.to_thread.run_sync(self._load_rows)
-        entities = []
-        for kind_name, entity_id, body in rows:
-            try:
-                kind = Kind(kind_name)
-                entity = serde.structure(json.loads(body), kind.model, converter=serde.STORE)
-            except (ValueError, ValidationFailed) as exc:
-                raise StoreCorrupt(
-                    f"{self._path}: cannot read {kind_name} {entity_id}: {exc}"
-                ) from exc
-            entities.append(entity)
-        self._entities = len(entities)
-        return entities
+        return list((await self.read()).puts)
 
-    def _load_rows(self) -> list[tuple[str, str, str]]:
-        self._data_version = self._version()
-        return self._db.execute("SELECT kind, id, body FROM entities ORDER BY rowid").fetchall()
+    async def version(self) -> int:
+        self._version = await self._run(self._read_version)
+        return self._version
 
-    def _version(self) -> int:
-        return self._db.execute("PRAGMA data_version").fetchone()[0]
+    def _read_version(self) -> int:
+        return self._db.execute("SELECT version FROM state").fetchone()[0]
 
-    async def changed(self) -> bool:
-        """Has another process committed since our last :meth:`load` or :meth:`changed`?
+    # --- writes ---------------------------------------------------------------------
 
-        SQLite's ``data_version`` moves only for commits made by *other* connections,
-        so a process's own writes never wake it.
-        """
-        async with self._lock:
-            version = await trio.to_thread.run_sync(self._version)
-        changed = self._data_version is not None and version != self._data_version
-        self._data_version = version
-        return changed
-
-    async def commit(self, change: Change) -> None:
+    async def commit(self, change: Change, *, base_version: int | None = None) -> int:
         rows = [
             (
                 Kind.of(entity).value,
@@ -158,27 +242,73 @@ class SqliteStore:
             for entity in change.puts
         ]
         deletes = [(kind.value, entity_id) for kind, entity_id in change.deletes]
-        async with self._lock:
-            self._entities = await trio.to_thread.run_sync(self._commit_rows, rows, deletes)
-            self._commits += 1
+        version, self._entities = await self._run(self._commit_rows, rows, deletes, base_version)
+        self._version = version
+        self._commits += 1
+        return version
 
-    def _commit_rows(self, rows: list[tuple], deletes: list[tuple[str, str]]) -> int:
-        """Write one batch in one transaction; return how many entities the file now holds."""
-        self._db.execute("BEGIN IMMEDIATE")
+    def _commit_rows(
+        self, rows: list[tuple], deletes: list[tuple[str, str]], base: int | None
+    ) -> tuple[int, int]:
+        """Write one batch in one transaction; return the new version and the entity count."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
         try:
-            self._db.executemany(
-                "INSERT OR REPLACE INTO entities (kind, id, gateway_id, name, body)"
-                " VALUES (?, ?, ?, ?, ?)",
-                rows,
+            current, horizon = db.execute("SELECT version, horizon FROM state").fetchone()
+            if base is not None and base != current:
+                raise StaleVersion(base, current)
+            version = current + 1
+            db.executemany(
+                "INSERT OR REPLACE INTO entities (kind, id, gateway_id, name, body, version)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(*row, version) for row in rows],
             )
-            self._db.executemany("DELETE FROM entities WHERE kind = ? AND id = ?", deletes)
-            count = self._db.execute("SELECT count(*) FROM entities").fetchone()[0]
-            self._db.execute("COMMIT")
+            db.executemany(
+                "DELETE FROM tombstones WHERE kind = ? AND id = ?", [row[:2] for row in rows]
+            )
+            for key in deletes:
+                if db.execute("DELETE FROM entities WHERE kind = ? AND id = ?", key).rowcount:
+                    db.execute(
+                        "INSERT OR REPLACE INTO tombstones VALUES (?, ?, ?)", (*key, version)
+                    )
+            if version - TOMBSTONES_KEPT > horizon:
+                horizon = version - TOMBSTONES_KEPT
+                db.execute("DELETE FROM tombstones WHERE version <= ?", (horizon,))
+            db.execute("UPDATE state SET version = ?, horizon = ?", (version, horizon))
+            count = db.execute("SELECT count(*) FROM entities").fetchone()[0]
+            db.execute("COMMIT")
         except BaseException:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
-        return count
+        self._ring(version)
+        return version, count
+
+    def _ring(self, version: int) -> None:
+        """Tell the other processes on this directory (best effort: they also poll)."""
+        with suppress(OSError):
+            (self._path.parent / BELL_NAME).write_text(f"{version}\n")
+
+    # --- notices --------------------------------------------------------------------
+
+    @trio.as_safe_channel
+    async def notices(self) -> AsyncIterator[Notice]:
+        """``connected``, then a ``config`` notice whenever the version moves."""
+        async with watch_directory(self._path.parent) as watch:
+            seen = await self.version()
+            yield Notice(CONNECTED, {"version": seen})
+            while True:
+                if watch is None:
+                    await trio.sleep(POLL_INTERVAL_S)
+                elif BELL_NAME not in await watch.wait():
+                    continue
+                version = await self.version()
+                if version != seen:
+                    seen = version
+                    yield Notice(CONFIG, {"version": version})
+
+    def status(self) -> StoreStatus:
+        return StoreStatus()
 
     def statistics(self) -> StoreStatistics:
         return StoreStatistics(
@@ -187,4 +317,5 @@ class SqliteStore:
             schema_version=SCHEMA_VERSION,
             commits=self._commits,
             entities=self._entities,
+            version=self._version,
         )

@@ -59,6 +59,9 @@ class Readiness:
     """What ``/readyz`` reports: each part of the process that must be up to serve."""
 
     parts: dict[str, bool] = attrs.field(factory=dict)
+    #: More entries of the ``/readyz`` body, computed when asked; they do not decide
+    #: readiness (``store``: an unreachable store refuses writes, the proxy still serves).
+    details: dict[str, Callable[[], Any]] = attrs.field(factory=dict)
 
     def set(self, part: str, ready: bool = True) -> None:
         self.parts[part] = ready
@@ -83,7 +86,10 @@ def add_health_routes(app: QuartTrio, readiness: Readiness) -> None:
     @app.get("/readyz")
     async def readyz() -> Response:
         status = 200 if readiness.ready else 503
-        return json_response({"ready": readiness.ready, "parts": readiness.parts}, status)
+        details = {name: report() for name, report in readiness.details.items()}
+        return json_response(
+            {"ready": readiness.ready, "parts": readiness.parts, **details}, status
+        )
 
 
 def create_admin_app(
