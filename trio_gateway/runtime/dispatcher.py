@@ -22,6 +22,7 @@ to that target's actor, and read the job's reply channel.
   attempt is charged to nobody (``deadline`` in the trail).
 * A committed stream cannot fail over: a failure ends it with an error event in
   the client's dialect, never silently. Only content resets its idle timer.
+  So does the runtime's ``end_streams`` signal (shutdown's last moment).
 * When the client leaves, the request's task is cancelled; ``finally`` blocks
   cancel the running job, which aborts the upstream call.
 
@@ -49,6 +50,7 @@ from trio_gateway.errors import ClientError, GatewayError
 from trio_gateway.providers import translate
 from trio_gateway.providers.formats import ApiFormat, error_body
 from trio_gateway.providers.passthrough import PassthroughStream
+from trio_gateway.runtime.ending import EndStreams
 from trio_gateway.runtime.target import (
     Answer,
     AttemptFailed,
@@ -72,6 +74,7 @@ MIN_ATTEMPT_S = 0.01
 PASSED_RESPONSE_HEADERS = ("retry-after", "openai-processing-ms", "openai-version")
 PASSED_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
 JSON_TYPE = "application/json"
+SHUTTING_DOWN = "the gateway is shutting down; the stream was ended before it finished"
 SSE_TYPE = "text/event-stream"
 #: Client headers that belong to the client's own dialect (``anthropic-version``):
 #: meaningless, or worse, to a provider of the other dialect.
@@ -137,14 +140,24 @@ class Dispatcher:
     """
 
     def __init__(
-        self, upstream: Upstream, actors: Sequence[TargetActor], plan: UpstreamPlan
+        self,
+        upstream: Upstream,
+        actors: Sequence[TargetActor],
+        plan: UpstreamPlan,
+        end_streams: EndStreams | None = None,
     ) -> None:
         self.upstream = upstream
         self.actors = tuple(actors)
         self.plan = plan
+        self.end_streams = end_streams if end_streams is not None else EndStreams()
 
     @classmethod
-    def build(cls, upstream: Upstream, actors: Sequence[TargetActor]) -> Dispatcher:
+    def build(
+        cls,
+        upstream: Upstream,
+        actors: Sequence[TargetActor],
+        end_streams: EndStreams | None = None,
+    ) -> Dispatcher:
         routes = [
             TargetRoute(
                 index=i,
@@ -161,7 +174,7 @@ class Dispatcher:
             upstream.algorithm,
             reject_unknown_models=upstream.model_fallback is ModelFallback.REJECT,
         )
-        return cls(upstream, actors, plan)
+        return cls(upstream, actors, plan, end_streams)
 
     # --- choosing -------------------------------------------------------------------
 
@@ -327,7 +340,7 @@ class Dispatcher:
                     record(str(message.status))
                     committed = True
                     body_stream = _stream_body(
-                        opening, stream, reply_receive, job, limits.idle_timeout
+                        opening, stream, reply_receive, job, limits.idle_timeout, self.end_streams
                     )
                     return ProxyResponse(
                         status=message.status,
@@ -668,11 +681,13 @@ async def _stream_body(
     channel: trio.MemoryReceiveChannel[Reply],
     job: Job,
     idle_timeout: float,
+    end: EndStreams,
 ) -> AsyncIterator[bytes]:
     """The committed stream: events as they come; a failure ends it with an error event.
 
     No cancel scope is held across a ``yield``: each wait for a message has its own.
     Only content moves the idle deadline; pings and keep-alives pass but do not.
+    ``end`` set (shutdown) ends it with an error event too, waiting or not.
     Leaving (client gone, generator closed) cancels the job in ``finally``.
     """
     try:
@@ -683,10 +698,15 @@ async def _stream_body(
                 message = channel.receive_nowait()  # usually already there: no cancel scope
             except trio.WouldBlock:
                 message = _NOTHING
-                with trio.move_on_at(idle_deadline):
+                with end.move_on_at(idle_deadline):
                     message = await _receive(channel)
             except trio.EndOfChannel:
                 message = None
+            if end.is_set():
+                out = stream.fail("service_unavailable", SHUTTING_DOWN)
+                if out:
+                    yield out
+                return
             if message is _NOTHING:
                 job.cancel(Outcome.IDLE_TIMEOUT)
                 out = stream.fail(
