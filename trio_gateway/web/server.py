@@ -13,9 +13,10 @@ about it (:class:`_Exchange`): the declared body length, the bytes received,
 whether the body is complete, whether an answer has started. From them:
 
 * **The head.** More than ``max_headers`` header fields, or a head (request line
-  and headers) over ``max_head_bytes``: the guard answers ``431`` itself, with
-  ``Connection: close``, and the app never sees the request. A head over
-  :data:`PARSER_BUFFER` never reaches the guard: h11 refuses it (a bare ``431``).
+  and headers) over ``max_head_bytes``: the guard answers ``431`` itself, as an
+  early answer (below), and the app never sees the request. A head over
+  :data:`PARSER_BUFFER` never reaches the guard: h11 refuses it (a bare ``431``,
+  and the connection closes).
 * **The body deadline.** The body must be complete ``body_timeout`` seconds after
   the head arrived. If it is not and nothing was answered yet, the guard answers
   ``408`` with ``Connection: close`` and tells the app the client left
@@ -25,8 +26,8 @@ whether the body is complete, whether an answer has started. From them:
   ``404``, ``405``, ``413``, ...) either:
 
   - closes: when the body cannot be taken (declared larger than ``max_body``, or
-    the answer is ``408``, ``413`` or ``431``), it says ``Connection: close`` and
-    hypercorn closes the connection after it; or
+    the answer is ``408`` or ``413``), it says ``Connection: close`` and hypercorn
+    closes the connection after it; or
   - drains: otherwise the answer goes out at once, and its end is held back until
     the rest of the body has been read and thrown away (at most ``max_body``
     bytes, until the body deadline); the connection then serves the next request.
@@ -90,7 +91,7 @@ KEEP_ALIVE_TIMEOUT_S = 5.0
 LAST_SEND_S = 10.0
 
 #: Answers that say the body will not be taken: the connection closes after them.
-REFUSES_BODY = frozenset({408, 413, 431})
+REFUSES_BODY = frozenset({408, 413})
 _CLOSE = (b"connection", b"close")
 _END: Message = {"type": "http.response.body", "body": b"", "more_body": False}
 _DISCONNECT: Message = {"type": "http.disconnect"}
@@ -193,10 +194,14 @@ class ConnectionGuard:
             return
         exchange = _Exchange(self, scope, receive, send)
         problem = exchange.read_head()
-        if problem is not None:
-            await exchange.answer(problem)
+        if problem is None:
+            await self.app(scope, exchange.receive, exchange.send)
             return
-        await self.app(scope, exchange.receive, exchange.send)
+        # Refused without the app: read (and drop) the body as the app would have.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(exchange.discard_body)
+            await exchange.answer(problem)
+            nursery.cancel_scope.cancel()
 
 
 class _Exchange:
@@ -271,6 +276,12 @@ class _Exchange:
                 return _DISCONNECT
         return self._saw(await self._receive())
 
+    async def send(self, message: Message) -> None:
+        if not self.taken_over:
+            await self._forward(message)
+
+    # --- the guard's own doing -------------------------------------------------------------
+
     def _saw(self, message: Message) -> Message:
         if message["type"] == "http.request":
             self.received += len(message.get("body", b""))
@@ -283,9 +294,7 @@ class _Exchange:
             self._stop_draining()
         return message
 
-    async def send(self, message: Message) -> None:
-        if self.taken_over:
-            return
+    async def _forward(self, message: Message) -> None:
         kind = message["type"]
         if kind == "http.response.start":
             self.answered = True
@@ -302,11 +311,11 @@ class _Exchange:
                     await self._send({**message, "more_body": True})
                 await self._drain()
                 message = _END
-            await self._send_last(message)
+            # The hypercorn 0.18 workaround (module docstring).
+            with trio.move_on_after(LAST_SEND_S, shield=True):
+                await self._send(message)
         else:
             await self._send(message)
-
-    # --- the guard's own doing -------------------------------------------------------------
 
     def _refuses_body(self, status: int) -> bool:
         declared = self.declared
@@ -325,22 +334,22 @@ class _Exchange:
         if self._wake is not None:
             self._wake.set()
 
+    async def discard_body(self) -> None:
+        """Read the body to its end (or the client's leaving) and drop it."""
+        while True:
+            message = await self.receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return
+
     async def answer(self, error: GatewayError) -> None:
-        """Answer ``error`` in the app's format, with ``Connection: close``."""
-        self.answered = self.close = True
+        """Answer ``error`` in the app's error format, as an app answer would go."""
         body = self._guard.error_body(self.scope, error)
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
-            _CLOSE,
             *((name.lower().encode(), value.encode()) for name, value in error.headers.items()),
         ]
-        await self._send(
+        await self._forward(
             {"type": "http.response.start", "status": error.status, "headers": headers}
         )
-        await self._send_last({"type": "http.response.body", "body": body, "more_body": False})
-
-    async def _send_last(self, message: Message) -> None:
-        # The hypercorn 0.18 workaround (module docstring).
-        with trio.move_on_after(LAST_SEND_S, shield=True):
-            await self._send(message)
+        await self._forward({"type": "http.response.body", "body": body, "more_body": False})
