@@ -48,9 +48,13 @@ or the timer re-arm is cancelled at its first checkpoint
 (``hypercorn/protocol/h11.py``, ``H11Protocol._maybe_recycle``). Then a
 connection that must close stays open (``Connection: close``, early answers: the
 next request on it hangs) and a kept-alive connection never times out (and holds
-shutdown for the whole grace period). ``patches/`` holds the fix for upstream;
-until a fixed release is pinned the guard sends the app's last message shielded
-from cancellation (:data:`LAST_SEND_S` bounds it).
+shutdown for the whole grace period). ``patches/`` holds the fix for upstream.
+Until a fixed release is pinned, the guard holds back the ``http.disconnect``
+that hypercorn sends the app while the answer's last message is being sent,
+until that send is over: the app then cancels nothing before the connection is
+settled. (It also holds back a disconnect while a whole, ``Content-Length``
+answer is being sent, so a client that half-closes after its request still gets
+its whole answer rather than a cut one; a stream hears of it at once.)
 """
 
 from __future__ import annotations
@@ -86,12 +90,11 @@ MAX_HEAD_BYTES = 32 << 10
 PARSER_BUFFER = 64 << 10
 BODY_TIMEOUT_S = 60.0
 KEEP_ALIVE_TIMEOUT_S = 5.0
-#: Bound on the shielded last send of a response (hypercorn's own socket writes
-#: are shielded already; this only bounds the connection bookkeeping after them).
-LAST_SEND_S = 10.0
 
 #: Answers that say the body will not be taken: the connection closes after them.
 REFUSES_BODY = frozenset({408, 413})
+#: How long a disconnect may be held back from the app (``_Exchange.holding``).
+HOLD_S = 5.0
 _CLOSE = (b"connection", b"close")
 _END: Message = {"type": "http.response.body", "body": b"", "more_body": False}
 _DISCONNECT: Message = {"type": "http.disconnect"}
@@ -210,6 +213,8 @@ class _Exchange:
     __slots__ = (
         "_guard",
         "_receive",
+        "_receive_nowait",
+        "_released",
         "_send",
         "_wake",
         "answered",
@@ -217,6 +222,7 @@ class _Exchange:
         "close",
         "deadline",
         "declared",
+        "holding",
         "received",
         "scope",
         "taken_over",
@@ -225,8 +231,17 @@ class _Exchange:
     def __init__(self, guard: ConnectionGuard, scope: Scope, receive: Receive, send: Send) -> None:
         self._guard = guard
         self._receive = receive
+        # hypercorn's trio worker hands the app a memory channel's ``receive``: what is
+        # already there is taken without a cancel scope (most bodies come with the head).
+        channel = getattr(receive, "__self__", None)
+        self._receive_nowait = getattr(channel, "receive_nowait", None)
         self._send = send
         self._wake: trio.Event | None = None
+        #: A disconnect is held back from the app until the answer has ended: while
+        #: its last message is sent (the hypercorn 0.18 workaround), and all along a
+        #: whole (``Content-Length``) answer.
+        self.holding = False
+        self._released: trio.Event | None = None
         self.scope = scope
         self.deadline = trio.current_time() + guard.limits.body_timeout
         self.declared: int | None = None
@@ -249,10 +264,11 @@ class _Exchange:
                 f"at most {limits.max_headers} are accepted"
             )
         scope = self.scope
-        # The request line: method, target, version and separators.
+        # The request line (method, target, version, separators), then each field's line.
         size = len(scope["method"]) + len(scope["raw_path"]) + len(scope["query_string"]) + 14
+        size += 4 * len(headers)
         for name, value in headers:
-            size += len(name) + len(value) + 4
+            size += len(name) + len(value)
             if name == b"content-length":
                 self.declared = int(value)  # h11 checked it: digits only
         if size > limits.max_head_bytes:
@@ -265,8 +281,13 @@ class _Exchange:
 
     async def receive(self) -> Message:
         if not (self.body_done or self.answered):
+            if self._receive_nowait is not None:
+                try:
+                    return await self._saw(self._receive_nowait())
+                except trio.WouldBlock:
+                    pass
             with trio.move_on_at(self.deadline):
-                return self._saw(await self._receive())
+                return await self._saw(await self._receive())
             if not self.answered:
                 self.taken_over = True
                 timeout = self._guard.limits.body_timeout
@@ -274,7 +295,7 @@ class _Exchange:
                     RequestTimeout(f"the request body did not arrive within {timeout:g} s")
                 )
                 return _DISCONNECT
-        return self._saw(await self._receive())
+        return await self._saw(await self._receive())
 
     async def send(self, message: Message) -> None:
         if not self.taken_over:
@@ -282,7 +303,7 @@ class _Exchange:
 
     # --- the guard's own doing -------------------------------------------------------------
 
-    def _saw(self, message: Message) -> Message:
+    async def _saw(self, message: Message) -> Message:
         if message["type"] == "http.request":
             self.received += len(message.get("body", b""))
             if not message.get("more_body", False):
@@ -290,8 +311,15 @@ class _Exchange:
                 self._stop_draining()
             elif self.received > self._guard.limits.max_body:
                 self._stop_draining()
-        else:  # http.disconnect: the client left
-            self._stop_draining()
+            return message
+        # http.disconnect: the client left (or half-closed), or the answer is ending.
+        self._stop_draining()
+        if self.holding:
+            # The app hears of it once a whole answer is out and hypercorn has settled
+            # the connection (the 0.18 workaround, module docstring).
+            self._released = trio.Event()
+            with trio.move_on_after(HOLD_S):
+                await self._released.wait()
         return message
 
     async def _forward(self, message: Message) -> None:
@@ -303,6 +331,8 @@ class _Exchange:
             ):
                 self.close = True
                 message = {**message, "headers": [*message.get("headers", ()), _CLOSE]}
+            # A whole answer (not a stream) goes out whole, even if the client half-closed.
+            self.holding = any(name == b"content-length" for name, _ in message["headers"])
             await self._send(message)
         elif kind == "http.response.body" and not message.get("more_body", False):
             if not (self.body_done or self.close):
@@ -311,9 +341,13 @@ class _Exchange:
                     await self._send({**message, "more_body": True})
                 await self._drain()
                 message = _END
-            # The hypercorn 0.18 workaround (module docstring).
-            with trio.move_on_after(LAST_SEND_S, shield=True):
+            self.holding = True
+            try:
                 await self._send(message)
+            finally:
+                self.holding = False
+                if self._released is not None:
+                    self._released.set()
         else:
             await self._send(message)
 
