@@ -169,16 +169,23 @@ class Target:
 
 @attrs.frozen(kw_only=True)
 class HealthChecks:
-    """Passive health (a circuit breaker fed by real traffic) and active probes.
+    """Passive health (fed by real traffic), recovery checks and optional active probes.
 
-    ``threshold`` consecutive failures within ``interval`` seconds eject a target;
-    the first cool-down lasts ``interval`` seconds. ``active`` probes ``path`` every
-    ``interval`` seconds.
+    ``threshold`` consecutive failures eject a target, however long each took. An
+    ejected target is out for ``ejection_time`` seconds (doubling while it keeps
+    failing soon after each recovery, to at most ``interval``), then the gateway checks
+    it with a ``GET`` of ``path`` (default: the provider's model list) every
+    ``ejection_time`` seconds until it answers. ``interval`` is the time between health
+    checks: with ``active`` the probes of targets in rotation come that often, and an
+    ejected target is checked at least that often. At most ``max_ejected_percent`` of
+    the upstream's targets are ejected at once, and never all of them.
     """
 
     passive: bool = True
     threshold: Threshold = 3
     interval: Seconds = 60.0
+    ejection_time: Seconds = 5.0
+    max_ejected_percent: Annotated[int, Between(1, 100)] = 100
     active: bool = False
     path: UrlPath | None = None
     headers: Headers = attrs.field(factory=dict)
@@ -209,8 +216,11 @@ class Service:
     description: Description = ""
     #: One deadline per client request, shared by every attempt (until a stream starts).
     request_timeout: Seconds = 120.0
-    #: Budget of one attempt until its first byte; a silent target is then failed over.
+    #: Budget of one attempt until its first byte (a stream's first content); a silent
+    #: target is then failed over.
     first_byte_timeout: Seconds = 30.0
+    #: A whole answer whose body stops arriving for this long is failed over.
+    body_timeout: Seconds = 10.0
     #: Longest silence between two chunks of a started stream.
     idle_timeout: Seconds = 60.0
     #: Attempts per request, failovers included; ``None``: every target once.

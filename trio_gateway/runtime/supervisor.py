@@ -31,9 +31,11 @@ import trio
 
 from trio_gateway.config.catalog import Catalog, Snapshot
 from trio_gateway.config.models import ApiKey, Gateway, GatewayStatus, Service, Upstream
+from trio_gateway.core.attempt import Budgets
 from trio_gateway.core.routing import CompiledRule, compile_rules
 from trio_gateway.providers.endpoints import Endpoint
-from trio_gateway.runtime.dispatcher import Dispatcher, Limits, breaker_policy
+from trio_gateway.runtime.clients import ClientPool
+from trio_gateway.runtime.dispatcher import Dispatcher, Limits, health_policy
 from trio_gateway.runtime.ending import EndStreams
 from trio_gateway.runtime.target import TargetActor, TargetStatistics
 
@@ -41,6 +43,8 @@ log = logging.getLogger("trio_gateway.runtime")
 
 RESTART_BACKOFF_S = 0.1
 RESTART_BACKOFF_MAX_S = 30.0
+#: An actor that ran this long before crashing starts over from the shortest backoff.
+HEALTHY_RUN_S = 10.0
 
 
 @attrs.frozen
@@ -106,6 +110,7 @@ class Runtime:
         self._transport = transport
         self._actors: dict[tuple[str, str], TargetActor] = {}
         self._nursery: trio.Nursery | None = None
+        self._clients: ClientPool | None = None
         self._applied = 0
         self._applied_event = trio.Event()
         #: Set it to end every running stream now, with an error event (shutdown).
@@ -114,7 +119,8 @@ class Runtime:
     async def run(
         self, *, task_status: trio.TaskStatus[Runtime] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        async with trio.open_nursery() as nursery:
+        async with ClientPool.open(self._transport) as clients, trio.open_nursery() as nursery:
+            self._clients = clients
             self._nursery = nursery
             snapshot = self.catalog.snapshot
             self._reconcile(snapshot)
@@ -161,7 +167,7 @@ class Runtime:
         fresh: list[TargetActor] = []
         dispatchers: dict[str, Dispatcher] = {}
         for upstream in snapshot.upstreams.values():
-            policy = breaker_policy(upstream)
+            policy = health_policy(upstream)
             members = []
             for target in upstream.targets:
                 key = (upstream.id, target.id)
@@ -174,13 +180,11 @@ class Runtime:
                 ):
                     updates.append(partial(actor.update, target, policy, upstream.health_checks))
                 else:
-                    new = TargetActor(
-                        target, policy, upstream.health_checks, transport=self._transport
-                    )
+                    new = TargetActor(target, policy, upstream.health_checks)
                     if actor is not None and actor.endpoint.url == endpoint.url:
                         # Same place, new credentials or headers: its health carries over.
-                        new.breaker, new.latency_estimate = actor.breaker, actor.latency_estimate
-                        updates.append(partial(setattr, new.breaker, "policy", policy))
+                        new.health, new.latency_estimate = actor.health, actor.latency_estimate
+                        updates.append(partial(setattr, new.health, "policy", policy))
                     fresh.append(new)
                     actor = new
                 actors[key] = actor
@@ -198,6 +202,9 @@ class Runtime:
 
         for update in updates:
             update()
+        for dispatcher in dispatchers.values():
+            for member in dispatcher.actors:
+                member.health.may_eject = dispatcher.may_eject
         for actor in fresh:
             self._nursery.start_soon(self._supervise, actor)
         for key, actor in self._actors.items():
@@ -207,18 +214,38 @@ class Runtime:
         self.table = table
 
     async def _supervise(self, actor: TargetActor) -> None:
+        """Run ``actor`` until it is retired and drained; restart it when it crashes.
+
+        While it waits to restart it is not eligible (``restarting``): nothing is
+        queued to an actor that is not there. The backoff doubles with each crash in
+        a row and starts over after a run of :data:`HEALTHY_RUN_S` seconds.
+        """
+        clients = self._clients
+        assert clients is not None
+        url = actor.endpoint.base_url
+        client = await clients.acquire(url)
         backoff = RESTART_BACKOFF_S
-        while True:
-            try:
-                await actor.run()
-                return  # retired and drained
-            except Exception:
-                log.exception(
-                    "target actor crashed; restarting",
-                    extra={"fields": {"target_id": actor.target.id, "backoff_s": backoff}},
-                )
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, RESTART_BACKOFF_MAX_S)
+        try:
+            while True:
+                started = trio.current_time()
+                try:
+                    await actor.run(client)
+                    return  # retired and drained
+                except Exception:
+                    if trio.current_time() - started >= HEALTHY_RUN_S:
+                        backoff = RESTART_BACKOFF_S
+                    log.exception(
+                        "target actor crashed; restarting",
+                        extra={"fields": {"target_id": actor.target.id, "backoff_s": backoff}},
+                    )
+                actor.restarting = True
+                try:
+                    await trio.sleep(backoff)
+                finally:
+                    actor.restarting = False
+                backoff = min(backoff * 2, RESTART_BACKOFF_MAX_S)
+        finally:
+            clients.release(url)
 
     # --- introspection ---------------------------------------------------------------------
 
@@ -241,8 +268,11 @@ def _compile(snapshot: Snapshot, dispatchers: Mapping[str, Dispatcher]) -> Route
             dispatcher=dispatchers[upstream.id],
             limits=Limits(
                 request_timeout=service.request_timeout,
-                first_byte_timeout=service.first_byte_timeout,
-                idle_timeout=service.idle_timeout,
+                budgets=Budgets(
+                    first_byte_timeout=service.first_byte_timeout,
+                    body_timeout=service.body_timeout,
+                    idle_timeout=service.idle_timeout,
+                ),
                 max_attempts=service.max_attempts,
             ),
         )
