@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep-alive-timeout",
         type=float,
         metavar="SECONDS",
-        help="how long an idle client connection is kept open (default 5; docs/http.md)",
+        help="how long an idle client connection is kept open (default 75; docs/http.md)",
     )
     _add_log_arguments(p)
     p.set_defaults(run=_serve)

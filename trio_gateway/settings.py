@@ -39,7 +39,7 @@ class Settings:
     #: How long a request body may take to arrive, from the end of its head (docs/http.md).
     body_timeout: float = 60.0
     #: How long an idle connection (and a request head) may take (docs/http.md).
-    keep_alive_timeout: float = 5.0
+    keep_alive_timeout: float = 75.0
     #: Proxy processes. With more than one, this process also starts ``workers - 1``
     #: children that share its proxy socket and follow the store for changes.
     workers: int = 1

@@ -26,7 +26,7 @@ async def open_connection(fake_provider: FakeProviderFactory) -> tuple[FakeProvi
 async def test_connection_close_closes_the_connection(
     fake_provider: FakeProviderFactory, autojump_clock
 ) -> None:
-    with trio.fail_after(30):
+    with trio.fail_after(300):
         _, conn = await open_connection(fake_provider)
         await conn.send(request("GET", "/_fake/requests", headers=[("Connection", "close")]))
         answer = await conn.answer("GET")
@@ -37,7 +37,7 @@ async def test_connection_close_closes_the_connection(
 async def test_an_early_answer_leaves_the_connection_usable(
     fake_provider: FakeProviderFactory, autojump_clock
 ) -> None:
-    with trio.fail_after(30):
+    with trio.fail_after(300):
         _, conn = await open_connection(fake_provider)
         await conn.send(head("POST", "/_fake/nowhere", length=len(BODY)))
         first = await conn.answer()
@@ -51,7 +51,7 @@ async def test_an_early_answer_leaves_the_connection_usable(
 async def test_an_idle_connection_is_closed_after_the_keep_alive_timeout(
     fake_provider: FakeProviderFactory, autojump_clock
 ) -> None:
-    with trio.fail_after(30):
+    with trio.fail_after(300):
         _, conn = await open_connection(fake_provider)
         await conn.send(NEXT)
         assert (await conn.answer("GET")).status == 200

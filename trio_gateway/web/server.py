@@ -89,7 +89,10 @@ MAX_HEAD_BYTES = 32 << 10
 #: the memory a slow or hostile head can hold per connection.
 PARSER_BUFFER = 64 << 10
 BODY_TIMEOUT_S = 60.0
-KEEP_ALIVE_TIMEOUT_S = 5.0
+#: nginx's default, and longer than the idle timeouts of clients' pools (httpx's 5 s)
+#: and of load balancers (60 s): the client, not the server, should drop an idle
+#: connection, or a request sent on it just as the server closes it is lost.
+KEEP_ALIVE_TIMEOUT_S = 75.0
 
 #: Answers that say the body will not be taken: the connection closes after them.
 REFUSES_BODY = frozenset({408, 413})
@@ -113,13 +116,13 @@ class ConnectionLimits:
 
 
 def hypercorn_config(
-    bind: str,
+    bind: str | None = None,
     *,
-    graceful_timeout: float,
+    graceful_timeout: float | None = None,
     keep_alive_timeout: float = KEEP_ALIVE_TIMEOUT_S,
     errorlog: logging.Logger | None = None,
 ) -> HypercornConfig:
-    """hypercorn's settings for one listener.
+    """hypercorn's settings for one listener (``bind``), or for connections served by hand.
 
     No ``read_timeout``: hypercorn applies it to every read of the connection,
     also while a long answer streams and the client rightly sends nothing. The
@@ -129,8 +132,10 @@ def hypercorn_config(
     arrived).
     """
     config = HypercornConfig()
-    config.bind = [bind]
-    config.graceful_timeout = graceful_timeout
+    if bind is not None:
+        config.bind = [bind]
+    if graceful_timeout is not None:
+        config.graceful_timeout = graceful_timeout
     config.keep_alive_timeout = keep_alive_timeout
     config.h11_max_incomplete_size = PARSER_BUFFER
     config.accesslog = None

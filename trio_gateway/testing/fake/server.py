@@ -78,7 +78,7 @@ from trio_gateway.testing.fake.spec import (
     faults_from_json,
 )
 from trio_gateway.web.http import json_response, read_json
-from trio_gateway.web.server import ConnectionLimits, guard
+from trio_gateway.web.server import ConnectionLimits, guard, hypercorn_config
 
 log = logging.getLogger("trio_gateway.fake")
 
@@ -769,11 +769,7 @@ def _host(host: str) -> str:
 
 
 def _hypercorn_config() -> HypercornConfig:
-    config = HypercornConfig()
-    config.accesslog = None
-    config.errorlog = log
-    config.include_server_header = False
-    return config
+    return hypercorn_config(errorlog=log)
 
 
 # --- the control API ------------------------------------------------------------------
