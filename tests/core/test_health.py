@@ -89,6 +89,19 @@ def test_a_failed_check_costs_nothing_and_is_repeated_without_doubling():
     assert h.ejections == 1 and h.level == 0
 
 
+def test_on_probation_a_target_takes_one_request_at_a_time():
+    h = health()
+    fail(h, 0.0, 3)
+    recover(h, 5.0)
+    ticket = h.admit(5.0)
+    assert ticket is Ticket.TRIAL and not h.admits(5.0)  # the others go elsewhere
+    h.released(ticket)  # the client left: nothing learnt, the slot is free again
+    assert h.admits(5.0) and h.probation
+    h.succeeded(6.0, h.admit(6.0))
+    assert h.admits(6.0) and not h.probation
+    assert h.admit(6.0) is Ticket.NORMAL and h.admits(6.0)
+
+
 def test_one_failure_on_probation_ejects_again_for_twice_as_long():
     h = health()
     fail(h, 0.0, 3)

@@ -19,6 +19,7 @@ from tests.e2e.conftest import config, setup, sse_events, target, trail
 from trio_gateway.runtime import supervisor
 from trio_gateway.runtime.target import TargetActor
 from trio_gateway.testing.fake import Fault
+from trio_gateway.testing.harness import is_health_check
 
 GUIDE_HEALTH = {"passive": True, "threshold": 3, "interval": 60}
 MODEL = "gpt-4o-mini"
@@ -39,7 +40,7 @@ def primary_and_fallback(fakes, **kw):
 
 def posts(fake):
     """What a fake got from clients, not the gateway's own health checks."""
-    return [r for r in fake.requests if r.method == "POST"]
+    return [r for r in fake.requests if r.method == "POST" and not is_health_check(r)]
 
 
 async def timed(s, **kw) -> tuple[httpx2.Response, float]:
@@ -337,3 +338,36 @@ async def test_the_restart_backoff_starts_over_after_a_healthy_run(autojump_cloc
         round(start - crashed, 3) for crashed, start in zip(crashes, starts[1:], strict=True)
     ]
     assert backoffs == [0.1, 0.2, 0.4, 0.1]  # doubling while it keeps crashing; over after 30 s
+
+
+@pytest.mark.parametrize("request_checks", [True, False])
+async def test_a_target_whose_model_list_answers_but_completions_hang_stays_out(
+    autojump_clock, request_checks
+):
+    health = {**GUIDE_HEALTH, "request_checks": request_checks}
+    async with setup(
+        [{"faults": [Fault.slow_first_token(45)]}, {}],
+        lambda f: config(
+            [
+                target(f[0], priority=1, default_model=MODEL, models=[MODEL]),
+                target(f[1], priority=2, default_model=MODEL, models=[MODEL]),
+            ],
+            health=health,
+        ),
+        timeout=LONG,
+    ) as s:
+        for _ in range(3):
+            await s.chat(stream=True)
+        for _ in range(40):
+            await s.chat(stream=True)
+            await trio.sleep(2.0)
+        calls = posts(s.fakes[0])
+        checks = [r for r in s.fakes[0].requests if is_health_check(r)]
+    assert checks[0].method == "GET" and checks[0].path == "/v1/models"
+    if request_checks:
+        assert len(calls) == 3  # ejected, and no client request ever reaches it again
+        real = [r for r in checks if r.method == "POST"]
+        assert real and all(r.json["stream"] is True and r.json["model"] == MODEL for r in real)
+        assert real[0].json["max_completion_tokens"] == 1
+    else:
+        assert len(calls) > 3  # the model list alone lets it back, and a client pays

@@ -14,12 +14,12 @@ import trio
 
 from tests.e2e.conftest import KEY, config, setup, sse_events, target, trail
 from trio_gateway.testing.fake import Fault
-from trio_gateway.testing.harness import open_gateway
+from trio_gateway.testing.harness import is_health_check, open_gateway
 
 
 def posts(fake):
     """The requests a fake got from clients (not the gateway's own health checks)."""
-    return [r for r in fake.requests if r.method == "POST"]
+    return [r for r in fake.requests if r.method == "POST" and not is_health_check(r)]
 
 
 def tiers(fakes, health=None, **kw):

@@ -1,8 +1,9 @@
 """Golden transcripts for the translators: loading, running, (re)writing.
 
 Each case is one YAML file under ``golden/<direction>/``, where the direction is
-``openai_to_anthropic`` (OpenAI client, Anthropic provider) or
-``anthropic_to_openai``. A case holds one exchange, with any of these keys:
+``openai_to_anthropic`` (OpenAI client, Anthropic provider), ``anthropic_to_openai``,
+``responses_to_openai`` (OpenAI Responses API client, chat-completions provider) or
+``responses_to_anthropic``. A case holds one exchange, with any of these keys:
 
 ``description``
     What the case shows.
@@ -43,6 +44,10 @@ REQUEST_ID = "gw0test"
 DIRECTIONS = {
     "openai_to_anthropic": ("openai", "anthropic"),
     "anthropic_to_openai": ("anthropic", "openai"),
+    # The Responses API's native target (OpenAI) passes it through; a translated
+    # OpenAI-dialect target is typically an openai-compatible server.
+    "responses_to_openai": ("responses", "openai-compatible"),
+    "responses_to_anthropic": ("responses", "anthropic"),
 }
 ORDER = (
     "description",

@@ -16,14 +16,18 @@ import openai
 import pydantic
 from anthropic.lib.streaming._messages import accumulate_event
 from anthropic.types import Message, RawMessageStreamEvent
+from openai._types import omit
 from openai.lib.streaming.chat import ChatCompletionStreamState
+from openai.lib.streaming.responses import ResponseStream
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.responses import Response, ResponseStreamEvent
 
 from trio_gateway.providers.sse import SSEDecoder
 
 _openai = openai.OpenAI(api_key="test", base_url="http://gateway.test/v1", max_retries=0)
 _anthropic = anthropic.Anthropic(api_key="test", base_url="http://gateway.test", max_retries=0)
 _event_adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(RawMessageStreamEvent)
+_responses_adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(ResponseStreamEvent)
 
 
 def events(data: bytes | str) -> list[tuple[str | None, Any]]:
@@ -101,3 +105,43 @@ def replay_anthropic_stream(body: bytes) -> tuple[Message | None, Exception | No
     if snapshot is None or not stopped:
         return None, None
     return Message.model_validate(snapshot.model_dump()), None
+
+
+def check_responses_response(body: dict) -> Response:
+    return Response.model_validate(body)
+
+
+def replay_responses_stream(body: bytes) -> tuple[Response | None, Any]:
+    """The openai SDK reads ``body`` as a Responses stream (``client.responses.stream``).
+
+    Every event must validate as the SDK's ``ResponseStreamEvent`` and go through its
+    stream state (which checks the lifecycle: ids, indices, items before their
+    deltas). Returns the final response (``response.completed``) and how the stream
+    failed: the ``APIError`` the SDK raised (an ``error`` event), or the
+    ``response.failed`` / ``response.incomplete`` event.
+    """
+    raw = openai.Stream(
+        cast_to=ResponseStreamEvent,
+        response=_response(body, "/v1/responses"),
+        client=_openai,
+    )
+    stream: ResponseStream[Any] = ResponseStream(
+        raw_stream=raw, text_format=omit, input_tools=omit, starting_after=None
+    )
+    ended: Any = None
+    last = -1
+    try:
+        for event in stream:
+            _responses_adapter.validate_python(
+                event.model_dump(exclude_unset=True, by_alias=True, warnings=False)
+            )
+            assert event.sequence_number > last, (event.sequence_number, last)
+            last = event.sequence_number
+            if event.type in ("response.failed", "response.incomplete"):
+                ended = event
+    except openai.APIError as exc:
+        return None, exc
+    final = stream._state._completed_response
+    if final is not None:
+        Response.model_validate(final.model_dump(by_alias=True, warnings=False))
+    return final, ended

@@ -7,6 +7,7 @@ its real stream parser and accumulator, error events raise its exceptions.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,9 @@ def test_golden(path: Path) -> None:
 
 
 def _check_with_sdk(client: str, got: dict[str, Any]) -> None:
+    if client == "responses":
+        _check_responses(got)
+        return
     openai = client == "openai"
     if "client_response" in got:
         if openai:
@@ -61,10 +65,29 @@ def _check_with_sdk(client: str, got: dict[str, Any]) -> None:
             _check_final(final)
 
 
+def _check_responses(got: dict[str, Any]) -> None:
+    if "client_response" in got:
+        sdk.check_responses_response(got["client_response"])
+    if "client_stream" in got:
+        final, ended = sdk.replay_responses_stream(got["client_stream"].encode())
+        names = [e for e, _ in sdk.events(got["client_stream"])]
+        if got["complete"]:
+            assert "response.failed" not in names and "error" not in names
+            if "response.incomplete" in names:
+                assert final is None and ended.type == "response.incomplete"
+            else:
+                assert final is not None, "the SDK did not see response.completed"
+                for item in final.output:
+                    if item.type == "function_call":
+                        assert isinstance(json.loads(item.arguments), dict)
+        else:
+            assert final is None
+            if "response.failed" in names:
+                assert ended is not None and ended.type == "response.failed"
+
+
 def _check_final(final: Any) -> None:
     """Tool arguments survive the stream as valid JSON objects."""
-    import json
-
     if hasattr(final, "choices"):
         for call in final.choices[0].message.tool_calls or ():
             assert isinstance(json.loads(call.function.arguments), dict)

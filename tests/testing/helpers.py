@@ -29,15 +29,27 @@ def messages(said: str = "one two three", **body: Any) -> dict[str, Any]:
     }
 
 
-#: (path, headers, body) of a streaming request in each dialect.
+def responses(said: str = "one two three", **body: Any) -> dict[str, Any]:
+    return {"model": GPT, "input": said, **body}
+
+
+#: (path, headers, body) of a streaming request in each API.
 STREAMS = {
     "openai": ("/v1/chat/completions", OPENAI, chat(stream=True)),
     "anthropic": ("/v1/messages", ANTHROPIC, messages(stream=True)),
+    "responses": ("/v1/responses", OPENAI, responses(stream=True)),
 }
 TERMINATORS = {"openai": (None, "[DONE]"), "anthropic": ("message_stop", '{"type":"message_stop"}')}
 
 
-_PER_REQUEST = re.compile(r'(?<=fake)\d{6}|(?<="created":)\d+')
+def is_terminator(event: tuple[str | None, str], api: str) -> bool:
+    """Whether ``event`` is the stream's terminator (``response.completed`` carries a body)."""
+    if api == "responses":
+        return event[0] == "response.completed"
+    return event == TERMINATORS[api]
+
+
+_PER_REQUEST = re.compile(r'(?<=fake)\d{6}|(?<="created":)\d+|(?<="created_at":)\d+')
 
 
 def parse_sse(raw: bytes) -> list[tuple[str | None, str]]:

@@ -23,16 +23,17 @@ from .helpers import (
     CLAUDE,
     OPENAI,
     STREAMS,
-    TERMINATORS,
     TIMEOUT,
     chat,
     is_json,
+    is_terminator,
     messages,
     parse_sse,
     read_events,
 )
 
-DIALECTS = ["openai", "anthropic"]
+#: The APIs with streams: chat completions, Messages and OpenAI's Responses API.
+DIALECTS = ["openai", "anthropic", "responses"]
 
 
 @pytest.fixture
@@ -263,7 +264,7 @@ async def test_slow_first_token(
             body = await response.aread()
             to_body = time.monotonic() - start
     assert to_headers < 0.45 <= to_body
-    assert parse_sse(body)[-1] == TERMINATORS[dialect]
+    assert is_terminator(parse_sse(body)[-1], dialect)
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
@@ -310,9 +311,27 @@ async def test_error_event(client: httpx2.AsyncClient, fake: FakeProvider, diale
     if dialect == "anthropic":
         assert name == "error"
         assert json.loads(data)["error"] == {"type": "overloaded_error", "message": "Overloaded"}
+    elif dialect == "responses":  # after response.created: the response failed
+        failed = json.loads(data)
+        assert name == "response.failed" and failed["sequence_number"] == 3
+        assert failed["response"]["status"] == "failed"
+        assert failed["response"]["error"]["code"] == "server_error"
     else:
         assert name is None and json.loads(data)["error"]["code"] == "overloaded"
     assert await fake.requests[-1].wait_finished() is Outcome.COMPLETED
+
+
+async def test_responses_error_event_for_a_rate_limit(
+    client: httpx2.AsyncClient, fake: FakeProvider
+) -> None:
+    """A 4xx mid-stream is an ``error`` event (nested, as OpenAI sends it), not a failed response."""
+    fake.set_faults(Fault.error_event(429, after_chunks=2))
+    with trio.fail_after(TIMEOUT):
+        _, events = await read_events(client, "responses")
+    assert [name for name, _ in events] == ["response.created", "response.in_progress", "error"]
+    error = json.loads(events[2][1])
+    assert error["sequence_number"] == 2 and error["type"] == "error"
+    assert error["error"]["code"] == "rate_limit_exceeded"
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
@@ -338,7 +357,7 @@ async def test_no_terminator(client: httpx2.AsyncClient, fake: FakeProvider, dia
     with trio.fail_after(TIMEOUT):
         response, events = await read_events(client, dialect)
     assert response.status_code == 200  # a clean end of the body...
-    assert normal[-1] == TERMINATORS[dialect]
+    assert is_terminator(normal[-1], dialect)
     assert events == normal[:-1]  # ...without the terminator
 
 

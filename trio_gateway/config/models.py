@@ -174,8 +174,8 @@ class HealthChecks:
     ``threshold`` consecutive failures eject a target, however long each took. An
     ejected target is out for ``ejection_time`` seconds (doubling while it keeps
     failing soon after each recovery, to at most ``interval``), then the gateway checks
-    it with a ``GET`` of ``path`` (default: the provider's model list) every
-    ``ejection_time`` seconds until it answers. ``interval`` is the time between health
+    it every ``ejection_time`` seconds until it answers: a ``GET`` of ``path`` (default:
+    the provider's model list) and, with ``request_checks``, a minimal real request. ``interval`` is the time between health
     checks: with ``active`` the probes of targets in rotation come that often, and an
     ejected target is checked at least that often. At most ``max_ejected_percent`` of
     the upstream's targets are ejected at once, and never all of them.
@@ -186,6 +186,9 @@ class HealthChecks:
     interval: Seconds = 60.0
     ejection_time: Seconds = 5.0
     max_ejected_percent: Annotated[int, Between(1, 100)] = 100
+    #: A recovery check also sends a minimal real request (one output token) once the
+    #: model list answers; ``false``: the ``GET`` alone decides.
+    request_checks: bool = True
     active: bool = False
     path: UrlPath | None = None
     headers: Headers = attrs.field(factory=dict)

@@ -19,9 +19,10 @@ A *recovery check* is the gateway's own cheap request (``GET`` the provider's mo
 list, or ``health_checks.path``): no client request is ever the guinea pig, and a
 failed check costs no client anything, so checks repeat every ``ejection_time``
 without any doubling. A target restored by a check is *on probation* until its
-first success with real traffic: one failure then ejects it again at once, so a
-provider that answers checks but fails real requests costs one (failed-over) call
-per cycle, not ``threshold``.
+first success with real traffic: it takes one request at a time (a ``TRIAL``
+ticket), and one failure ejects it again at once, so a provider that answers checks
+but fails real requests costs one (failed-over) call per cycle, not ``threshold``
+nor a burst of concurrent ones.
 
 The *out-period* after an ejection is ``ejection_time * 2**level``, at most
 ``max(interval, ejection_time)``: ``interval`` is "the time between health checks",
@@ -38,7 +39,8 @@ a check, when that time is over. Without ``Retry-After`` the park lasts
 
 Invariants:
 
-* Only HEALTHY (and PARKED once its time is over) admits normal requests.
+* Only HEALTHY (and PARKED once its time is over) admits requests; on probation, one
+  at a time.
 * An ejection happens only when ``may_eject()`` allows it: the upstream's cap on how
   many of its targets are out at once. A target refused ejection stays HEALTHY with
   its failures counted (the health endpoint says so) and is ejected at its next
@@ -79,6 +81,8 @@ class Ticket(enum.Enum):
     """How a request was admitted; its outcome is reported with it."""
 
     NORMAL = "normal"
+    #: The one request a target on probation takes at a time.
+    TRIAL = "trial"
     #: Admitted although out of rotation: every target able to serve the request was
     #: out or already tried, and the gateway tries rather than refuses.
     PANIC = "panic"
@@ -143,6 +147,7 @@ class Health:
     reason: str = "never failed"
     until: float = 0.0
     probation: bool = False
+    trial_in_flight: bool = False
     consecutive_failures: int = 0
     probe_failures: int = 0
     rate_limits: int = 0
@@ -162,19 +167,29 @@ class Health:
     # --- admission -------------------------------------------------------------
 
     def admits(self, now: float) -> bool:
-        """Would a normal request be admitted at ``now``? (No state change.)"""
+        """Would a request be admitted at ``now``? (No state change.)"""
         state = self.state
-        return state is State.HEALTHY or (state is State.PARKED and now >= self.until)
+        if state is State.HEALTHY:
+            return not self.trial_in_flight
+        return state is State.PARKED and now >= self.until
 
     def admit(self, now: float) -> Ticket:
-        """Take a normal slot; call only when :meth:`admits` is true."""
+        """Take a slot; call only when :meth:`admits` is true."""
         if self.state is State.PARKED:
             if now < self.until:
                 raise RuntimeError("admit() on a parked target")
             self._move(now, State.HEALTHY, "the rate limit's time is over")
-        elif self.state is not State.HEALTHY:
-            raise RuntimeError(f"admit() on a target that is {self.state}")
+        elif self.state is not State.HEALTHY or self.trial_in_flight:
+            raise RuntimeError(f"admit() on a target that is {self.state}, or on trial")
+        if self.probation:
+            self.trial_in_flight = True
+            return Ticket.TRIAL
         return Ticket.NORMAL
+
+    def released(self, ticket: Ticket) -> None:
+        """The request ended without a verdict (the client left, the deadline ran out)."""
+        if ticket is Ticket.TRIAL:
+            self.trial_in_flight = False
 
     def out_until(self, now: float) -> float:
         """When this target would next be back (``now`` when it is in rotation): the
@@ -184,6 +199,7 @@ class Health:
     # --- real traffic --------------------------------------------------------------
 
     def succeeded(self, now: float, ticket: Ticket) -> None:
+        self.released(ticket)
         self.consecutive_failures = 0
         self.rate_limits = 0
         self.recent.clear()
@@ -194,6 +210,7 @@ class Health:
 
     def failed(self, now: float, ticket: Ticket, error: str) -> None:
         """A failure that is the target's own (``AttemptError.blames_target``)."""
+        self.released(ticket)
         self.last_error = error
         if self.state is not State.HEALTHY:
             return  # out already: a last resort, or a request admitted before it went out
@@ -210,8 +227,9 @@ class Health:
 
     def rate_limited(self, now: float, ticket: Ticket, retry_after: float | None) -> None:
         """The provider answered 429: park, do not count a failure."""
+        self.released(ticket)
         stale = self.state is not State.PARKED or now < self.until
-        if ticket is Ticket.NORMAL and self.state is not State.HEALTHY and stale:
+        if ticket is not Ticket.PANIC and self.state is not State.HEALTHY and stale:
             return  # admitted before it went out: what put it out still stands
         if retry_after is None:
             seconds = min(
@@ -288,6 +306,7 @@ class Health:
         self.until = now + out
         self.ejections += 1
         self.probation = False
+        self.trial_in_flight = False
         self.probe_failures = 0
         self.recent.clear()
         self._move(now, State.EJECTED, reason)
@@ -295,6 +314,7 @@ class Health:
     def _restore(self, now: float, reason: str, *, probation: bool) -> None:
         self.restored_at = now
         self.probation = probation
+        self.trial_in_flight = False
         self.consecutive_failures = 0
         self.probe_failures = 0
         self.recent.clear()

@@ -27,9 +27,11 @@ from collections.abc import Iterator
 from trio_gateway.errors import GatewayError
 
 __all__ = [
+    "Api",
     "ApiFormat",
     "dialect_type",
     "error_body",
+    "responses_error_event",
     "status_for_type",
     "stream_error_event",
 ]
@@ -46,6 +48,24 @@ class ApiFormat(enum.StrEnum):
             return _PROVIDER_FORMATS[provider]
         except KeyError:
             raise ValueError(f"unknown provider kind {provider!r}") from None
+
+
+class Api(enum.StrEnum):
+    """The client-facing generation APIs: which endpoint a request is for.
+
+    The dialect (:class:`ApiFormat`) decides the shape of errors; the API decides the
+    body and the stream grammar. OpenAI's dialect has two: chat completions and the
+    Responses API (``POST /v1/responses``), whose streams are typed events
+    (``response.created`` … ``response.completed``) rather than chat chunks.
+    """
+
+    CHAT = "chat"
+    MESSAGES = "messages"
+    RESPONSES = "responses"
+
+    @property
+    def format(self) -> ApiFormat:
+        return ApiFormat.ANTHROPIC if self is Api.MESSAGES else ApiFormat.OPENAI
 
 
 _PROVIDER_FORMATS: dict[str, ApiFormat] = {
@@ -191,6 +211,37 @@ def stream_error_event(
             b"event: error\ndata: " + _dumps({"type": "error", "error": error}).encode() + b"\n\n"
         )
     return b"data: " + _dumps({"error": error}).encode() + b"\n\n"
+
+
+def responses_error_event(
+    type: str | None,
+    message: str,
+    *,
+    sequence_number: int,
+    status: int | None = None,
+    code: str | None = None,
+) -> bytes:
+    """An ``error`` event of a Responses stream, in both of the shapes clients read.
+
+    OpenAI documents (and its SDKs type) the event flat: ``{"type": "error", "code",
+    "message", "param", "sequence_number"}``; the API actually sends the fields nested
+    in an ``error`` object, and the Python SDK raises ``APIError`` on a top-level
+    ``error`` member. This event carries both, so a typed parser finds its fields and
+    the SDKs raise as they do for the real thing.
+    """
+    if status is None:
+        status = status_for_type(type)
+    error = _error_object(ApiFormat.OPENAI, status, type, message, code, None)
+    flat = error["code"] if error["code"] is not None else error["type"]
+    event = {
+        "type": "error",
+        "sequence_number": sequence_number,
+        "code": flat,
+        "message": message,
+        "param": None,
+        "error": error,
+    }
+    return b"event: error\ndata: " + _dumps(event).encode() + b"\n\n"
 
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode

@@ -24,6 +24,23 @@ starts on an event boundary), and what they mean:
   the attempt fails over); after it, the event is passed on as the provider sent it
   and counted (``malformed``), as a client reading the provider directly would get it.
 
+A Responses API stream (``StreamWatch(Api.RESPONSES)``) is typed events, named by
+their ``type``:
+
+* content: any ``*.delta`` with a non-empty ``delta`` (text, refusal, reasoning,
+  function-call arguments, audio...), ``response.output_item.done``, and
+  ``response.output_item.added`` for an item other than a message or reasoning (a
+  function call, a built-in tool call: the model has committed to it). Lifecycle
+  events (``response.created``, ``response.in_progress``, ``response.queued``),
+  empty message or reasoning items and ``response.content_part.added`` carry
+  nothing yet.
+* terminators: ``response.completed`` and ``response.incomplete`` (a proper end,
+  for instance at ``max_output_tokens``); ``data: [DONE]`` is not one. There is no
+  finish reason before them: the terminator carries the whole response, and a
+  Responses client (the SDKs' ``get_final_response``) has no answer without it, so a
+  Responses stream that closes without one is never ``finished``.
+* errors: ``response.failed`` (its ``response.error.code``) and ``error``.
+
 Every data event is parsed once (orjson, about 0.4 µs for a token chunk): that is
 how a malformed event is caught.
 """
@@ -34,7 +51,7 @@ import re
 from typing import Any
 
 from trio_gateway import jsonio
-from trio_gateway.providers.formats import ApiFormat
+from trio_gateway.providers.formats import Api, ApiFormat
 
 MALFORMED = "malformed_event"
 #: An event this long without its blank line is not an event: the stream is broken.
@@ -67,8 +84,9 @@ class StreamWatch:
     error event itself is released, a malformed one not).
     """
 
-    def __init__(self, fmt: ApiFormat) -> None:
-        self._classify = _openai if fmt is ApiFormat.OPENAI else _anthropic
+    def __init__(self, fmt: ApiFormat | Api) -> None:
+        """``fmt``: the provider's dialect (chat completions or Messages), or an :class:`Api`."""
+        self._classify = _CLASSIFIERS[fmt]
         self._pending = b""
         self.started = False
         self.complete = False
@@ -219,3 +237,56 @@ def _anthropic(event: bytes | None, data: bytes | None) -> tuple[str, str | None
         block = (payload or {}).get("content_block") or {}
         return ("meta" if block.get("type") in _QUIET_BLOCKS else "content"), None
     return "meta", None
+
+
+#: Responses items that carry nothing until their deltas come.
+_QUIET_ITEMS = frozenset({"message", "reasoning"})
+_RESPONSES_DONE = frozenset({"response.completed", "response.incomplete"})
+
+
+def _responses(event: bytes | None, data: bytes | None) -> tuple[str, str | None]:
+    if data is None:
+        return "meta", None
+    if data == b"[DONE]":
+        return "meta", None  # not a Responses terminator; response.completed is
+    payload = _json(data)
+    if payload is None:
+        return "malformed", None
+    kind = payload.get("type")
+    if not isinstance(kind, str):
+        kind = event.decode("ascii", "replace") if event else None
+    if kind is None:
+        error = payload.get("error")
+        if error:  # a chat-style error chunk from a server that mixes the two
+            return "error", (error.get("type") if isinstance(error, dict) else None) or "error"
+        return "meta", None
+    if kind.endswith(".delta"):
+        return ("content" if payload.get("delta") else "meta"), None
+    if kind in _RESPONSES_DONE:
+        return "done", None
+    if kind == "response.output_item.added":
+        item = payload["item"]
+        return ("meta" if item.get("type") in _QUIET_ITEMS else "content"), None
+    if kind == "response.output_item.done":
+        return "content", None
+    if kind == "response.failed":
+        error = (payload.get("response") or {}).get("error")
+        code = error.get("code") if isinstance(error, dict) else None
+        return "error", code or "server_error"
+    if kind == "error":
+        error = payload.get("error")
+        if isinstance(error, dict):
+            code = error.get("code") or error.get("type")
+        else:
+            code = payload.get("code")
+        return "error", code or "error"
+    return "meta", None
+
+
+_CLASSIFIERS = {
+    ApiFormat.OPENAI: _openai,
+    ApiFormat.ANTHROPIC: _anthropic,
+    Api.CHAT: _openai,
+    Api.MESSAGES: _anthropic,
+    Api.RESPONSES: _responses,
+}

@@ -29,7 +29,13 @@ nothing about the target.
 :meth:`run` serves jobs, each in a task of its own nursery, at most
 ``max_in_flight`` at once, and runs the probe loop: the recovery check of an
 ejected target when its out-period is over, and active probes every ``interval``
-when they are configured. It uses an HTTP client it does not own (shared per
+when they are configured. A recovery check is two steps: a ``GET`` of the model list
+(is a server there at all?) and then, when it answers and ``request_checks`` is on,
+a minimal real request (one output token) shaped like the last one that failed:
+same model, streamed or not. Only a target that passes both is restored: a provider
+whose model list answers while its completions hang stays out without a client
+paying for it. The check runs through the same attempt code as client requests,
+with :data:`CHECK_BUDGETS`. It uses an HTTP client it does not own (shared per
 origin, see :mod:`trio_gateway.runtime.clients`).
 
 Retiring (:meth:`retire`) closes the request channel: queued jobs are still served,
@@ -51,7 +57,7 @@ import attrs
 import httpx2
 import trio
 
-from trio_gateway import jsonio
+from trio_gateway import __version__, jsonio
 from trio_gateway.config.models import HealthChecks, Target
 from trio_gateway.core.attempt import (
     AttemptBudget,
@@ -93,6 +99,12 @@ MAX_BODY = 64 << 20
 #: After a stream's terminator: how long to read what is left, to keep the connection.
 DRAIN_S = 1.0
 PROBE_TIMEOUT_S = 10.0
+#: The budgets of a recovery check's real request: generous, no client waits on it.
+CHECK_BUDGETS = Budgets(first_byte_timeout=30.0, body_timeout=10.0, idle_timeout=30.0)
+CHECK_PROMPT = "ping"
+#: How the gateway's own requests (probes, recovery checks) introduce themselves.
+CHECK_USER_AGENT = f"trio-gateway/{__version__} (health check)"
+CHECK_HEADERS = (("user-agent", CHECK_USER_AGENT),)
 #: How long a message may wait for the requester to take it before the job gives up:
 #: the requester is gone or stuck, and the connection must not leak.
 STALL_S = 300.0
@@ -215,6 +227,9 @@ class TargetActor:
         self.failures = 0
         self.probes = 0
         self.probe_failures = 0
+        #: ``(model, streamed)`` of the last client request that failed here: the shape
+        #: of a recovery check's real request.
+        self._failed_shape: tuple[str, bool] | None = None
         self.recent: collections.deque[tuple[float, str]] = collections.deque(maxlen=RECENT)
         #: Set by the supervisor while a crashed :meth:`run` waits to restart.
         self.restarting = False
@@ -323,6 +338,8 @@ class TargetActor:
                     health.start_check(now)
                     self._transitioned()
                     result, error, wait = await self._probe(client)
+                    if result is Check.OK and self.checks.request_checks:
+                        result, error, wait = await self._request_check(client)
                     health.checked(trio.current_time(), result, error, wait)
                     self._transitioned()
                 elif self.checks.active and now >= next_active:
@@ -341,7 +358,9 @@ class TargetActor:
         """
         checks = self.checks
         url = self.endpoint.probe_url(checks.path)
-        headers = self.endpoint.request_headers([(n.lower(), v) for n, v in checks.headers.items()])
+        headers = self.endpoint.request_headers(
+            [*CHECK_HEADERS, *((n.lower(), v) for n, v in checks.headers.items())]
+        )
         self.probes += 1
         result, error, wait = Check.FAILED, "timed out", None
         with trio.move_on_after(min(checks.interval, PROBE_TIMEOUT_S)):
@@ -361,6 +380,51 @@ class TargetActor:
         if result is Check.FAILED:
             self.probe_failures += 1
         return result, error, wait
+
+    async def _request_check(self, client: httpx2.AsyncClient) -> tuple[Check, str, float | None]:
+        """A minimal real request, as the last failed one was: does the provider serve now?
+
+        Without a model to ask for (no failure seen, no default model, no model list)
+        there is nothing to send and the ``GET`` stands alone.
+        """
+        shape = self._failed_shape
+        model = shape[0] if shape else self.target.default_model
+        if model is None and self.target.models:
+            model = self.target.models[0]
+        if model is None:
+            return Check.OK, "", None
+        stream = shape[1] if shape else False
+        self.probes += 1
+        send, receive = trio.open_memory_channel[Reply](64)
+        now = trio.current_time()
+        job = Job(
+            body=jsonio.dumpb(_check_body(self.format, self.target.provider.value, model, stream)),
+            headers=CHECK_HEADERS,
+            model=model,
+            stream=stream,
+            deadline=now + 2 * CHECK_BUDGETS.first_byte_timeout,
+            budgets=CHECK_BUDGETS,
+            client_format=self.format,
+            reply=send,
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_discard, receive)
+            try:
+                error = await self._attempt(client, job)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, _Stalled):
+                error = None
+            finally:
+                send.close()
+        if (
+            error is None
+            or isinstance(error, ModelUnavailable)
+            or not (error.blames_target or isinstance(error, RateLimited))
+        ):
+            return Check.OK, "", None
+        self.probe_failures += 1
+        if isinstance(error, RateLimited):
+            return Check.RATE_LIMITED, "HTTP 429", error.retry_after
+        return Check.FAILED, f"request check: {error.word}", None
 
     # --- one attempt -------------------------------------------------------------------------
 
@@ -634,11 +698,14 @@ class TargetActor:
                 health.rate_limited(now, job.ticket, error.retry_after)
             elif error.blames_target:
                 self.failures += 1
+                self._failed_shape = (job.model, job.stream)
                 # A failure is slow as far as latency-aware balancing is concerned.
                 self.latency_estimate.observe(elapsed, now)
                 health.failed(now, job.ticket, error.word)
             elif isinstance(error, ModelUnavailable):
                 health.succeeded(now, job.ticket)  # it answered: proof of life
+            else:
+                health.released(job.ticket)  # nothing learnt about the target
         self._transitioned()
 
     def _transitioned(self) -> None:
@@ -691,6 +758,26 @@ def passed_headers(headers: httpx2.Headers, content_type: str) -> list[tuple[str
         if name in PASSED_RESPONSE_HEADERS or name.startswith(PASSED_PREFIXES):
             passed.append((name, value))
     return passed
+
+
+def _check_body(fmt: ApiFormat, provider: str, model: str, stream: bool) -> dict[str, object]:
+    """The smallest real request a provider serves: one word in, one token out."""
+    body: dict[str, object] = {
+        "model": model,
+        "messages": [{"role": "user", "content": CHECK_PROMPT}],
+        "stream": stream,
+    }
+    if fmt is ApiFormat.ANTHROPIC or provider == "openai-compatible":
+        body["max_tokens"] = 1
+    else:
+        body["max_completion_tokens"] = 1
+    return body
+
+
+async def _discard(channel: trio.MemoryReceiveChannel[Reply]) -> None:
+    async with channel:
+        async for _ in channel:
+            pass
 
 
 def _translate_answer(translator: Translator, body: bytes) -> bytes | None:

@@ -26,6 +26,13 @@ import trio
 from trio_gateway.config.file import load_file, parse
 from trio_gateway.serve import Running, serve
 from trio_gateway.settings import Settings
+from trio_gateway.testing.fake import RecordedRequest
+
+
+def is_health_check(request: RecordedRequest) -> bool:
+    """A request a fake got from the gateway itself (a probe or a recovery check)."""
+    return "(health check)" in (request.header("user-agent") or "")
+
 
 TEST_SETTINGS = Settings(
     admin_listen="127.0.0.1:0",

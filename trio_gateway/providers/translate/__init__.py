@@ -1,4 +1,4 @@
-"""Per-request translators between the OpenAI and Anthropic dialects. Sans-IO.
+"""Per-request translators between the client's API and the provider's. Sans-IO.
 
 One :class:`Translator` serves one client request sent to one target whose API
 differs from the client's. It turns the client's request body into the provider's,
@@ -10,7 +10,16 @@ Modules, one per direction, named client-to-provider:
 
 - :mod:`.openai_to_anthropic`: OpenAI chat-completions client, Anthropic provider;
 - :mod:`.anthropic_to_openai`: Anthropic Messages client, OpenAI-dialect provider
-  (``openai``, ``openai-compatible``, ``azure-openai``).
+  (``openai``, ``openai-compatible``, ``azure-openai``);
+- :mod:`.responses_to_openai`: OpenAI Responses API client, chat-completions provider
+  (an OpenAI-dialect target without ``/v1/responses``);
+- :mod:`.responses_to_anthropic`: OpenAI Responses API client, Anthropic provider
+  (Responses ⇄ chat, then the chat ⇄ Messages translator);
+- :mod:`.responses`: the Responses side of both, and
+  :class:`~.responses.ResponsesPassthroughStream` for a target that serves the
+  Responses API itself;
+- :mod:`.count_tokens`: an estimate of ``/v1/messages/count_tokens`` for targets
+  that cannot count.
 
 Errors: a request that cannot be carried over raises :class:`TranslationError`
 (a :class:`~trio_gateway.errors.ValidationFailed` with status 400) before anything
@@ -25,14 +34,20 @@ import time
 from typing import Protocol
 
 from trio_gateway.errors import UpstreamError
-from trio_gateway.providers.formats import ApiFormat
+from trio_gateway.providers.formats import Api, ApiFormat
 from trio_gateway.providers.translate._common import TranslationError
 from trio_gateway.providers.translate.anthropic_to_openai import AnthropicToOpenAI
 from trio_gateway.providers.translate.openai_to_anthropic import OpenAIToAnthropic
+from trio_gateway.providers.translate.responses import ResponsesPassthroughStream
+from trio_gateway.providers.translate.responses_to_anthropic import ResponsesToAnthropic
+from trio_gateway.providers.translate.responses_to_openai import ResponsesToOpenAI
 
 __all__ = [
     "AnthropicToOpenAI",
     "OpenAIToAnthropic",
+    "ResponsesPassthroughStream",
+    "ResponsesToAnthropic",
+    "ResponsesToOpenAI",
     "StreamTranslator",
     "TranslationError",
     "Translator",
@@ -94,7 +109,7 @@ class Translator(Protocol):
 
 
 def translator(
-    client: ApiFormat | str,
+    client: ApiFormat | Api | str,
     provider: ApiFormat | str,
     *,
     default_max_tokens: int = 4096,
@@ -110,10 +125,25 @@ def translator(
     provider gets when an OpenAI client sent no limit. ``request_id`` seeds ids the
     provider did not supply; ``now`` (seconds since the epoch) is the ``created``
     time of OpenAI responses, read from the clock when not given.
+
+    ``client`` may also be an :class:`~trio_gateway.providers.formats.Api`:
+    ``Api.CHAT`` and ``Api.MESSAGES`` are the two dialects above, and
+    ``Api.RESPONSES`` (``"responses"``) always gets a translator, to chat
+    completions for an OpenAI-dialect kind and to Messages for ``anthropic``: whether
+    a target serves ``/v1/responses`` itself (and is then sent the request as it
+    came, with :class:`ResponsesPassthroughStream`) is the caller's knowledge, not
+    the dialect's. Its ``provider_api`` says which of the target's APIs to call.
     """
-    client_fmt = ApiFormat(client)
     kind = str(provider)
     provider_fmt = ApiFormat.of_provider(kind)
+    if client == Api.RESPONSES:
+        created = int(time.time() if now is None else now)
+        if provider_fmt is ApiFormat.ANTHROPIC:
+            return ResponsesToAnthropic(
+                default_max_tokens=default_max_tokens, request_id=request_id, created=created
+            )
+        return ResponsesToOpenAI(kind=kind, request_id=request_id, created=created)
+    client_fmt = client.format if isinstance(client, Api) else ApiFormat(client)
     if client_fmt is provider_fmt:
         return None
     created = int(time.time() if now is None else now)

@@ -1,7 +1,7 @@
 """Fake AI providers with scripted faults, for tests and demos (like ``trio.testing``).
 
-One fake serves the OpenAI API (``/v1/chat/completions``, ``/v1/embeddings``,
-``/v1/models``, Azure deployment paths) and the Anthropic API (``/v1/messages``,
+One fake serves the OpenAI API (``/v1/chat/completions``, ``/v1/responses``,
+``/v1/embeddings``, ``/v1/models``, Azure deployment paths) and the Anthropic API (``/v1/messages``,
 ``/v1/messages/count_tokens``, ``/v1/models``) on one address, checks requests the
 way the real providers do, answers deterministically, records every request and
 injects :class:`Fault`\\ s on command::

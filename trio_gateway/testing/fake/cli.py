@@ -197,7 +197,7 @@ async def _run_until_signalled(spec: FakeProviderSpec) -> None:
             faults = f", {len(spec.faults)} fault(s)" if spec.faults else ""
             print(
                 f"fake provider {spec.name!r} listening on {url}{faults}\n"
-                f"  OpenAI:    {url}/v1  (chat/completions, embeddings, models)\n"
+                f"  OpenAI:    {url}/v1  (chat/completions, responses, embeddings, models)\n"
                 f"  Anthropic: {url}  (/v1/messages)\n"
                 f"  control:   {url}{CONTROL}/faults, {CONTROL}/requests, {CONTROL}/stats, "
                 f"{CONTROL}/reset",

@@ -59,7 +59,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from trio_gateway.errors import GatewayError, NotFound, ValidationFailed
-from trio_gateway.testing.fake import anthropic, openai
+from trio_gateway.testing.fake import anthropic, openai, responses
 from trio_gateway.testing.fake.content import (
     Event,
     Rejected,
@@ -244,6 +244,8 @@ _ENDPOINTS = tuple(
         ("openai", "embeddings", "POST", r"/v1/embeddings"),
         ("openai", "chat", "POST", r"/openai/deployments/(?P<deployment>[^/]+)/chat/completions"),
         ("openai", "embeddings", "POST", r"/openai/deployments/(?P<deployment>[^/]+)/embeddings"),
+        ("openai", "responses", "POST", r"/v1/responses"),
+        ("openai", "responses", "POST", r"/openai/v1/responses"),  # Azure's v1 API
         ("anthropic", "messages", "POST", r"/v1/messages"),
         ("anthropic", "count_tokens", "POST", r"/v1/messages/count_tokens"),
         ("any", "models", "GET", r"/v1/models"),
@@ -489,7 +491,7 @@ class FakeProvider:
         headers = dict(record.headers)
         endpoint, params = _match(record.method, record.path)
         dialect = _dialect(endpoint, headers)
-        streaming = endpoint is not None and endpoint.kind in ("chat", "messages")
+        streaming = endpoint is not None and endpoint.kind in ("chat", "messages", "responses")
         model = params.get("deployment")
         if isinstance(parsed, dict) and isinstance(parsed.get("model"), str):
             model = model or parsed["model"]
@@ -621,6 +623,15 @@ class FakeProvider:
             prompt, _ = anthropic.parse_messages(body, served=served, count_only=True)
             return json_response(anthropic.count_tokens_response(prompt), 200, headers)
         created = int(time.time())
+        if endpoint.kind == "responses":
+            prompt, stream = responses.parse(body, served=served)
+            responder = responses.Responder(
+                body, prompt, answer(prompt), id=f"fake{record.index:06d}", created=created
+            )
+            if not stream:
+                return json_response(responder.whole(), 200, headers)
+            events, terminator = responder.events()
+            return self._stream(record, headers, events, terminator, info, responder.error_event)
         if endpoint.kind == "chat":
             prompt, stream, include_usage = openai.parse_chat(
                 body, served=served, deployment=params.get("deployment")
@@ -634,14 +645,14 @@ class FakeProvider:
             events = openai.stream_events(
                 prompt, ans, id=id, created=created, include_usage=include_usage
             )
-            return self._stream(record, headers, events, openai.TERMINATOR, info, dialect)
+            return self._stream(record, headers, events, openai.TERMINATOR, info, _errors(openai))
         prompt, stream = anthropic.parse_messages(body, served=served)
         ans = answer(prompt)
         id = f"msg_fake{record.index:06d}"
         if not stream:
             return json_response(anthropic.message(prompt, ans, id=id), 200, headers)
         events = anthropic.stream_events(prompt, ans, id=id)
-        return self._stream(record, headers, events, anthropic.TERMINATOR, info, dialect)
+        return self._stream(record, headers, events, anthropic.TERMINATOR, info, _errors(anthropic))
 
     def _served(self, dialect: str) -> Callable[[str], bool]:
         return lambda model: self._serves(model, dialect)
@@ -653,8 +664,13 @@ class FakeProvider:
         events: list[Event],
         terminator: Event,
         info: RequestInfo,
-        dialect: str,
+        error_event: Callable[[int, Any, int], Event],
     ) -> _Streamed:
+        """Stream ``events`` then ``terminator``, bent by the stream faults that fire.
+
+        ``error_event(status, body, position)`` is the API's in-stream error for an
+        ``error_event`` fault that fires after ``position`` events.
+        """
         shape = self._plan.decide_stream(info, now=_now())
         record.faults += tuple(fault.kind for fault in shape.fired)
         connection = self._connections.get(record.connection)
@@ -681,8 +697,7 @@ class FakeProvider:
                             connection.abort(reset=False)
                             outcome = Outcome.ABORTED
                             return
-                        module = anthropic if dialect == "anthropic" else openai
-                        yield encode_event(module.error_event(end.status or 529, end.body))
+                        yield encode_event(error_event(end.status or 529, end.body, position))
                         outcome = Outcome.COMPLETED
                         return
                     if position < last:
@@ -739,6 +754,11 @@ class FakeProvider:
 
 
 _BAD_JSON = "There was an error parsing the body of your request."
+
+
+def _errors(module: Any) -> Callable[[int, Any, int], Event]:
+    """A dialect's in-stream error event, whose place in the stream does not matter."""
+    return lambda status, body, _position: module.error_event(status, body)
 
 
 def _content_type(record: RecordedRequest) -> str:

@@ -139,7 +139,8 @@ KIND_PARAMS: Mapping[FaultKind, _Params] = {
         "",
         "after_chunks status body",
         "stream: after AFTER_CHUNKS events, send the API's in-stream error event for "
-        "STATUS (default 529: overloaded) and end the stream there",
+        "STATUS (default 529: overloaded) and end the stream there (Responses API: "
+        "'response.failed' for a 5xx, an 'error' event otherwise)",
     ),
     FaultKind.CUT_STREAM: _params(
         "",
@@ -149,7 +150,8 @@ KIND_PARAMS: Mapping[FaultKind, _Params] = {
     FaultKind.NO_TERMINATOR: _params(
         "",
         "",
-        "stream: end the body cleanly but without the terminator ('data: [DONE]' / 'message_stop')",
+        "stream: end the body cleanly but without the terminator ('data: [DONE]' / "
+        "'message_stop' / 'response.completed')",
     ),
 }
 
@@ -360,7 +362,7 @@ class Fault:
 
     @classmethod
     def no_terminator(cls, **selection: Any) -> Fault:
-        """Stream: end cleanly without ``data: [DONE]`` / ``message_stop``."""
+        """Stream: end cleanly without ``data: [DONE]`` / ``message_stop`` / ``response.completed``."""
         return cls(kind=FaultKind.NO_TERMINATOR, **selection)
 
     @classmethod

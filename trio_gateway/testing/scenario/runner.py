@@ -44,6 +44,7 @@ import trio
 import yaml
 
 from trio_gateway.testing.fake import FakeProvider
+from trio_gateway.testing.harness import is_health_check
 from trio_gateway.testing.scenario.load import Client, Result, drive
 from trio_gateway.testing.scenario.model import Scenario
 from trio_gateway.testing.stack import (
@@ -481,7 +482,12 @@ async def _settle(
         while True:
             samples = await gw.health()
             busy = sum(s.in_flight for s in (samples or {}).values())
-            pending = sum(f.statistics().pending for f in fakes.values())
+            pending = sum(
+                1
+                for f in fakes.values()
+                for r in f.requests
+                if not r.finished and not is_health_check(r)
+            )
             if busy == 0 and pending == 0:
                 return trio.current_time() - load_end
             await trio.sleep(SETTLE_POLL_S)
