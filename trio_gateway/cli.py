@@ -114,6 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long in-flight requests may finish on shutdown (default 10)",
     )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long a request body may take to arrive (default 60; docs/http.md)",
+    )
+    p.add_argument(
+        "--keep-alive-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long an idle client connection is kept open (default 75; docs/http.md)",
+    )
     _add_log_arguments(p)
     p.set_defaults(run=_serve)
 
@@ -347,6 +359,8 @@ def _serve(args: argparse.Namespace) -> int:
         "proxy_listen": args.proxy_listen,
         "admin_token": os.environ.get(TOKEN_ENV) or None,
         "graceful_timeout": args.graceful_timeout,
+        "body_timeout": args.body_timeout,
+        "keep_alive_timeout": args.keep_alive_timeout,
     }
     explicit = {k: v for k, v in explicit.items() if v is not None}
     if args.store or os.environ.get(STORE_ENV):

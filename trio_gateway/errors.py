@@ -115,6 +115,20 @@ class Conflict(ClientError):
     type = "conflict"
 
 
+class RequestTimeout(ClientError):
+    """The request body did not arrive in time (``web/server.py``)."""
+
+    status = 408
+    type = "request_timeout"
+
+
+class HeadersTooLarge(ClientError):
+    """Too many header fields, or a request head too large (``web/server.py``)."""
+
+    status = 431
+    type = "request_header_fields_too_large"
+
+
 class ModelNotServed(ClientError):
     """The upstream rejects unknown models and no target lists this one."""
 

@@ -8,9 +8,17 @@ configuration. Then, in order: the fake providers the file declares, the admin a
 proxy servers (hypercorn, trio worker). Once both servers report their bound URLs
 it calls ``task_status.started(Running(...))``.
 
+Both apps run behind :func:`trio_gateway.web.server.guard`, which keeps every
+kept-alive connection usable or closes it (early answers, ``Connection: close``,
+body and head limits; docs/http.md).
+
 Shutdown: when ``shutdown`` is set (SIGINT/SIGTERM in the CLI), both servers stop
-accepting, let in-flight requests finish for up to ``graceful_timeout`` seconds
-and return; then everything else is cancelled and the store closed.
+accepting and close their idle connections; every answer from then on says
+``Connection: close``; in-flight requests get up to ``graceful_timeout`` seconds.
+:data:`STREAM_END_MARGIN_S` before that runs out, the runtime ends the streams
+still running with an error event in their client's dialect
+(``runtime.end_streams``), so no client sees a stream cut mid-event; the
+servers then return, everything else is cancelled and the store closed.
 Cancelling ``serve`` from outside (as tests do) stops everything at once.
 
 Following the store: every process keeps its catalog at the store's version
@@ -57,6 +65,7 @@ from trio_gateway.store import (
     StoreUnavailable,
     open_store,
 )
+from trio_gateway.web import server
 from trio_gateway.web.admin import Readiness, create_admin_app
 from trio_gateway.web.proxy import create_proxy_app
 
@@ -65,6 +74,9 @@ log = logging.getLogger("trio_gateway")
 #: How often a process checks the store's version, should a notice have been lost.
 SAFETY_NET_S = 2.0
 WORKER_RESTART_BACKOFF_S = 1.0
+#: How long before the grace period runs out the streams still running are ended
+#: (at most half the grace period), so their error event is written in time.
+STREAM_END_MARGIN_S = 0.5
 
 
 @attrs.frozen
@@ -81,13 +93,20 @@ class Running:
 
 
 def hypercorn_config(listen: str, settings: Settings) -> HypercornConfig:
-    config = HypercornConfig()
-    config.bind = [listen]
-    config.graceful_timeout = settings.graceful_timeout
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")
-    config.include_server_header = False
-    return config
+    return server.hypercorn_config(
+        listen,
+        graceful_timeout=settings.graceful_timeout,
+        keep_alive_timeout=settings.keep_alive_timeout,
+    )
+
+
+async def end_streams_before_grace_ends(
+    shutdown: trio.Event, runtime: Runtime, graceful_timeout: float
+) -> None:
+    """Once ``shutdown`` is set, end the running streams shortly before the grace runs out."""
+    await shutdown.wait()
+    await trio.sleep(max(graceful_timeout - STREAM_END_MARGIN_S, graceful_timeout / 2))
+    runtime.end_streams.set()
 
 
 async def serve(
@@ -128,16 +147,26 @@ async def serve(
 
             runtime = await background.start(Runtime(catalog, transport=transport).run)
             readiness.set("runtime")
-            admin_app = create_admin_app(
-                catalog,
-                readiness=readiness,
-                admin_token=settings.admin_token,
-                max_body=settings.admin_max_body,
-                upstream_health=runtime.upstream_health,
-                applied=runtime.wait_applied,
+            background.start_soon(
+                end_streams_before_grace_ends, shutdown, runtime, settings.graceful_timeout
             )
-            proxy_app = create_proxy_app(
-                runtime, readiness=readiness, max_body=settings.proxy_max_body
+            admin_app = server.guard(
+                create_admin_app(
+                    catalog,
+                    readiness=readiness,
+                    admin_token=settings.admin_token,
+                    max_body=settings.admin_max_body,
+                    upstream_health=runtime.upstream_health,
+                    applied=runtime.wait_applied,
+                ),
+                server.ConnectionLimits(settings.admin_max_body, settings.body_timeout),
+                closing=shutdown.is_set,
+            )
+            proxy_app = server.guard(
+                create_proxy_app(runtime, readiness=readiness, max_body=settings.proxy_max_body),
+                server.ConnectionLimits(settings.proxy_max_body, settings.body_timeout),
+                error_body=server.proxy_error_body,
+                closing=shutdown.is_set,
             )
 
             async with trio.open_nursery() as servers:
@@ -281,6 +310,10 @@ async def run_worker(settings: Settings, n: int, shutdown: trio.Event) -> None:
         settings.log_level,
         "--graceful-timeout",
         str(settings.graceful_timeout),
+        "--body-timeout",
+        str(settings.body_timeout),
+        "--keep-alive-timeout",
+        str(settings.keep_alive_timeout),
     ]
     while not shutdown.is_set():
         process = await trio.lowlevel.open_process(command, pass_fds=[settings.proxy_fd], env=env)

@@ -41,6 +41,10 @@ class Settings:
     proxy_max_body: int = 32 << 20
     #: How long in-flight requests get to finish on SIGINT/SIGTERM.
     graceful_timeout: float = 10.0
+    #: How long a request body may take to arrive, from the end of its head (docs/http.md).
+    body_timeout: float = 60.0
+    #: How long an idle connection (and a request head) may take (docs/http.md).
+    keep_alive_timeout: float = 75.0
     #: Proxy processes. With more than one, this process also starts ``workers - 1``
     #: children that share its proxy socket and follow the store for changes.
     workers: int = 1
@@ -54,6 +58,12 @@ class Settings:
         """Refuse what would be unsafe or cannot bind; see :class:`SettingsError`."""
         if self.workers < 1:
             raise SettingsError("--workers must be at least 1")
+        for flag, value in (
+            ("--body-timeout", self.body_timeout),
+            ("--keep-alive-timeout", self.keep_alive_timeout),
+        ):
+            if not 0.1 <= value <= 3600:
+                raise SettingsError(f"{flag} must be between 0.1 and 3600 seconds, got {value:g}")
         if self.store is not None and not is_postgres_url(self.store):
             raise SettingsError(
                 f"store: expected a PostgreSQL URL such as postgresql://user@host/db, got "

@@ -19,7 +19,8 @@ This loop only carries one to the other. Per attempt:
 
    * ``Whole``: the client's answer (a success, or the client's own error): done;
    * ``Committed``: a stream with content: the response streams the job's further
-     replies, and nothing can fail over any more;
+     replies, and nothing can fail over any more; the runtime's ``end_streams``
+     signal (the last moment of a shutdown) ends it with an error event;
    * ``Failed``: recorded; the exchange says whether another target may be tried.
 
 While the job waits in the actor's queue the wait is bounded by the first-byte
@@ -57,6 +58,7 @@ from trio_gateway.errors import (
 )
 from trio_gateway.providers import translate
 from trio_gateway.providers.formats import ApiFormat, error_body, stream_error_event
+from trio_gateway.runtime.ending import EndStreams
 from trio_gateway.runtime.target import Committed, Ended, Failed, Job, Reply, TargetActor, Whole
 
 log = logging.getLogger("trio_gateway.dispatch")
@@ -67,6 +69,7 @@ DEADLINE_GRACE_S = 1.0
 #: How long past the idle budget a committed stream's reader waits for the actor.
 STREAM_GRACE_S = 5.0
 JSON_TYPE = "application/json"
+SHUTTING_DOWN = "the gateway is shutting down; the stream was ended before it finished"
 #: Health states that count against the upstream's cap on ejections (not a park).
 EJECTED = frozenset({State.EJECTED, State.CHECKING})
 #: Client headers that belong to the client's own dialect (``anthropic-version``):
@@ -121,11 +124,17 @@ class Dispatcher:
     """
 
     def __init__(
-        self, upstream: Upstream, actors: Sequence[TargetActor], plan: UpstreamPlan
+        self,
+        upstream: Upstream,
+        actors: Sequence[TargetActor],
+        plan: UpstreamPlan,
+        end_streams: EndStreams | None = None,
     ) -> None:
         self.upstream = upstream
         self.actors = tuple(actors)
         self.plan = plan
+        #: The runtime's "end every running stream now" signal (shutdown).
+        self.end_streams = end_streams if end_streams is not None else EndStreams()
         percent = upstream.health_checks.max_ejected_percent
         n = len(self.actors)
         #: Targets that may be ejected at once: the share allowed, at least one, and
@@ -133,7 +142,12 @@ class Dispatcher:
         self.max_ejected = max(1, min(n * percent // 100, n - 1))
 
     @classmethod
-    def build(cls, upstream: Upstream, actors: Sequence[TargetActor]) -> Dispatcher:
+    def build(
+        cls,
+        upstream: Upstream,
+        actors: Sequence[TargetActor],
+        end_streams: EndStreams | None = None,
+    ) -> Dispatcher:
         routes = [
             TargetRoute(
                 index=i,
@@ -150,7 +164,7 @@ class Dispatcher:
             upstream.algorithm,
             reject_unknown_models=upstream.model_fallback is ModelFallback.REJECT,
         )
-        return cls(upstream, actors, plan)
+        return cls(upstream, actors, plan, end_streams)
 
     def may_eject(self) -> bool:
         """Is there room under the upstream's cap for one more ejected target?"""
@@ -288,6 +302,7 @@ class Dispatcher:
                         job,
                         request.format,
                         limits.budgets.idle_timeout + STREAM_GRACE_S,
+                        self.end_streams,
                     ),
                     job,
                     reply_receive,
@@ -442,13 +457,15 @@ async def _stream_body(
     job: Job,
     fmt: ApiFormat,
     safety_s: float,
+    end: EndStreams,
 ) -> AsyncIterator[bytes]:
     """The committed stream: the actor's client bytes as they come, until it ends.
 
     The actor judges the stream and ends a broken one with an error event; this only
     carries bytes. No cancel scope is held across a ``yield``. If the actor vanishes
     (it crashed) or stays silent past its own idle budget, the stream still ends with
-    an error event. Leaving (client gone, generator closed) abandons the job.
+    an error event; so it does when ``end`` is set (shutdown), waiting or not.
+    Leaving (client gone, generator closed) abandons the job.
     """
     try:
         yield first
@@ -457,10 +474,13 @@ async def _stream_body(
                 message: Any = channel.receive_nowait()  # usually already there: no cancel scope
             except trio.WouldBlock:
                 message = None
-                with trio.move_on_after(safety_s):
+                with end.move_on_at(trio.current_time() + safety_s):
                     message = await _receive(channel)
             except trio.EndOfChannel:
                 message = None
+            if end.is_set():
+                yield stream_error_event(fmt, "service_unavailable", SHUTTING_DOWN)
+                return
             if isinstance(message, bytes):
                 yield message
             elif isinstance(message, Ended):

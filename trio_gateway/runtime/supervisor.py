@@ -36,6 +36,7 @@ from trio_gateway.core.routing import CompiledRule, compile_rules
 from trio_gateway.providers.endpoints import Endpoint
 from trio_gateway.runtime.clients import ClientPool
 from trio_gateway.runtime.dispatcher import Dispatcher, Limits, health_policy
+from trio_gateway.runtime.ending import EndStreams
 from trio_gateway.runtime.target import TargetActor, TargetStatistics
 
 log = logging.getLogger("trio_gateway.runtime")
@@ -112,6 +113,8 @@ class Runtime:
         self._clients: ClientPool | None = None
         self._applied = 0
         self._applied_event = trio.Event()
+        #: Set it to end every running stream now, with an error event (shutdown).
+        self.end_streams = EndStreams()
 
     async def run(
         self, *, task_status: trio.TaskStatus[Runtime] = trio.TASK_STATUS_IGNORED
@@ -194,7 +197,7 @@ class Runtime:
             ):
                 dispatchers[upstream.id] = previous
             else:
-                dispatchers[upstream.id] = Dispatcher.build(upstream, members)
+                dispatchers[upstream.id] = Dispatcher.build(upstream, members, self.end_streams)
         table = _compile(snapshot, dispatchers)
 
         for update in updates:

@@ -78,6 +78,7 @@ from trio_gateway.testing.fake.spec import (
     faults_from_json,
 )
 from trio_gateway.web.http import json_response, read_json
+from trio_gateway.web.server import ConnectionLimits, guard, hypercorn_config
 
 log = logging.getLogger("trio_gateway.fake")
 
@@ -398,7 +399,11 @@ class FakeProvider:
         self.url = f"http://{_host(bound[0])}:{bound[1]}"
         self._plan.replace(self._plan.faults, now=_now())
         config = _hypercorn_config()
-        app = wrap_app(self._app(), config.wsgi_max_body_size, "asgi")
+        app = wrap_app(
+            guard(self._app(), ConnectionLimits(MAX_BODY, math.inf)),
+            config.wsgi_max_body_size,
+            "asgi",
+        )
         context = WorkerContext(None)
 
         async def handle(stream: trio.SocketStream) -> None:
@@ -784,11 +789,7 @@ def _host(host: str) -> str:
 
 
 def _hypercorn_config() -> HypercornConfig:
-    config = HypercornConfig()
-    config.accesslog = None
-    config.errorlog = log
-    config.include_server_header = False
-    return config
+    return hypercorn_config(errorlog=log)
 
 
 # --- the control API ------------------------------------------------------------------
