@@ -151,3 +151,10 @@ class UpstreamTimeout(UpstreamError):
 
 class UpstreamProtocolError(UpstreamError):
     type = "upstream_protocol_error"
+
+
+class UnsupportedMediaType(ClientError):
+    """A request body in a format the endpoint does not take (the admin API takes JSON only)."""
+
+    status = 415
+    type = "unsupported_media_type"

@@ -39,7 +39,7 @@ from hypercorn.config import Config as HypercornConfig
 from trio_gateway.config import file
 from trio_gateway.config.catalog import Catalog
 from trio_gateway.config.file import ApplyReport, Declarations
-from trio_gateway.runtime.supervisor import Runtime
+from trio_gateway.runtime.supervisor import Runtime, preflight
 from trio_gateway.settings import Settings
 from trio_gateway.store import open_store
 from trio_gateway.web.admin import Readiness, create_admin_app
@@ -86,7 +86,7 @@ async def serve(
     shutdown = shutdown if shutdown is not None else trio.Event()
     readiness = Readiness()
     async with open_store(settings.data_dir) as store:
-        catalog = await Catalog.load(store)
+        catalog = await Catalog.load(store, preflight=preflight)
         report = None
         if declarations is not None:
             report = await catalog.write(lambda draft: file.apply(draft, declarations))
@@ -110,8 +110,21 @@ async def serve(
                 for spec in declarations.fake_providers:
                     fakes[spec.name] = await background.start(serve_fake_provider, spec)
 
-            runtime = await background.start(Runtime(catalog, transport=transport).run)
+            # Stand-ins may name a fake provider of the file: workers get its URL.
+            settings = attrs.evolve(
+                settings, base_urls=resolve_base_urls(settings.base_urls, fakes)
+            )
+            base_urls = settings.base_urls
+            for public, stand_in in base_urls.items():
+                log.warning(
+                    "base_url override: requests for one endpoint go to another",
+                    extra={"fields": {"base_url": public, "sent_to": stand_in}},
+                )
+            runtime = await background.start(
+                Runtime(catalog, transport=transport, base_urls=base_urls).run
+            )
             readiness.set("runtime")
+            readiness.problems = runtime.problems
             if settings.worker:
                 background.start_soon(follow_store, catalog)
             admin_app = create_admin_app(
@@ -121,6 +134,8 @@ async def serve(
                 max_body=settings.admin_max_body,
                 upstream_health=runtime.upstream_health,
                 applied=runtime.wait_applied,
+                build_failure=runtime.failure,
+                allowed_hosts=settings.admin_hosts,
             )
             proxy_app = create_proxy_app(
                 runtime, readiness=readiness, max_body=settings.proxy_max_body
@@ -167,6 +182,11 @@ async def serve(
             background.cancel_scope.cancel()
 
 
+def resolve_base_urls(base_urls: Mapping[str, str], fakes: Mapping[str, str]) -> dict[str, str]:
+    """``settings.base_urls`` with each stand-in that names a fake provider replaced by its URL."""
+    return {public: fakes.get(stand_in, stand_in) for public, stand_in in base_urls.items()}
+
+
 async def _terminate_on(event: trio.Event, process: trio.Process) -> None:
     await event.wait()
     process.terminate()
@@ -200,6 +220,8 @@ async def run_worker(settings: Settings, n: int, shutdown: trio.Event) -> None:
         "--graceful-timeout",
         str(settings.graceful_timeout),
     ]
+    for public, stand_in in settings.base_urls.items():
+        command += ["--base-url-override", f"{public}={stand_in}"]
     while not shutdown.is_set():
         process = await trio.lowlevel.open_process(command, pass_fds=[settings.proxy_fd])
         try:

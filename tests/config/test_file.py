@@ -116,7 +116,7 @@ async def test_apply_updates_by_name_and_keeps_ids():
     raw["gateways"][0]["upstreams"][0]["targets"][0]["weight"] = 70
     raw["gateways"][0]["api_keys"][0]["key"] = "tgk_a_brand_new_declared_key"
     report = await catalog.write(lambda d: apply(d, parse(raw, {})))
-    assert sorted(report.updated) == ["api key 'quickstart'", "upstream 'quickstart-upstream'"]
+    assert sorted(report.updated) == ["API key 'quickstart'", "upstream 'quickstart-upstream'"]
     after = catalog.snapshot.upstreams[before.id]
     assert after.targets[0].weight == 70
     assert [t.id for t in after.targets] == [t.id for t in before.targets]

@@ -281,8 +281,8 @@ async def test_passive_false_never_ejects():
         assert len(s.fakes[0].requests) == 5
 
 
-async def test_active_probes_eject_a_silent_failure_and_readmit_on_recovery():
-    probes = {"passive": True, "threshold": 2, "interval": 0.2, "active": True}
+async def test_active_probes_eject_a_silent_failure_and_readmit_on_recovery(autojump_clock):
+    probes = {"passive": True, "threshold": 2, "interval": 1.0, "active": True}
     async with setup(
         [{"faults": [Fault.error(503, path="/v1/models")]}, {}], lambda f: tiers(f, probes)
     ) as s:
