@@ -85,8 +85,6 @@ class KeyRoute:
 class GatewayRoute:
     gateway: Gateway
     rules: tuple[CompiledRule, ...]
-    #: ``(model, provider)`` reachable through the rules, sorted: ``GET /v1/models``.
-    models: tuple[tuple[str, str], ...] = ()
 
     @property
     def active(self) -> bool:
@@ -471,7 +469,7 @@ def _compile(
         generation=snapshot.generation,
         keys={k.key_hash: KeyRoute.of(k) for k in snapshot.api_keys.values()},
         gateways={
-            gid: _gateway_route(gateway, rules_by_gateway[gid], snapshot)
+            gid: GatewayRoute(gateway, compile_rules(rules_by_gateway[gid]))
             for gid, gateway in snapshot.gateways.items()
         },
         subdomains={g.subdomain: g.id for g in snapshot.gateways.values() if g.subdomain},
@@ -479,16 +477,3 @@ def _compile(
         dispatchers=dispatchers,
         unservable=unservable,
     )
-
-
-def _gateway_route(gateway: Gateway, rules: list, snapshot: Snapshot) -> GatewayRoute:
-    compiled = compile_rules(rules)
-    models: dict[str, str] = {}
-    for rule in compiled:
-        service = snapshot.services.get(rule.service_id)
-        upstream = snapshot.upstreams.get(service.upstream_id) if service else None
-        for target in upstream.targets if upstream else ():
-            names = (*target.models, *((target.default_model,) if target.default_model else ()))
-            for name in names:
-                models.setdefault(name, target.provider.value)
-    return GatewayRoute(gateway, compiled, tuple(sorted(models.items())))
