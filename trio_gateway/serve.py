@@ -70,7 +70,8 @@ def hypercorn_config(listen: str, settings: Settings) -> HypercornConfig:
     config.bind = [listen]
     config.graceful_timeout = settings.graceful_timeout
     config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")
+    # hypercorn logs "Running on ..." at INFO: under our name, not as an "error" log.
+    config.errorlog = logging.getLogger("trio_gateway.server")
     config.include_server_header = False
     return config
 

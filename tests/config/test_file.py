@@ -39,7 +39,11 @@ def problems_of(raw: dict, environ: dict | None = None) -> dict[str, str]:
 
 def test_quickstart_example_is_valid():
     declarations = load_file(EXAMPLES / "quickstart.yaml", environ={})
-    assert [g.name for g in declarations.gateways] == ["quickstart"]
+    assert [g.name for g in declarations.gateways] == ["quickstart", "guide"]
+    assert declarations.server["base_url_overrides"] == {
+        "https://api.openai.com": "fake-openai",
+        "https://api.anthropic.com": "fake-anthropic",
+    }
 
 
 def test_errors_carry_the_path_of_the_file():
@@ -72,7 +76,7 @@ def test_duplicate_names_in_a_file():
     raw["gateways"].append({"name": "quickstart"})
     found = problems_of(raw)
     assert "gateways[0].upstreams[1].name" in found
-    assert "gateways[1].name" in found
+    assert found["gateways[2].name"] == "another gateway in this file has this name"
 
 
 def test_environment_substitution():
@@ -101,10 +105,10 @@ async def test_apply_creates_then_leaves_unchanged():
     catalog = Catalog(MemoryStore(), (await Catalog.load(MemoryStore())).snapshot)
     declarations = parse(quickstart(), {})
     first = await catalog.write(lambda d: apply(d, declarations))
-    assert len(first.created) == 5 and not first.updated
+    assert len(first.created) == 6 and not first.updated
     generation = catalog.snapshot.generation
     second = await catalog.write(lambda d: apply(d, declarations))
-    assert not second.created and not second.updated and second.unchanged == 5
+    assert not second.created and not second.updated and second.unchanged == 6
     assert catalog.snapshot.generation == generation  # nothing was written
 
 

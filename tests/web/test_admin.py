@@ -250,7 +250,10 @@ async def test_default_model_must_be_served_and_targets_not_empty(
         (b'{"name": ', "invalid JSON: Expecting value at line 1 column 10"),
         (b"[1, 2]", "must be a JSON object"),
         (b"", "request body is empty; send a JSON object"),
-        (b"\xff\xfe", "invalid JSON: not UTF-8 text (invalid byte at position 0); JSON must be UTF-8"),
+        (
+            b"\xff\xfe",
+            "invalid JSON: not UTF-8 text (invalid byte at position 0); JSON must be UTF-8",
+        ),
     ],
 )
 async def test_malformed_bodies(admin, raw, msg):
