@@ -237,6 +237,7 @@ class Runtime:
         self._base_urls = dict(base_urls or {})
         #: Upstreams that could not be built, by id (see :class:`BuildFailure`).
         self.failures: dict[str, BuildFailure] = {}
+        self._orphans: dict[str, Service] = {}
         self._actors: dict[tuple[str, str], TargetActor] = {}
         self._nursery: trio.Nursery | None = None
         self._applied = 0
@@ -326,6 +327,7 @@ class Runtime:
         self._actors = actors
         self.table = table
         self._report(failures)
+        self._report_orphans(snapshot)
 
     def _plan_actors(
         self, upstream: Upstream
@@ -427,9 +429,32 @@ class Runtime:
         """Why ``upstream_id`` could not be built at the last change, if it could not."""
         return self.failures.get(upstream_id)
 
+    def _report_orphans(self, snapshot: Snapshot) -> None:
+        """Services naming no existing upstream (only a store edited by hand has them)."""
+        orphans = {
+            s.id: s for s in snapshot.services.values() if s.upstream_id not in snapshot.upstreams
+        }
+        for service_id, service in orphans.items():
+            if service_id not in self._orphans:
+                log.error(
+                    f"service {service.name!r} cannot be served: it names no existing upstream",
+                    extra={"fields": {"service_id": service_id, "gateway_id": service.gateway_id}},
+                )
+        self._orphans = orphans
+
     def problems(self) -> list[dict[str, object]]:
         """What ``/readyz`` lists: every entity the runtime cannot serve as configured."""
-        return [failure.to_json() for failure in self.failures.values()]
+        return [failure.to_json() for failure in self.failures.values()] + [
+            {
+                "kind": "service",
+                "id": service.id,
+                "gateway_id": service.gateway_id,
+                "name": service.name,
+                "error": f"names no existing upstream ({service.upstream_id!r})",
+                "serving_previous": False,
+            }
+            for service in self._orphans.values()
+        ]
 
 
 def _compile(
