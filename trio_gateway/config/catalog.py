@@ -425,9 +425,22 @@ def _finish_upstream(upstream: Upstream, old: Upstream | None) -> Upstream:
             return value
         return real
 
-    def restore_headers(headers: Mapping[str, str], loc: str, before: Mapping[str, str]) -> dict:
+    def restore_headers(
+        headers: Mapping[str, str],
+        loc: str,
+        before: Mapping[str, str],
+        elsewhere: Iterable[Mapping[str, str]] = (),
+    ) -> dict:
+        """Masked values back to their secrets: this target's own header of the same name,
+        else the one stored header of that name (a target sent without its id)."""
+        elsewhere = list(elsewhere)
         return {
-            name: restore(value, f"{loc}[{name!r}]", [before.get(name, "")])
+            name: restore(
+                value,
+                f"{loc}[{name!r}]",
+                [before[name]] if name in before else [],
+                [h[name] for h in elsewhere if name in h],
+            )
             if secrets.is_masked(value)
             else value
             for name, value in headers.items()
@@ -466,7 +479,10 @@ def _finish_upstream(upstream: Upstream, old: Upstream | None) -> Upstream:
             )
         if any(secrets.is_masked(v) for v in target.headers.values()):
             changes["headers"] = restore_headers(
-                target.headers, f"targets[{i}].headers", previous.headers if previous else {}
+                target.headers,
+                f"targets[{i}].headers",
+                previous.headers if previous else {},
+                () if previous else (t.headers for t in old_targets),
             )
         targets.append(attrs.evolve(target, **changes) if changes else target)
 
