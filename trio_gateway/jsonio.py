@@ -52,6 +52,8 @@ def loads(data: bytes | str) -> Any:
     if "depth limit exceeded" in first.msg:
         raise JSONError(f"nested more than {MAX_DEPTH} levels deep") from None
     if isinstance(data, bytes | bytearray | memoryview):
+        if b"\x00" in data:  # never in JSON text; what UTF-16 and UTF-32 are full of
+            raise JSONError("not UTF-8 text (NUL bytes: UTF-16 or UTF-32?); JSON must be UTF-8")
         try:
             data = bytes(data).decode("utf-8")
         except UnicodeDecodeError as exc:
