@@ -391,3 +391,16 @@ async def test_hypothesis_admin_writes_never_fail_the_gateway(bodies):
                     assert health.status_code == 200 and health.json()["problem"] is None
                 ready = (await admin.get(gw.admin_url + "/readyz")).json()
                 assert ready["problems"] == []
+
+
+async def test_messages_name_entities_with_the_right_article(admin, gateway_id, guide_upstream):
+    path = f"/gateways/{gateway_id}/upstreams"
+    assert (await admin.post(path, json=guide_upstream)).status_code == 201
+    error = admin_error(await admin.post(path, json=guide_upstream), 409, "conflict")
+    assert error["message"] == (
+        "an upstream named 'ai-providers-upstream' already exists in this gateway"
+    )
+    keys = f"/gateways/{gateway_id}/keys"
+    assert (await admin.post(keys, json={"name": "k"})).status_code == 201
+    error = admin_error(await admin.post(keys, json={"name": "k"}), 409, "conflict")
+    assert error["message"] == "an API key named 'k' already exists in this gateway"

@@ -74,7 +74,7 @@ class GatewayDecl:
 class Declarations:
     """A validated file: what to apply, and settings for the process."""
 
-    server: Mapping[str, str] = attrs.field(factory=dict)
+    server: Mapping[str, Any] = attrs.field(factory=dict)
     gateways: tuple[GatewayDecl, ...] = ()
     fake_providers: tuple[Any, ...] = ()
 
