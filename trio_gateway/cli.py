@@ -132,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     from trio_gateway.testing.fake import cli as fake_cli
 
     fake_cli.add_parser(sub)
+
+    from trio_gateway.testing.scenario import cli as scenario_cli
+
+    scenario_cli.add_parser(sub)
     return parser
 
 

@@ -1,10 +1,21 @@
-"""One error tree for the whole gateway.
+"""One error tree for the whole gateway, attempt outcomes included.
 
 Every failure that can reach a client is a :class:`GatewayError`. Each error knows
 its HTTP status, a stable machine-readable ``type``, whether another target may be
-tried (``retryable``) and, for proxy errors, who failed (``culprit``: the client,
-the gateway or the upstream). The web layer renders an error once, in the caller's
-dialect (admin JSON, OpenAI or Anthropic); lower layers only raise.
+tried (``retryable``) and who failed (``culprit``: the client, the gateway or the
+upstream). The web layer renders an error once, in the caller's dialect (admin JSON,
+OpenAI or Anthropic); lower layers only raise or return them.
+
+An attempt at a target that does not succeed ends as one of these errors too (a
+value, not raised): the :class:`AttemptError` branch. Each of those also knows
+
+* ``outcome``: its word in the attempt trail (``X-Gateway-Attempts``), the access log
+  and the metrics (an HTTP status for an error answer, else ``connect_error``...);
+* ``blames_target``: whether it counts against the target's health;
+* ``counts_as_attempt``: ``False`` for targets skipped without being asked (their
+  queue was full, the request does not translate for them);
+* ``answer``: the provider's own answer, already in the client's dialect, for the
+  errors a client may be shown as they are (an error status the provider sent).
 
 Errors are translated once at each boundary, keeping the cause
 (``raise ValidationFailed(...) from exc``).
@@ -13,7 +24,7 @@ Errors are translated once at each boundary, keeping the cause
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import attrs
 
@@ -104,11 +115,18 @@ class Conflict(ClientError):
     type = "conflict"
 
 
+class ModelNotServed(ClientError):
+    """The upstream rejects unknown models and no target lists this one."""
+
+    status = 400
+    type = "model_not_found"
+
+
 # --- gateway-side errors -----------------------------------------------------
 
 
 class ServiceUnavailable(GatewayError):
-    """Nothing can serve the request now (no eligible target, store not ready, overload)."""
+    """Nothing can serve the request now (no target for its model, store not ready)."""
 
     status = 503
     type = "service_unavailable"
@@ -116,7 +134,7 @@ class ServiceUnavailable(GatewayError):
 
 
 class Overloaded(GatewayError):
-    """A bounded queue is full; the client should come back after ``Retry-After``."""
+    """Every eligible target's queue is full; the client should come back after ``Retry-After``."""
 
     status = 429
     type = "overloaded"
@@ -128,29 +146,205 @@ class InternalError(GatewayError):
     type = "internal_error"
 
 
-# --- upstream errors ---------------------------------------------------------
+# --- attempt outcomes -----------------------------------------------------------
 
 
-class UpstreamError(GatewayError):
-    """A target failed. ``retryable`` says whether the next target may be tried."""
+@attrs.frozen
+class Answer:
+    """A whole HTTP answer as the client would get it (already in the client's dialect)."""
+
+    status: int
+    headers: Sequence[tuple[str, str]]
+    body: bytes
+
+
+class AttemptError(GatewayError):
+    """How one attempt at one target ended, when it did not succeed."""
+
+    #: The trail's word for it; defaults to ``type``.
+    outcome: ClassVar[str] = ""
+    blames_target: ClassVar[bool] = False
+    counts_as_attempt: ClassVar[bool] = True
+
+    def __init__(self, message: str, *, answer: Answer | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.answer = answer
+
+    @property
+    def word(self) -> str:
+        """What the trail, the access log and the metrics call this outcome."""
+        return self.outcome or self.type
+
+
+class UpstreamError(AttemptError):
+    """The target failed: fail over, and count it against the target's health."""
 
     status = 502
     type = "upstream_error"
     culprit = "upstream"
     retryable = True
+    blames_target = True
 
 
 class UpstreamConnectError(UpstreamError):
-    type = "upstream_connect_error"
+    """No connection, or it broke before the provider answered."""
+
+    outcome = "connect_error"
 
 
 class UpstreamTimeout(UpstreamError):
+    """The target's own time budget ran out (HTTP client's safety net: ``timeout``)."""
+
     status = 504
     type = "upstream_timeout"
+    outcome = "timeout"
+
+
+class FirstByteTimeout(UpstreamTimeout):
+    """No answer (a whole answer's headers, a stream's first content) within ``first_byte_timeout``."""
+
+    outcome = "first_byte_timeout"
+
+
+class BodyTimeout(UpstreamTimeout):
+    """A whole answer's body stopped arriving for ``body_timeout``."""
+
+    outcome = "body_timeout"
+
+
+class IdleTimeout(UpstreamTimeout):
+    """A committed stream sent no content for ``idle_timeout``."""
+
+    outcome = "idle_timeout"
 
 
 class UpstreamProtocolError(UpstreamError):
-    type = "upstream_protocol_error"
+    """The provider broke its API's protocol (an answer that does not parse or translate)."""
+
+    outcome = "protocol_error"
+
+
+class UpstreamReadError(UpstreamError):
+    """The connection broke while the answer was being read."""
+
+    outcome = "read_error"
+
+
+class StreamIncomplete(UpstreamError):
+    """A stream ended without its terminator or a finish reason."""
+
+    outcome = "stream_incomplete"
+
+
+class StreamErrorEvent(UpstreamError):
+    """The provider's stream reported an error event."""
+
+    outcome = "stream_error"
+
+
+class UpstreamStatusError(UpstreamError):
+    """The provider answered with an error status that is its own failure (5xx, 408)."""
+
+    def __init__(self, status: int, message: str, *, answer: Answer | None = None) -> None:
+        super().__init__(message, answer=answer)
+        self.provider_status = status
+
+    @property
+    def word(self) -> str:
+        return str(self.provider_status)
+
+
+class CredentialRejected(UpstreamStatusError):
+    """The provider refused the gateway's credential for this target (401/403).
+
+    The client did nothing wrong: it is the target's failure, and the provider's
+    message (which may quote a key fragment) is never shown to the client.
+    """
+
+    def __init__(self, status: int, target_id: str) -> None:
+        super().__init__(
+            status,
+            f"the provider rejected the gateway's credential for target {target_id} "
+            f"(HTTP {status}); check the target's credentials",
+        )
+
+
+class RateLimited(UpstreamStatusError):
+    """The provider answered 429: the target is parked, not held as sick."""
+
+    blames_target = False
+
+    def __init__(
+        self, message: str, *, retry_after: float | None, answer: Answer | None = None
+    ) -> None:
+        super().__init__(429, message, answer=answer)
+        self.retry_after = retry_after
+
+
+class ModelUnavailable(UpstreamStatusError):
+    """An error of the model, not of the client or the target (context too long, model
+    not found or overloaded there): another target with another model may serve it."""
+
+    blames_target = False
+
+
+class DeadlineExceeded(AttemptError):
+    """The request's own deadline, not the target, ended the attempt."""
+
+    status = 504
+    type = "upstream_timeout"
+    outcome = "deadline"
+
+
+class QueueTimeout(AttemptError):
+    """The attempt waited in the gateway's own queue for the target past its first-byte budget."""
+
+    status = 503
+    type = "overloaded"
+    outcome = "queue_timeout"
+    retryable = True
+
+
+class TargetBusy(AttemptError):
+    """The target's queue was full: skipped without being asked."""
+
+    status = 429
+    type = "overloaded"
+    outcome = "overloaded"
+    retryable = True
+    counts_as_attempt = False
+
+
+class Untranslatable(AttemptError):
+    """The request cannot be put in this target's dialect: skipped, the client's error there."""
+
+    status = 400
+    type = "invalid_request"
+    culprit = "client"
+    outcome = "untranslatable"
+    retryable = True
+    counts_as_attempt = False
+
+    def __init__(self, cause: ClientError) -> None:
+        super().__init__(cause.message, details=cause.details)
+        self.cause = cause
+
+
+class AttemptAbandoned(AttemptError):
+    """The gateway stopped the attempt for its own reasons (the client left)."""
+
+    status = 499
+    type = "cancelled"
+    outcome = "cancelled"
+
+
+class AttemptCrashed(AttemptError):
+    """A bug of ours while serving the attempt; the request may go on elsewhere."""
+
+    status = 500
+    type = "internal_error"
+    outcome = "internal_error"
+    retryable = True
 
 
 class UnsupportedMediaType(ClientError):

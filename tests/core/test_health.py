@@ -1,210 +1,361 @@
-"""The circuit breaker, driven by hand: ``now`` is just a number."""
+"""The health state machine, driven by hand: ``now`` is just a number (virtual time)."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_gateway.core.health import Breaker, BreakerPolicy, State, Ticket
+from trio_gateway.core.health import (
+    MAX_RETRY_AFTER_S,
+    RATE_LIMIT_BACKOFF_MAX_S,
+    Check,
+    Health,
+    HealthPolicy,
+    State,
+    Ticket,
+)
+
+GUIDE = HealthPolicy(passive=True, threshold=3, interval=60.0)  # the guide's settings
 
 
-def breaker(
-    threshold: int = 3, interval: float = 60.0, passive: bool = True, cap: float = 300.0
-) -> Breaker:
-    return Breaker(
-        BreakerPolicy(passive=passive, threshold=threshold, interval=interval, cooldown_cap=cap)
-    )
+def health(**policy: object) -> Health:
+    return Health(HealthPolicy(**policy)) if policy else Health(GUIDE)
 
 
-def fail(b: Breaker, now: float, n: int = 1, retry_after: float | None = None) -> None:
+def fail(h: Health, now: float, n: int = 1, error: str = "503") -> None:
     for _ in range(n):
-        b.failed(now, b.admit(now), "HTTP 503", retry_after)
+        h.failed(now, h.admit(now), error)
 
 
-def test_threshold_consecutive_failures_eject_for_interval():
-    b = breaker(threshold=3, interval=60)
-    fail(b, 0.0, 2)
-    assert b.state is State.HEALTHY and b.admits(0.0)
-    fail(b, 1.0)
-    assert b.state is State.EJECTED
-    assert b.ejected_until == 61.0
-    assert not b.admits(60.9)
-    assert b.admits(61.0)
+def succeed(h: Health, now: float) -> None:
+    h.succeeded(now, h.admit(now))
+
+
+def recover(h: Health, now: float, result: Check = Check.OK) -> None:
+    """What the actor does when a recovery check is due."""
+    assert h.check_due(now)
+    h.start_check(now)
+    assert h.state is State.CHECKING
+    h.checked(now, result, "" if result is Check.OK else "HTTP 503")
+
+
+# --- 1. slow failures eject --------------------------------------------------------------
+
+
+def test_threshold_failures_in_a_row_eject_however_long_each_took():
+    h = health()
+    fail(h, 0.0)
+    fail(h, 30.0)  # each took a whole first-byte budget
+    assert h.state is State.HEALTHY and h.admits(30.0)
+    fail(h, 3600.0)
+    assert h.state is State.EJECTED and not h.admits(3600.0)
+    assert h.reason == "3 failures in a row (503, 503, 503)"
 
 
 def test_a_success_resets_the_count():
-    b = breaker(threshold=3)
-    fail(b, 0.0, 2)
-    b.succeeded(1.0, b.admit(1.0))
-    fail(b, 2.0, 2)
-    assert b.state is State.HEALTHY
+    h = health()
+    fail(h, 0.0, 2)
+    succeed(h, 1.0)
+    fail(h, 2.0, 2)
+    assert h.state is State.HEALTHY and h.consecutive_failures == 2
 
 
-def test_the_last_threshold_failures_must_fit_in_interval():
-    b = breaker(threshold=3, interval=10)
-    fail(b, 0.0, 2)
-    fail(b, 11.0)  # 0, 0, 11: spread over more than 10 s
-    assert b.state is State.HEALTHY and b.consecutive_failures == 3
-    fail(b, 12.0)  # 0, 11, 12: still too spread
-    assert b.state is State.HEALTHY
-    fail(b, 13.0)  # 11, 12, 13
-    assert b.state is State.EJECTED
+def test_passive_false_counts_but_never_ejects():
+    h = health(passive=False, threshold=1)
+    fail(h, 0.0, 10)
+    assert h.state is State.HEALTHY and h.consecutive_failures == 10
 
 
-def test_the_window_slides():
-    b = breaker(threshold=3, interval=60)
-    fail(b, 59.0)
-    fail(b, 61.0)
-    fail(b, 62.0)
-    assert b.state is State.EJECTED
+# --- 4. recovery: checks, probation, out-period ---------------------------------------------
 
 
-def test_half_open_admits_exactly_one_trial():
-    b = breaker(threshold=1, interval=10)
-    fail(b, 0.0)
-    assert b.admit(10.0) is Ticket.TRIAL
-    assert b.state is State.HALF_OPEN
-    assert not b.admits(10.0) and not b.admits(500.0)
-    b.succeeded(10.5, Ticket.TRIAL)
-    assert b.state is State.HEALTHY and b.admits(10.5)
+def test_out_for_ejection_time_then_checked_and_restored_on_probation():
+    h = health()
+    fail(h, 0.0, 3)
+    assert h.until == 5.0  # the default ejection_time
+    assert not h.check_due(4.99)
+    recover(h, 5.0)
+    assert h.state is State.HEALTHY and h.probation and h.admits(5.0)
+    succeed(h, 6.0)
+    assert not h.probation
 
 
-def test_failed_trial_doubles_the_cooldown_up_to_the_cap():
-    b = breaker(threshold=1, interval=10, cap=35)
-    fail(b, 0.0)
-    expected = [20.0, 35.0, 35.0]
-    now = 10.0
-    for cooldown in expected:
-        ticket = b.admit(now)
-        assert ticket is Ticket.TRIAL
-        b.failed(now, ticket, "timeout")
-        assert b.ejected_until == now + cooldown
-        now += cooldown
+def test_a_failed_check_costs_nothing_and_is_repeated_without_doubling():
+    h = health()
+    fail(h, 0.0, 3)
+    for k in range(1, 10):
+        recover(h, 5.0 * k, Check.FAILED)
+        assert h.state is State.EJECTED and h.until == 5.0 * (k + 1)
+    assert h.ejections == 1 and h.level == 0
 
 
-def test_retry_after_lengthens_the_cooldown():
-    b = breaker(threshold=1, interval=10)
-    fail(b, 0.0, retry_after=45.0)
-    assert b.ejected_until == 45.0
+def test_one_failure_on_probation_ejects_again_for_twice_as_long():
+    h = health()
+    fail(h, 0.0, 3)
+    recover(h, 5.0)
+    fail(h, 6.0)  # answers checks, fails real requests
+    assert h.state is State.EJECTED and h.level == 1 and h.until == 16.0
+    recover(h, 16.0)
+    fail(h, 17.0)
+    assert h.level == 2 and h.until == 17.0 + 20.0
 
 
-def test_abandoned_trial_frees_the_slot():
-    b = breaker(threshold=1, interval=10)
-    fail(b, 0.0)
-    ticket = b.admit(10.0)
-    b.abandoned(ticket)
-    assert b.state is State.HALF_OPEN and b.admits(10.0)
+def test_the_out_period_never_exceeds_interval():
+    h = health(threshold=1, interval=12.0, ejection_time=5.0)
+    fail(h, 0.0)
+    now = 0.0
+    periods = []
+    for _ in range(6):
+        now = h.until
+        recover(h, now)
+        fail(h, now)
+        periods.append(h.until - now)
+    assert periods == [10.0, 12.0, 12.0, 12.0, 12.0, 12.0]
 
 
-def test_stale_outcomes_do_not_close_a_trial():
-    b = breaker(threshold=1, interval=10)
-    early = b.admit(0.0)  # admitted while healthy
-    fail(b, 0.0)  # another request ejects the target
-    trial = b.admit(10.0)
-    b.succeeded(10.1, early)  # the early request finishes late
-    assert b.state is State.HALF_OPEN and b.trial_in_flight
-    b.failed(10.2, early, "late")  # nor does a stale failure re-eject
-    assert b.state is State.HALF_OPEN
-    b.succeeded(10.3, trial)
-    assert b.state is State.HEALTHY
+def test_the_level_starts_over_after_a_long_enough_healthy_run():
+    h = health(threshold=1)
+    fail(h, 0.0)
+    recover(h, 5.0)
+    fail(h, 6.0)
+    assert h.level == 1
+    recover(h, 16.0)
+    succeed(h, 17.0)
+    fail(h, 16.0 + 10.0)  # restored for as long as its last out-period
+    assert h.level == 0 and h.until == 31.0
 
 
-def test_backoff_level_resets_after_a_healthy_spell():
-    b = breaker(threshold=1, interval=10)
-    fail(b, 0.0)
-    b.failed(10.0, b.admit(10.0), "x")  # level 1: 20 s
-    b.succeeded(30.0, b.admit(30.0))
-    fail(b, 31.0)  # healthy for 1 s only: still level 1
-    assert b.ejected_until == 31.0 + 20.0
-    b.succeeded(51.0, b.admit(51.0))
-    fail(b, 100.0)  # healthy for 49 s >= last cool-down: back to level 0
-    assert b.ejected_until == 110.0
+def test_flapping_costs_at_most_threshold_failures_per_outage_and_serves_while_up():
+    """10 s down / 10 s up, a request every 0.5 s, checks as the actor makes them."""
+    h = health()
+    down = lambda t: int(t // 10) % 2 == 0  # noqa: E731
+    failed_calls: dict[int, int] = {}
+    served_up = 0
+    up_calls = 0
+    t = 0.0
+    while t < 200.0:
+        if h.check_due(t):
+            h.start_check(t)
+            h.checked(t, Check.FAILED if down(t) else Check.OK, "HTTP 503")
+        if h.admits(t):
+            ticket = h.admit(t)
+            if down(t):
+                failed_calls[int(t // 20)] = failed_calls.get(int(t // 20), 0) + 1
+                h.failed(t, ticket, "503")
+            else:
+                h.succeeded(t, ticket)
+                served_up += 1
+        if not down(t):
+            up_calls += 1
+        t += 0.5
+    assert failed_calls and max(failed_calls.values()) <= GUIDE.threshold + 1
+    assert served_up >= 0.7 * up_calls  # back within one ejection time of each recovery
 
 
-def test_passive_off_never_ejects():
-    b = breaker(threshold=1, passive=False)
-    fail(b, 0.0, 10)
-    assert b.state is State.HEALTHY and b.admits(0.0)
-    assert b.statistics(0.0).last_error == "HTTP 503"
+# --- 3. rate limits are not sickness -------------------------------------------------------
 
 
-events = st.lists(
+def test_retry_after_parks_for_exactly_that_long_without_counting_a_failure():
+    h = health()
+    fail(h, 0.0, 2)
+    h.rate_limited(1.0, h.admit(1.0), 10.0)
+    assert h.state is State.PARKED and h.consecutive_failures == 2 and h.ejections == 0
+    assert not h.admits(10.999)
+    assert h.admits(11.0)
+    assert h.admit(11.0) is Ticket.NORMAL and h.state is State.HEALTHY
+    h.rate_limited(11.0, Ticket.NORMAL, 10.0)
+    assert h.until == 21.0  # the same again: nothing doubles
+
+
+def test_429_without_retry_after_backs_off_briefly_and_a_success_resets_it():
+    h = health()
+    now, waits = 0.0, []
+    for _ in range(8):
+        h.rate_limited(now, h.admit(now), None)
+        waits.append(h.until - now)
+        now = h.until
+    assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+    assert RATE_LIMIT_BACKOFF_MAX_S == 30.0
+    succeed(h, now)
+    h.rate_limited(now, h.admit(now), None)
+    assert h.until - now == 1.0
+
+
+def test_an_absurd_retry_after_is_capped():
+    h = health()
+    h.rate_limited(0.0, h.admit(0.0), 1e9)
+    assert h.until == MAX_RETRY_AFTER_S
+
+
+def test_a_stale_429_does_not_shorten_an_ejection():
+    h = health()
+    tickets = [h.admit(0.0) for _ in range(4)]
+    for ticket in tickets[:3]:
+        h.failed(0.0, ticket, "503")
+    h.rate_limited(1.0, tickets[3], 0.5)  # admitted before the ejection
+    assert h.state is State.EJECTED and h.until == 5.0
+
+
+# --- 5. the last resort ------------------------------------------------------------------
+
+
+def test_a_last_resort_success_restores_and_a_failure_changes_nothing():
+    h = health()
+    fail(h, 0.0, 3)
+    h.failed(1.0, Ticket.PANIC, "timeout")
+    assert h.state is State.EJECTED and h.until == 5.0 and h.ejections == 1
+    h.succeeded(2.0, Ticket.PANIC)
+    assert h.state is State.HEALTHY and not h.probation
+
+
+def test_out_until_ranks_the_soonest_back_first():
+    soon, late = health(), health(ejection_time=30.0)
+    fail(soon, 0.0, 3)
+    fail(late, 0.0, 3)
+    assert soon.out_until(1.0) < late.out_until(1.0)
+    assert health().out_until(7.0) == 7.0
+
+
+def test_a_stale_outcome_cannot_eject_twice():
+    h = health()
+    tickets = [h.admit(0.0) for _ in range(6)]
+    for ticket in tickets:
+        h.failed(0.0, ticket, "timeout")
+    assert h.ejections == 1
+
+
+def test_the_upstreams_cap_can_refuse_an_ejection():
+    allowed = [False]
+    h = Health(GUIDE, may_eject=lambda: allowed[0])
+    fail(h, 0.0, 3)
+    assert h.state is State.HEALTHY and "too many targets" in h.reason
+    allowed[0] = True
+    fail(h, 1.0)
+    assert h.state is State.EJECTED
+
+
+# --- active probes -------------------------------------------------------------------------
+
+
+def test_threshold_failed_probes_eject_whatever_passive_says():
+    h = health(passive=False)
+    for t in range(2):
+        h.probed(float(t), Check.FAILED, "HTTP 500")
+    assert h.state is State.HEALTHY
+    h.probed(2.0, Check.FAILED, "HTTP 500")
+    assert h.state is State.EJECTED
+
+
+def test_a_passing_probe_does_not_hide_failing_traffic():
+    h = health()
+    fail(h, 0.0, 2)
+    h.probed(1.0, Check.OK)
+    fail(h, 2.0)
+    assert h.state is State.EJECTED
+
+
+def test_a_rate_limited_probe_parks():
+    h = health()
+    h.probed(0.0, Check.RATE_LIMITED, "HTTP 429", 3.0)
+    assert h.state is State.PARKED and h.until == 3.0
+
+
+def test_a_rate_limited_recovery_check_parks_and_comes_back_without_a_check():
+    h = health()
+    fail(h, 0.0, 3)
+    h.start_check(5.0)
+    h.checked(5.0, Check.RATE_LIMITED, "HTTP 429", 2.0)
+    assert h.state is State.PARKED and h.admits(7.0)
+
+
+# --- transitions -----------------------------------------------------------------------------
+
+
+def test_each_transition_is_taken_once_with_its_reason():
+    h = health()
+    assert h.take_transition() is None
+    fail(h, 0.0, 3)
+    transition = h.take_transition()
+    assert transition is not None and (transition.old, transition.new) == (
+        State.HEALTHY,
+        State.EJECTED,
+    )
+    assert h.take_transition() is None
+    recover(h, 5.0)
+    assert [t.new for t in h.history] == [State.EJECTED, State.CHECKING, State.HEALTHY]
+    stats = h.statistics(5.0)
+    assert stats.state is State.HEALTHY and stats.reason == "the recovery check passed"
+
+
+def test_statistics_show_a_park_that_is_over_as_healthy():
+    h = health()
+    h.rate_limited(0.0, h.admit(0.0), 1.0)
+    assert h.statistics(0.5).state is State.PARKED and h.statistics(0.5).until == 1.0
+    assert h.statistics(1.0).state is State.HEALTHY and h.statistics(1.0).until is None
+
+
+# --- invariants, for any sequence of events ---------------------------------------------------
+
+EVENTS = st.lists(
     st.tuples(
-        st.sampled_from(["admit", "admit", "ok", "fail", "abandon", "probe_ok", "probe_fail"]),
-        st.floats(0, 30),
-        st.integers(0, 20),
+        st.floats(min_value=0.0, max_value=30.0),
+        st.sampled_from(
+            [
+                "ok",
+                "fail",
+                "429",
+                "429ra",
+                "panic_ok",
+                "panic_fail",
+                "check_ok",
+                "check_fail",
+                "probe_fail",
+            ]
+        ),
     ),
     max_size=80,
 )
 
 
-@settings(max_examples=400)
-@given(events, st.integers(1, 5), st.floats(1, 20))
-def test_invariants_hold_under_any_traffic(events, threshold, interval):
-    """Many requests in flight, settled in any order, probes mixed in:
-    never two trials, never admitted while cooling down, the trial flag is exact."""
-    b = breaker(threshold=threshold, interval=interval)
+@settings(max_examples=300, deadline=None)
+@given(
+    events=EVENTS,
+    threshold=st.integers(1, 5),
+    interval=st.floats(1.0, 120.0),
+    ejection_time=st.floats(0.5, 30.0),
+)
+def test_invariants(events, threshold, interval, ejection_time):
+    policy = HealthPolicy(threshold=threshold, interval=interval, ejection_time=ejection_time)
+    h = Health(policy)
     now = 0.0
-    in_flight: list[Ticket] = []
-    for kind, step, pick in events:
+    for step, kind in events:
         now += step
-        if kind == "admit":
-            if b.admits(now):
-                in_flight.append(b.admit(now))
+        if h.check_due(now) and kind.startswith("check"):
+            h.start_check(now)
+            h.checked(now, Check.OK if kind == "check_ok" else Check.FAILED, "x")
+        elif kind.startswith("panic"):
+            if kind == "panic_ok":
+                h.succeeded(now, Ticket.PANIC)
             else:
-                assert (b.state is State.EJECTED and now < b.ejected_until) or b.trial_in_flight
-        elif kind.startswith("probe"):
-            b.probed(now, ok=kind == "probe_ok", error="x")
-        elif in_flight:
-            ticket = in_flight.pop(pick % len(in_flight))
+                h.failed(now, Ticket.PANIC, "x")
+        elif kind == "probe_fail":
+            h.probed(now, Check.FAILED, "x")
+        elif h.admits(now):
+            ticket = h.admit(now)
             if kind == "ok":
-                b.succeeded(now, ticket)
+                h.succeeded(now, ticket)
             elif kind == "fail":
-                b.failed(now, ticket, "x")
+                h.failed(now, ticket, "x")
             else:
-                b.abandoned(ticket)
-        trials = [t for t in in_flight if t is Ticket.TRIAL]
-        assert len(trials) <= 1
-        assert b.trial_in_flight == bool(trials)
-        if b.state is State.EJECTED and now < b.ejected_until:
-            assert not b.admits(now)
-
-
-def test_active_probes_eject_and_readmit_after_the_cooldown():
-    b = breaker(threshold=2, interval=10, passive=False)
-    b.probed(0.0, ok=False, error="HTTP 503")
-    b.probed(10.0, ok=False, error="HTTP 503")
-    assert b.state is State.EJECTED  # probes eject even with passive off
-    assert b.ejected_until == 20.0
-    assert b.statistics(10.0).last_error == "probe: HTTP 503"
-    b.probed(15.0, ok=True)  # a probe never shortens the cool-down
-    assert b.state is State.EJECTED and not b.admits(15.0)
-    b.probed(20.0, ok=True)  # ...but serves as the trial once it is over
-    assert b.state is State.HEALTHY and b.admits(20.0)
-
-
-def test_a_failed_probe_after_the_cooldown_is_a_failed_trial():
-    b = breaker(threshold=1, interval=10)
-    fail(b, 0.0, retry_after=30.0)
-    b.probed(20.0, ok=True)
-    assert b.state is State.EJECTED  # Retry-After is honoured
-    b.probed(30.0, ok=False, error="HTTP 503")
-    assert b.state is State.EJECTED and b.ejected_until == 30.0 + 20.0  # doubled
-
-
-def test_a_successful_probe_does_not_hide_failing_traffic():
-    b = breaker(threshold=3)
-    fail(b, 0.0, 2)
-    b.probed(1.0, ok=True)
-    fail(b, 2.0)
-    assert b.state is State.EJECTED
-
-
-def test_a_probe_does_not_preempt_a_trial_in_flight():
-    b = breaker(threshold=1, interval=10)
-    fail(b, 0.0)
-    trial = b.admit(10.0)
-    b.probed(10.1, ok=True)
-    assert b.state is State.HALF_OPEN and b.trial_in_flight
-    b.failed(10.2, trial, "x")
-    assert b.state is State.EJECTED
+                h.rate_limited(now, ticket, 3.0 if kind == "429ra" else None)
+        # Only a target in rotation admits, and an out target says until when.
+        if h.admits(now):
+            assert h.state is State.HEALTHY or (h.state is State.PARKED and now >= h.until)
+        if h.state is State.EJECTED:
+            assert h.until > h.since
+            assert h.last_out <= max(interval, ejection_time) + 1e-9
+        if h.state is State.PARKED:
+            assert h.until - h.since <= max(MAX_RETRY_AFTER_S, RATE_LIMIT_BACKOFF_MAX_S)
+        if h.state is State.HEALTHY:
+            assert h.consecutive_failures < threshold  # reaching it ejects (no cap here)
+        assert h.statistics(now).state in State

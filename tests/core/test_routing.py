@@ -113,3 +113,55 @@ def test_longest_prefix_wins_on_segment_boundaries():
 def test_strip_path():
     compiled = compile_rules([rule("/team-a", strip=True)])[0]
     assert compiled.endpoint_path("/team-a/v1/messages") == "/v1/messages"
+
+
+# --- the last resort ---------------------------------------------------------------------
+
+
+def last_resort(plan, model, down=(), tried=(), back_at=None):
+    back_at = back_at or {}
+    return plan.choose(
+        model,
+        admits=lambda i: i not in down,
+        excluded=lambda i: i in tried,
+        loads=[Idle()] * len(plan.targets),
+        now=0.0,
+        rank=lambda i: back_at.get(i, 0.0),
+    )
+
+
+def test_when_every_target_is_out_the_soonest_back_is_tried_rather_than_none():
+    plan = UpstreamPlan.compile(
+        [route(0, 1, ["m"]), route(1, 1, ["m"]), route(2, 2, ["m"])], Algorithm.ROUND_ROBIN
+    )
+    choice = last_resort(plan, "m", down={0, 1, 2}, back_at={0: 30.0, 1: 5.0, 2: 10.0})
+    assert (choice.index, choice.last_resort) == (1, True)
+    # Failover goes on through the others, soonest back first; then nothing is left.
+    assert last_resort(plan, "m", down={0, 1, 2}, tried={1}, back_at={0: 30.0, 2: 10.0}).index == 2
+    assert last_resort(plan, "m", down={0, 1, 2}, tried={0, 1, 2}) is None
+
+
+def test_a_target_in_rotation_always_comes_before_the_last_resort():
+    plan = UpstreamPlan.compile([route(0, 1, ["m"]), route(1, 2, ["m"])], Algorithm.ROUND_ROBIN)
+    choice = last_resort(plan, "m", down={0}, back_at={0: 0.1})
+    assert (choice.index, choice.last_resort) == (1, False)
+
+
+def test_the_models_own_targets_come_before_a_fallback_even_as_a_last_resort():
+    plan = UpstreamPlan.compile(
+        [route(0, 1, ["m"], "m"), route(1, 1, ["other"], "other")], Algorithm.ROUND_ROBIN
+    )
+    choice = last_resort(plan, "m", down={0, 1}, back_at={0: 50.0, 1: 1.0})
+    assert (choice.index, choice.model, choice.fallback) == (0, "m", False)
+    fallback = last_resort(plan, "m", down={0, 1}, tried={0})
+    assert (fallback.index, fallback.model, fallback.fallback) == (1, "other", True)
+
+
+def test_with_model_fallback_reject_the_last_resort_keeps_to_the_model():
+    plan = UpstreamPlan.compile(
+        [route(0, 1, ["m"], "m"), route(1, 1, ["other"], "other")],
+        Algorithm.ROUND_ROBIN,
+        reject_unknown_models=True,
+    )
+    assert last_resort(plan, "m", down={0, 1}).index == 0
+    assert last_resort(plan, "m", down={0, 1}, tried={0}) is None

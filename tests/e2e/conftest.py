@@ -116,9 +116,15 @@ class Setup:
 async def setup(
     fake_specs: Sequence[dict[str, Any]],
     make_config: Any,
+    *,
+    timeout: float = TIMEOUT,
 ) -> AsyncIterator[Setup]:
-    """Start fakes (one per spec dict), then a gateway configured by ``make_config(fakes)``."""
-    with trio.fail_after(TIMEOUT):
+    """Start fakes (one per spec dict), then a gateway configured by ``make_config(fakes)``.
+
+    ``timeout`` bounds the whole test and each client call; in virtual time
+    (``autojump_clock``) make it longer than the budgets the test runs into.
+    """
+    with trio.fail_after(timeout):
         async with AsyncExitStack() as stack:
             fakes = [
                 await stack.enter_async_context(
@@ -129,7 +135,7 @@ async def setup(
             running = await stack.enter_async_context(open_gateway(make_config(fakes)))
             client = await stack.enter_async_context(
                 httpx2.AsyncClient(
-                    base_url=running.proxy_url, headers={"X-Api-Key": KEY}, timeout=30
+                    base_url=running.proxy_url, headers={"X-Api-Key": KEY}, timeout=timeout
                 )
             )
             admin = await stack.enter_async_context(

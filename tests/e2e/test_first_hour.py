@@ -19,7 +19,7 @@ import attrs
 import httpx2
 import trio
 
-from tests.e2e.conftest import Fault, config, setup, target
+from tests.e2e.conftest import config, setup, target
 from trio_gateway import __version__
 from trio_gateway.cli import banner, main
 from trio_gateway.config.file import Declarations, load_file
@@ -194,22 +194,6 @@ async def test_hypercorn_lines_are_not_logged_as_errors(caplog):
     running = [r for r in caplog.records if "Running on" in r.getMessage()]
     assert running and all(r.name == "trio_gateway.server" for r in running)
     assert not [r for r in caplog.records if r.name == "hypercorn.error"]
-
-
-async def test_no_empty_attempt_trail_when_nothing_was_tried():
-    async with setup(
-        [{"faults": [Fault.error(503)]}],
-        lambda f: config(
-            [target(f[0], default_model="gpt-4o-mini")],
-            health={"passive": True, "threshold": 1, "interval": 60},
-        ),
-    ) as s:
-        first = await s.chat()
-        assert first.status_code == 503 and first.headers["x-gateway-attempts"]
-        nothing_tried = await s.chat()  # the only target is ejected
-        assert nothing_tried.status_code == 503
-        assert "x-gateway-attempts" not in nothing_tried.headers
-        assert nothing_tried.headers["retry-after"]
 
 
 def test_version_flag(capsys):

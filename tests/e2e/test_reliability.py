@@ -1,18 +1,25 @@
-"""Failover, tiers, the circuit breaker and time budgets, over real sockets.
+"""Failover, tiers, health and time budgets, over real sockets.
 
-Timing assertions compare the gateway's and the fakes' own trio timestamps (same
-process, same clock), or use bounds far from the budgets, so a loaded machine
-cannot make them flake.
+Tests that wait run in virtual time (``autojump_clock``): the gateway, the fakes
+and the client share the test's Trio loop, so a 30 s budget costs no real time and
+timing assertions are exact.
 """
 
 from __future__ import annotations
 
 import json
 
+import httpx2
 import trio
 
-from tests.e2e.conftest import config, setup, sse_events, target, trail
+from tests.e2e.conftest import KEY, config, setup, sse_events, target, trail
 from trio_gateway.testing.fake import Fault
+from trio_gateway.testing.harness import open_gateway
+
+
+def posts(fake):
+    """The requests a fake got from clients (not the gateway's own health checks)."""
+    return [r for r in fake.requests if r.method == "POST"]
 
 
 def tiers(fakes, health=None, **kw):
@@ -43,50 +50,38 @@ async def test_backup_tier_idle_while_primary_serves_then_takes_over_with_no_cli
         assert health[s.target_ids()[0]]["state"] == "ejected"
 
 
-async def test_ejection_cooldown_single_trial_and_doubling():
-    async with setup(
-        [{}, {}], lambda f: tiers(f, {"passive": True, "threshold": 2, "interval": 1.0})
-    ) as s:
+async def test_an_ejected_target_is_checked_by_the_gateway_not_by_a_client(autojump_clock):
+    async with setup([{}, {}], tiers) as s:
         primary = s.fakes[0]
-        primary_id = s.target_ids()[0]
         actor = s.gateway.runtime.table.dispatchers[s.upstream_id].actors[0]
         primary.set_faults(Fault.error(503))
-        for _ in range(2):
+        for _ in range(3):
             assert (await s.chat()).status_code == 200
-        assert actor.breaker.state.value == "ejected"
-        first_until = actor.breaker.ejected_until
-        ejected_at = first_until - 1.0
+        assert actor.health.state.value == "ejected"
+        ejected_until = actor.health.until
 
-        # While ejected: nothing reaches the primary, however many requests come.
-        # (Stop well before the end: one slow request must not cross into the trial.)
-        while trio.current_time() < first_until - 0.5:
+        # While out: no client request reaches it, however many come.
+        while trio.current_time() < ejected_until + 30:
             assert (await s.chat()).status_code == 200
-        assert all(r.time < ejected_at + 0.01 for r in primary.requests)
-        assert len(primary.requests) == 2
+            await trio.sleep(0.5)
+        assert len(posts(primary)) == 3
+        checks = [r for r in primary.requests if r.method == "GET"]
+        assert checks and checks[0].path == "/v1/models"  # the gateway's own, cheap request
+        assert checks[0].time >= ejected_until  # not before the out-period is over
+        health = (await s.health())[s.target_ids()[0]]
+        assert health["state"] in ("ejected", "half_open")  # between checks, or in one
+        assert health["probes"] in (len(checks), len(checks) + 1)
+        assert health["ejections"] == 1  # failed checks do not eject again, nor double
 
-        # Cool-down over: concurrent requests, exactly one trial reaches the primary.
-        await trio.sleep_until(first_until)
-        async with trio.open_nursery() as nursery:
-            for _ in range(10):
-                nursery.start_soon(s.chat)
-        assert len(primary.requests) == 3
-        # The trial failed: ejected again, for twice as long.
-        trial_time = primary.requests[-1].time
-        assert actor.breaker.state.value == "ejected"
-        assert actor.breaker.last_cooldown == 2.0 and actor.breaker.level == 1
-        assert actor.breaker.ejected_until - trial_time >= 1.95
-
-        # Healthy again: the next trial succeeds and restores it.
+        # It recovers: the next check restores it, on probation, within one ejection time.
         primary.clear_faults()
-        await trio.sleep_until(actor.breaker.ejected_until)
-        assert (await s.chat()).status_code == 200
-        assert actor.breaker.state.value == "healthy"
-        before = len(primary.requests)
-        for _ in range(5):
-            await s.chat()
-        assert len(primary.requests) == before + 5
-        health = await s.health()
-        assert health[primary_id]["ejections"] == 2
+        recovered_at = trio.current_time()
+        while actor.health.state.value != "healthy":  # noqa: ASYNC110 (virtual time)
+            await trio.sleep(0.1)
+        assert trio.current_time() - recovered_at <= 5.0 + 0.2
+        assert actor.health.probation
+        assert (await s.chat()).headers["x-selected-target"] == s.target_ids()[0]
+        assert not actor.health.probation  # a real success ends it
 
 
 async def test_a_hung_target_costs_one_first_byte_budget():
@@ -237,14 +232,40 @@ async def test_a_stream_cut_before_its_first_token_fails_over_even_after_metadat
         assert response.headers["x-selected-target"] == s.target_ids()[1]
 
 
-async def test_a_stream_without_its_terminator_is_not_passed_off_as_complete():
+async def test_a_stream_with_its_finish_reason_that_closes_cleanly_is_complete():
     async with setup([{"faults": [Fault.no_terminator()]}, {}], tiers) as s:
         response = await s.chat(stream=True)
         events = sse_events(response.text)
-        assert "error" in json.loads(events[-1][1])
-        assert (None, "[DONE]") not in events
+        assert events[-1] == (None, "[DONE]")  # ended properly for the client
+        assert json.loads(events[-2][1])["choices"][0]["finish_reason"] == "stop"
+        assert not any("error" in json.loads(d) for _, d in events[:-1])
         health = await s.health()
-        assert health[s.target_ids()[0]]["consecutive_failures"] == 1
+        assert health[s.target_ids()[0]]["consecutive_failures"] == 0
+
+
+async def test_a_stream_that_closes_without_a_finish_reason_ends_with_an_error_event():
+    def chunk(text: str) -> bytes:
+        delta = {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+        return b"data: " + json.dumps(delta).encode() + b"\n\n"
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(
+            200, content=chunk("Hello") + chunk(" there"), headers={"content-type": SSE}
+        )
+
+    cfg = config([target_at("http://provider.test", default_model="gpt-4o-mini")])
+    async with open_gateway(cfg, transport=httpx2.MockTransport(handler)) as gw:
+        async with httpx2.AsyncClient(base_url=gw.proxy_url, headers={"X-Api-Key": KEY}) as c:
+            response = await c.post("/v1/chat/completions", json=STREAM_BODY)
+            stats = gw.runtime.upstream_health(next(iter(gw.catalog.snapshot.upstreams)))[0]
+    events = sse_events(response.text)
+    assert [json.loads(d)["choices"][0]["delta"]["content"] for _, d in events[:2]] == [
+        "Hello",
+        " there",
+    ]
+    assert "before it was complete" in json.loads(events[-1][1])["error"]["message"]
+    assert (None, "[DONE]") not in events
+    assert stats.health.consecutive_failures == 1
 
 
 async def test_a_stream_broken_before_its_first_event_fails_over():
@@ -266,7 +287,10 @@ async def test_idle_stream_is_ended_with_an_error_event():
         )
         assert trio.current_time() - started < 10
         events = sse_events(response.text)
-        assert "no data from the provider" in json.loads(events[-1][1])["error"]["message"]
+        assert (
+            "no content from the provider for 0.5 s"
+            in json.loads(events[-1][1])["error"]["message"]
+        )
         with trio.fail_after(5):
             assert (await s.fakes[0].requests[0].wait_finished()).value == "disconnected"
 
@@ -282,23 +306,21 @@ async def test_passive_false_never_ejects():
 
 
 async def test_active_probes_eject_a_silent_failure_and_readmit_on_recovery(autojump_clock):
-    probes = {"passive": True, "threshold": 2, "interval": 1.0, "active": True}
+    probes = {"passive": True, "threshold": 2, "interval": 5, "active": True}
     async with setup(
         [{"faults": [Fault.error(503, path="/v1/models")]}, {}], lambda f: tiers(f, probes)
     ) as s:
         primary = s.fakes[0]
         actor = s.gateway.runtime.table.dispatchers[s.upstream_id].actors[0]
-        with trio.fail_after(10):
-            while actor.breaker.state.value != "ejected":  # noqa: ASYNC110 (polled, bounded)
-                await trio.sleep(0.05)
+        while actor.health.state.value != "ejected":  # noqa: ASYNC110 (virtual time)
+            await trio.sleep(0.5)
         probes_seen = [r for r in primary.requests if r.path == "/v1/models"]
-        assert len(probes_seen) >= 2
+        assert len(probes_seen) == 2 and probes_seen[1].time - probes_seen[0].time == 5.0
         assert probes_seen[0].header("authorization") == "Bearer sk-fake-0"
-        assert not [r for r in primary.requests if r.path != "/v1/models"]  # no traffic needed
+        assert not posts(primary)  # no traffic needed
         primary.clear_faults()
-        with trio.fail_after(10):
-            while actor.breaker.state.value != "healthy":  # noqa: ASYNC110 (polled, bounded)
-                await trio.sleep(0.05)
+        while actor.health.state.value != "healthy":  # noqa: ASYNC110 (virtual time)
+            await trio.sleep(0.5)
         response = await s.chat()
         assert response.headers["x-selected-target"] == s.target_ids()[0]
 
@@ -321,16 +343,47 @@ async def test_a_slow_first_token_is_failed_over_within_the_budget():
         assert [o for _, o in trail(response)] == ["first_byte_timeout", "200"]
 
 
-async def test_a_malformed_event_mid_stream_ends_it_with_an_error_event():
+async def test_a_malformed_event_after_content_is_relayed_as_the_provider_sent_it():
     async with setup([{"faults": [Fault.malformed_event(after_chunks=3)]}, {}], tiers) as s:
         response = await s.chat(
             stream=True, messages=[{"role": "user", "content": "one two three four"}]
         )
         events = sse_events(response.text)
-        for _, data in events[:-1]:
-            json.loads(data)  # nothing malformed reached the client
-        assert "error" in json.loads(events[-1][1])
-        assert (None, "[DONE]") not in events
+        malformed = [d for _, d in events if d != "[DONE]" and not d.endswith("}")]
+        assert len(malformed) == 1  # passed on, as a client of the provider would see it
+        assert events[-1] == (None, "[DONE]")  # and the whole answer after it
+        assert response.headers["x-selected-target"] == s.target_ids()[0]
+
+
+async def test_a_malformed_event_in_a_translated_stream_is_skipped():
+    def anthropic_client_openai_provider(fakes):
+        return config(
+            [target(fakes[0], priority=1, default_model="gpt-4o-mini", models=["gpt-4o-mini"])]
+        )
+
+    async with setup(
+        [{"faults": [Fault.malformed_event(after_chunks=3)]}], anthropic_client_openai_provider
+    ) as s:
+        response = await s.messages(
+            model="gpt-4o-mini", stream=True, messages=[{"role": "user", "content": "one two"}]
+        )
+        events = sse_events(response.text)
+        for _, data in events:
+            json.loads(data)  # nothing unreadable reached the client
+        assert events[-1][0] == "message_stop"
+        text = "".join(
+            json.loads(d)["delta"]["text"]
+            for e, d in events
+            if e == "content_block_delta" and json.loads(d)["delta"]["type"] == "text_delta"
+        )
+        assert text == "Hello from gpt-4o-mini! You said: one two"
+
+
+async def test_a_malformed_first_event_fails_over():
+    async with setup([{"faults": [Fault.malformed_event(after_chunks=0)]}, {}], tiers) as s:
+        response = await s.chat(stream=True)
+        assert [o for _, o in trail(response)] == ["protocol_error", "200"]
+        assert sse_events(response.text)[-1] == (None, "[DONE]")
 
 
 async def test_a_client_leaving_a_whole_answer_cancels_the_upstream_request():
@@ -383,7 +436,7 @@ async def test_rotating_a_credential_keeps_health_and_adopts_the_new_policy():
         path = f"/gateways/{s.gateway_id}/upstreams/{s.upstream_id}"
         upstream = (await s.admin.get(path)).json()
         before = s.gateway.runtime.table.dispatchers[s.upstream_id].actors[0]
-        before.breaker.failed(trio.current_time(), before.breaker.admit(trio.current_time()), "x")
+        before.health.failed(trio.current_time(), before.health.admit(trio.current_time()), "x")
         rotated = dict(
             upstream["targets"][0],
             credentials={"header_name": "Authorization", "header_value": "Bearer sk-rotated-1"},
@@ -398,8 +451,25 @@ async def test_rotating_a_credential_keeps_health_and_adopts_the_new_policy():
         assert response.status_code == 200
         after = s.gateway.runtime.table.dispatchers[s.upstream_id].actors[0]
         assert after is not before and before.retired  # a new actor for the new credential
-        assert after.breaker is before.breaker  # ...with the target's health
-        assert after.breaker.consecutive_failures == 1
-        assert (after.breaker.policy.passive, after.breaker.policy.threshold) == (False, 50)
+        assert after.health is before.health  # ...with the target's health
+        assert after.health.consecutive_failures == 1
+        assert (after.health.policy.passive, after.health.policy.threshold) == (False, 50)
         assert (await s.chat()).status_code == 200
         assert s.fakes[0].requests[-1].header("authorization") == "Bearer sk-rotated-1"
+
+
+SSE = "text/event-stream"
+STREAM_BODY = {
+    "model": "gpt-4o-mini",
+    "stream": True,
+    "messages": [{"role": "user", "content": "x"}],
+}
+
+
+def target_at(url, **fields):
+    return {
+        "provider": "openai",
+        "base_url": url,
+        "credentials": {"header_value": "sk-test"},
+        **fields,
+    }

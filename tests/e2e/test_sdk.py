@@ -265,7 +265,9 @@ async def test_anthropic_sdk_stream_helper_and_tool_use():
         (Fault.rate_limit(retry_after=2), anthropic.RateLimitError),
         (Fault.error(500), anthropic.InternalServerError),
         (Fault.error(503), anthropic.InternalServerError),
-        (Fault.error(401), anthropic.AuthenticationError),
+        # The provider refusing the gateway's own credential is not the client's fault:
+        # a 502 from the gateway, never the provider's 401.
+        (Fault.error(401), anthropic.InternalServerError),
         (Fault.hang(), anthropic.InternalServerError),
     ],
 )

@@ -42,6 +42,21 @@ CHUNK = (
     b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"gpt",'
     b'"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]}\n\n'
 )
+FINISH_CHUNK = (
+    b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"gpt",'
+    b'"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+)
+TEXT_DELTA = (
+    b'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
+    b'"content_block":{"type":"text","text":""}}\n\n'
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+    b'"delta":{"type":"text_delta","text":"hi"}}\n\n'
+    b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n'
+)
+MESSAGE_DELTA = (
+    b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn",'
+    b'"stop_sequence":null},"usage":{"output_tokens":1}}\n\n'
+)
 
 
 def o2a() -> OpenAIToAnthropic:
@@ -145,22 +160,46 @@ def test_provider_error_event_sets_error_and_ends_the_stream() -> None:
 
 
 @pytest.mark.parametrize("make", [o2a, a2o])
-def test_non_json_data_is_a_protocol_error(make: object) -> None:
+def test_an_event_that_cannot_be_read_is_skipped_and_counted(make: object) -> None:
     stream = make().stream()  # type: ignore[operator]
-    out = stream.feed(b"data: <html>oops</html>\n\n")
-    assert isinstance(stream.error, UpstreamProtocolError)
-    assert b"error" in out
-    assert stream.feed(CHUNK) == b""
+    assert stream.feed(b"data: <html>oops</html>\n\n") == b""
+    assert stream.error is None and stream.skipped == 1
+    assert stream.feed(CHUNK if make is a2o else MESSAGE_START) != b""  # the stream goes on
 
 
-def test_malformed_event_is_a_protocol_error() -> None:
+def test_an_event_of_the_wrong_shape_is_skipped_whole() -> None:
     stream = o2a().stream()
     out = stream.feed(
         MESSAGE_START + b'event: content_block_delta\ndata: {"type":"content_block_delta"}\n\n'
     )
-    assert isinstance(stream.error, UpstreamProtocolError)
-    _, error = sdk.replay_openai_stream(out)
-    assert isinstance(error, openai.APIError)
+    assert stream.error is None and stream.skipped == 1
+    out += stream.feed(MESSAGE_STOP + b"\n\n")
+    final, error = sdk.replay_openai_stream(out)
+    assert error is None and final is not None
+
+
+@pytest.mark.parametrize("make", [o2a, a2o])
+def test_a_clean_close_after_the_finish_reason_ends_the_stream_properly(make: object) -> None:
+    stream = make().stream()  # type: ignore[operator]
+    if make is a2o:
+        out = stream.feed(CHUNK + FINISH_CHUNK)
+        assert not stream.complete
+        out += stream.finish()
+        assert stream.complete and out.endswith(b'data: {"type":"message_stop"}\n\n')
+    else:
+        out = stream.feed(MESSAGE_START + TEXT_DELTA + MESSAGE_DELTA)
+        assert not stream.complete
+        out += stream.finish()
+        assert stream.complete and out.endswith(b"data: [DONE]\n\n")
+        final, error = sdk.replay_openai_stream(out)
+        assert error is None and final is not None
+
+
+def test_a_close_without_a_finish_reason_is_not_complete() -> None:
+    stream = a2o().stream()
+    stream.feed(CHUNK)
+    stream.finish()
+    assert not stream.complete
 
 
 def test_unknown_anthropic_events_are_ignored_and_message_start_counted_once() -> None:

@@ -86,11 +86,36 @@ def test_error_events_in_both_dialects():
     assert anthropic.feed(ANTHROPIC) == (b"", False)  # nothing after an error
 
 
-def test_a_malformed_event_is_held_back_with_everything_after_it():
+def test_a_malformed_first_event_is_held_back_with_everything_after_it():
     watch = StreamWatch(ApiFormat.OPENAI)
-    out, _ = watch.feed(TOKEN + b"data: {not json\n\n" + FINISH + DONE)
-    assert out == TOKEN
-    assert watch.error == MALFORMED and not watch.complete
+    out, content = watch.feed(b"data: {not json\n\n" + TOKEN + FINISH + DONE)
+    assert (out, content) == (b"", False)
+    assert watch.error == MALFORMED and not watch.complete and not watch.started
+
+
+def test_a_malformed_event_after_content_is_passed_on_and_counted():
+    watch = StreamWatch(ApiFormat.OPENAI)
+    bad = b"data: {not json\n\n"
+    out, _ = watch.feed(TOKEN + bad + FINISH + DONE)
+    assert out == TOKEN + bad + FINISH + DONE  # as the provider sent it
+    assert watch.error is None and watch.complete and watch.malformed == 1
+
+
+def test_a_finish_reason_makes_the_answer_whole():
+    watch = StreamWatch(ApiFormat.OPENAI)
+    watch.feed(TOKEN)
+    assert not watch.finished
+    watch.feed(FINISH)
+    assert watch.finished and not watch.complete
+    anthropic = StreamWatch(ApiFormat.ANTHROPIC)
+    anthropic.feed(
+        b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":null}}\n\n'
+    )
+    assert not anthropic.finished
+    anthropic.feed(
+        b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"}}\n\n'
+    )
+    assert anthropic.finished and not anthropic.complete
 
 
 def test_a_last_event_without_its_blank_line():

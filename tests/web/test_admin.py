@@ -54,6 +54,8 @@ async def test_guide_upstream_is_created_and_echoed(admin, gateway_id, guide_ups
         "passive": True,
         "threshold": 3,
         "interval": 60,
+        "ejection_time": 5,
+        "max_ejected_percent": 100,
         "active": False,
         "path": None,
         "headers": {},

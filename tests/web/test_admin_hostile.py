@@ -99,18 +99,24 @@ async def test_deep_values_and_huge_numbers_inside_fields_are_422s(
 
 
 LIMITS = [
-    ("health_checks", {"interval": 1e-9}, "health_checks.interval", "must be between 0.1 and 3600"),
+    ("health_checks", {"interval": 1e-9}, "health_checks.interval", "must be between 1 and 86400"),
     (
         "health_checks",
-        {"interval": 90000},
+        {"interval": 90000.5},
         "health_checks.interval",
-        "must be between 0.1 and 3600",
+        "must be between 1 and 86400",
     ),
     (
         "health_checks",
         {"interval": 0.5, "active": True},
         "health_checks.interval",
-        "must be at least 1 with active probes",
+        "must be between 1 and 86400",
+    ),
+    (
+        "health_checks",
+        {"ejection_time": 0.001},
+        "health_checks.ejection_time",
+        "must be between 1 and 86400",
     ),
     (
         "health_checks",
@@ -194,10 +200,11 @@ async def test_limits_are_422s_naming_the_field(
 @pytest.mark.parametrize(
     ("field", "value", "msg"),
     [
-        ("first_byte_timeout", 1e-300, "must be between 0.1 and 3600"),
-        ("idle_timeout", 0, "must be between 0.1 and 3600"),
-        ("request_timeout", 0.5, "must be between 1 and 3600"),
-        ("request_timeout", 86401, "must be between 1 and 3600"),
+        ("first_byte_timeout", 1e-300, "must be between 0.1 and 86400"),
+        ("idle_timeout", 0, "must be between 0.1 and 86400"),
+        ("body_timeout", 1e-300, "must be between 0.1 and 86400"),
+        ("request_timeout", 0.5, "must be between 1 and 86400"),
+        ("request_timeout", 86401, "must be between 1 and 86400"),
     ],
 )
 async def test_service_durations_have_a_floor_and_a_ceiling(

@@ -65,11 +65,11 @@ class BaseUrlT:
 
 #: Durations, in seconds: every one has a floor (no spinning, no probe floods, no
 #: budget too short to be met) and a ceiling (no request held for days).
-REQUEST_TIMEOUT_S = Between(1, 3600)
-ATTEMPT_TIMEOUT_S = Between(0.1, 3600)
-HEALTH_INTERVAL_S = Between(0.1, 3600)
-#: Active probes are sent every ``interval`` seconds: at most one a second per target.
-MIN_PROBE_INTERVAL_S = 1.0
+REQUEST_TIMEOUT_S = Between(1, 86_400)
+ATTEMPT_TIMEOUT_S = Between(0.1, 86_400)
+#: ``interval`` and ``ejection_time`` pace the gateway's own checks of each target:
+#: at most one a second.
+CHECK_PERIOD_S = Between(1, 86_400)
 #: Targets per upstream: each is a task with its own queue and connections.
 MAX_TARGETS = 256
 #: Models a target may list, and headers a target or a probe may add.
@@ -102,7 +102,7 @@ Priority = Annotated[int, Between(1, 1000)]
 Threshold = Annotated[int, Between(1, 1000)]
 RequestSeconds = Annotated[float, REQUEST_TIMEOUT_S]
 AttemptSeconds = Annotated[float, ATTEMPT_TIMEOUT_S]
-IntervalSeconds = Annotated[float, HEALTH_INTERVAL_S]
+CheckSeconds = Annotated[float, CHECK_PERIOD_S]
 HeaderName = Annotated[str, HeaderNameT()]
 HeaderValue = Annotated[str, HeaderValueT()]
 Secret = Annotated[str, SecretT()]
@@ -207,16 +207,23 @@ class Target:
 
 @attrs.frozen(kw_only=True)
 class HealthChecks:
-    """Passive health (a circuit breaker fed by real traffic) and active probes.
+    """Passive health (fed by real traffic), recovery checks and optional active probes.
 
-    ``threshold`` consecutive failures within ``interval`` seconds eject a target;
-    the first cool-down lasts ``interval`` seconds. ``active`` probes ``path`` every
-    ``interval`` seconds (then ``interval`` must be at least a second).
+    ``threshold`` consecutive failures eject a target, however long each took. An
+    ejected target is out for ``ejection_time`` seconds (doubling while it keeps
+    failing soon after each recovery, to at most ``interval``), then the gateway checks
+    it with a ``GET`` of ``path`` (default: the provider's model list) every
+    ``ejection_time`` seconds until it answers. ``interval`` is the time between health
+    checks: with ``active`` the probes of targets in rotation come that often, and an
+    ejected target is checked at least that often. At most ``max_ejected_percent`` of
+    the upstream's targets are ejected at once, and never all of them.
     """
 
     passive: bool = True
     threshold: Threshold = 3
-    interval: IntervalSeconds = 60.0
+    interval: CheckSeconds = 60.0
+    ejection_time: CheckSeconds = 5.0
+    max_ejected_percent: Annotated[int, Between(1, 100)] = 100
     active: bool = False
     path: UrlPath | None = None
     headers: Headers = attrs.field(factory=dict)
@@ -247,8 +254,11 @@ class Service:
     description: Description = ""
     #: One deadline per client request, shared by every attempt (until a stream starts).
     request_timeout: RequestSeconds = 120.0
-    #: Budget of one attempt until its first byte; a silent target is then failed over.
+    #: Budget of one attempt until its first byte (a stream's first content); a silent
+    #: target is then failed over.
     first_byte_timeout: AttemptSeconds = 30.0
+    #: A whole answer whose body stops arriving for this long is failed over.
+    body_timeout: AttemptSeconds = 10.0
     #: Longest silence between two chunks of a started stream.
     idle_timeout: AttemptSeconds = 60.0
     #: Attempts per request, failovers included; ``None``: every target once.
@@ -347,16 +357,7 @@ def check_upstream(upstream: Upstream) -> list[Problem]:
         problems.append(
             Problem("targets", f"has {len(upstream.targets)} targets: at most {MAX_TARGETS}")
         )
-    checks = upstream.health_checks
-    if checks.active and checks.interval < MIN_PROBE_INTERVAL_S:
-        problems.append(
-            Problem(
-                "health_checks.interval",
-                f"must be at least {MIN_PROBE_INTERVAL_S:g} with active probes "
-                "(a probe per target every interval)",
-            )
-        )
-    problems += check_headers(checks.headers, "health_checks.headers")
+    problems += check_headers(upstream.health_checks.headers, "health_checks.headers")
     seen_ids: set[str] = set()
     for i, target in enumerate(upstream.targets):
         problems += check_headers(target.headers, f"targets[{i}].headers")

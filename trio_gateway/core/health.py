@@ -1,223 +1,332 @@
-"""Health: a circuit breaker per target, fed by real traffic and optional probes. Sans-IO.
+"""Health: one state machine per target, fed by real traffic and the gateway's own probes. Sans-IO.
 
 Theory of operation
 -------------------
-States and transitions (``now`` is passed in; nothing here reads a clock)::
+States (``now`` is passed in; nothing here reads a clock)::
 
-    HEALTHY --(threshold consecutive failures, the last `threshold` within `interval` s)--> EJECTED
-    EJECTED --(cool-down over: first call of `admit` at or after `ejected_until`)--> HALF_OPEN
-    HALF_OPEN --(the one trial request succeeds)--> HEALTHY
-    HALF_OPEN --(the trial fails)--> EJECTED, cool-down doubled
-    HALF_OPEN --(the trial is abandoned, e.g. the client left)--> HALF_OPEN, trial slot free
+    HEALTHY  --(threshold consecutive failures, however long each took)------> EJECTED
+    HEALTHY  --(on probation: one failure)------------------------------------> EJECTED
+    HEALTHY  --(threshold failed active probes in a row)----------------------> EJECTED
+    HEALTHY  --(429: Retry-After, or a short backoff without one)------------> PARKED
+    PARKED   --(its time is over)----------------------------------------------> HEALTHY
+    EJECTED  --(out-period over: the actor starts a recovery check)-----------> CHECKING
+    CHECKING --(the check passes)----------------------------------------------> HEALTHY, on probation
+    CHECKING --(the check fails)------------------------------------------------> EJECTED for ejection_time
+    CHECKING --(the check is answered 429)--------------------------------------> PARKED
+    any out  --(a last-resort request succeeds: see ``Ticket.PANIC``)----------> HEALTHY
+
+A *recovery check* is the gateway's own cheap request (``GET`` the provider's model
+list, or ``health_checks.path``): no client request is ever the guinea pig, and a
+failed check costs no client anything, so checks repeat every ``ejection_time``
+without any doubling. A target restored by a check is *on probation* until its
+first success with real traffic: one failure then ejects it again at once, so a
+provider that answers checks but fails real requests costs one (failed-over) call
+per cycle, not ``threshold``.
+
+The *out-period* after an ejection is ``ejection_time * 2**level``, at most
+``max(interval, ejection_time)``: ``interval`` is "the time between health checks",
+so an ejected target is checked again at least that often. ``level`` grows by one
+for each ejection that comes before the target has stayed restored for as long as
+its previous out-period, and is 0 otherwise: only a target that keeps failing soon
+after each recovery is kept out longer.
+
+A 429 is not sickness: it parks the target for exactly its ``Retry-After`` (capped at
+:data:`MAX_RETRY_AFTER_S`) without counting a failure, and the target is back, without
+a check, when that time is over. Without ``Retry-After`` the park lasts
+:data:`RATE_LIMIT_BACKOFF_S`, doubling for each 429 in a row (to
+:data:`RATE_LIMIT_BACKOFF_MAX_S`); a success resets it.
 
 Invariants:
 
-* While EJECTED and ``now < ejected_until``, :meth:`Breaker.admits` is false: no
-  request is sent.
-* Once the cool-down is over at most one request is in flight to the target until
-  one succeeds: :meth:`admit` hands out the trial, :meth:`admits` is false until
-  that trial's outcome.
-* The cool-down is ``interval * 2**level`` capped at ``max(cap, interval)``, and never
-  shorter than the ``Retry-After`` a 429 announced. ``level`` grows by one on each
-  failed trial, and drops back to 0 once the target has stayed healthy for as long
-  as its last cool-down.
-* Failures count while they are consecutive (any success resets the run) and the
-  last ``threshold`` of them fit in ``interval`` seconds: a sliding window, so
-  three failures at 59, 61 and 62 s eject with ``interval=60``.
-* ``passive=False`` keeps the counts (for the health endpoint) but real traffic
-  never ejects.
-
-Active probes (:meth:`Breaker.probed`), when configured, come every ``interval``
-seconds and are counted on their own: ``threshold`` failed probes in a row eject a
-healthy target (whatever ``passive`` says). A probe never shortens a cool-down: a
-good probe once the cool-down is over serves as the trial (HEALTHY at once); a
-failed one then counts as a failed trial. A good probe on a healthy target
-changes nothing, so one that answers probes but fails real requests is still
-ejected.
-
-Outcomes are reported with the ticket :meth:`admit` returned, so a stale outcome
-(a request admitted before an ejection) cannot close a trial it did not own.
+* Only HEALTHY (and PARKED once its time is over) admits normal requests.
+* An ejection happens only when ``may_eject()`` allows it: the upstream's cap on how
+  many of its targets are out at once. A target refused ejection stays HEALTHY with
+  its failures counted (the health endpoint says so) and is ejected at its next
+  failure once the cap allows.
+* Outcomes are reported with the :class:`Ticket` the request was admitted with: a
+  request admitted before an ejection cannot eject the target again, nor restore it.
+* ``passive=False``: real traffic is counted but never ejects.
 """
 
 from __future__ import annotations
 
 import collections
 import enum
+from collections.abc import Callable
 
 import attrs
 
-DEFAULT_COOLDOWN_CAP_S = 300.0
+#: The longest Retry-After honoured as it is; a longer one parks the target this long.
+MAX_RETRY_AFTER_S = 3600.0
+RATE_LIMIT_BACKOFF_S = 1.0
+RATE_LIMIT_BACKOFF_MAX_S = 30.0
+HISTORY = 16
 
 
 class State(enum.StrEnum):
     HEALTHY = "healthy"
+    PARKED = "parked"
     EJECTED = "ejected"
-    HALF_OPEN = "half_open"
+    #: A recovery check is in flight (shown as ``half_open``, its usual name).
+    CHECKING = "half_open"
+
+
+#: States in which a target is out of rotation.
+OUT = frozenset({State.PARKED, State.EJECTED, State.CHECKING})
 
 
 class Ticket(enum.Enum):
-    """What :meth:`Breaker.admit` hands out: a normal request or the half-open trial."""
+    """How a request was admitted; its outcome is reported with it."""
 
     NORMAL = "normal"
-    TRIAL = "trial"
+    #: Admitted although out of rotation: every target able to serve the request was
+    #: out or already tried, and the gateway tries rather than refuses.
+    PANIC = "panic"
+
+
+class Check(enum.Enum):
+    """What a probe found."""
+
+    OK = "ok"
+    FAILED = "failed"
+    RATE_LIMITED = "rate_limited"
 
 
 @attrs.frozen
-class BreakerPolicy:
+class HealthPolicy:
     passive: bool = True
     threshold: int = 3
     interval: float = 60.0
-    cooldown_cap: float = DEFAULT_COOLDOWN_CAP_S
+    ejection_time: float = 5.0
 
-    def cooldown(self, level: int) -> float:
-        return min(self.interval * 2**level, max(self.cooldown_cap, self.interval))
+    def out_period(self, level: int) -> float:
+        longest = max(self.interval, self.ejection_time)
+        return min(self.ejection_time * 2 ** min(level, 32), longest)
 
 
 @attrs.frozen
-class BreakerStatistics:
+class Transition:
+    at: float
+    old: State
+    new: State
+    reason: str
+
+
+@attrs.frozen
+class HealthStatistics:
     state: State
+    since: float
+    #: When an out target is next re-admitted (parked) or checked (ejected).
+    until: float | None
+    reason: str
+    probation: bool
     consecutive_failures: int
-    ejected_until: float | None
     ejections: int
     level: int
-    trial_in_flight: bool
     last_error: str | None
+    history: tuple[Transition, ...]
+
+
+def _allow() -> bool:
+    return True
 
 
 @attrs.define
-class Breaker:
-    policy: BreakerPolicy = attrs.field(factory=BreakerPolicy)
+class Health:
+    """One target's health. See the module docstring."""
+
+    policy: HealthPolicy = attrs.field(factory=HealthPolicy)
+    #: The upstream's cap on ejections: called at the moment of an ejection.
+    may_eject: Callable[[], bool] = _allow
     state: State = State.HEALTHY
+    since: float = 0.0
+    reason: str = "never failed"
+    until: float = 0.0
+    probation: bool = False
     consecutive_failures: int = 0
-    #: Times of the latest failures of the current run (at most ``threshold``).
-    recent: collections.deque[float] = attrs.field(factory=collections.deque)
-    ejected_until: float = 0.0
+    probe_failures: int = 0
+    rate_limits: int = 0
     level: int = 0
     ejections: int = 0
-    trial_in_flight: bool = False
     restored_at: float | None = None
-    last_cooldown: float = 0.0
+    last_out: float = 0.0
     last_error: str | None = None
-    probe_failures: int = 0
+    #: The latest failures of the current run, for the reason of an ejection.
+    recent: collections.deque[str] = attrs.field(factory=lambda: collections.deque(maxlen=3))
+    history: collections.deque[Transition] = attrs.field(
+        factory=lambda: collections.deque(maxlen=HISTORY)
+    )
+    #: Set by every transition; the owner takes it (to log it once) with :meth:`take_transition`.
+    pending: Transition | None = None
 
     # --- admission -------------------------------------------------------------
 
     def admits(self, now: float) -> bool:
-        """Would :meth:`admit` let a request through at ``now``? (No state change.)"""
-        if self.state is State.HEALTHY:
-            return True
-        if self.state is State.EJECTED:
-            return now >= self.ejected_until
-        return not self.trial_in_flight
+        """Would a normal request be admitted at ``now``? (No state change.)"""
+        state = self.state
+        return state is State.HEALTHY or (state is State.PARKED and now >= self.until)
 
     def admit(self, now: float) -> Ticket:
-        """Take a slot for one request; call only when :meth:`admits` is true."""
-        if self.state is State.EJECTED:
-            if now < self.ejected_until:
-                raise RuntimeError("admit() on an ejected target")
-            self.state = State.HALF_OPEN
-        if self.state is State.HALF_OPEN:
-            if self.trial_in_flight:
-                raise RuntimeError("admit() while the half-open trial is in flight")
-            self.trial_in_flight = True
-            return Ticket.TRIAL
+        """Take a normal slot; call only when :meth:`admits` is true."""
+        if self.state is State.PARKED:
+            if now < self.until:
+                raise RuntimeError("admit() on a parked target")
+            self._move(now, State.HEALTHY, "the rate limit's time is over")
+        elif self.state is not State.HEALTHY:
+            raise RuntimeError(f"admit() on a target that is {self.state}")
         return Ticket.NORMAL
 
-    def readmission_at(self) -> float | None:
-        """When an ejected target can next be tried (``None`` when it can be now)."""
-        return self.ejected_until if self.state is State.EJECTED else None
+    def out_until(self, now: float) -> float:
+        """When this target would next be back (``now`` when it is in rotation): the
+        order in which out targets are tried as a last resort."""
+        return self.until if self.state is not State.HEALTHY and self.until > now else now
 
-    # --- outcomes --------------------------------------------------------------------
+    # --- real traffic --------------------------------------------------------------
 
     def succeeded(self, now: float, ticket: Ticket) -> None:
         self.consecutive_failures = 0
+        self.rate_limits = 0
         self.recent.clear()
-        if ticket is Ticket.TRIAL and self.state is State.HALF_OPEN:
-            self.state = State.HEALTHY
-            self.trial_in_flight = False
-            self.restored_at = now
+        if ticket is Ticket.PANIC and self.state in OUT:
+            self._restore(now, "a last-resort request succeeded", probation=False)
+        elif self.state is State.HEALTHY:
+            self.probation = False
 
-    def failed(
-        self, now: float, ticket: Ticket, error: str, retry_after: float | None = None
-    ) -> None:
+    def failed(self, now: float, ticket: Ticket, error: str) -> None:
+        """A failure that is the target's own (``AttemptError.blames_target``)."""
         self.last_error = error
-        if ticket is Ticket.TRIAL and self.state is State.HALF_OPEN:
-            self.trial_in_flight = False
-            self.level += 1
-            self._eject(now, retry_after)
-            return
         if self.state is not State.HEALTHY:
-            return  # a request admitted before the ejection: already counted
+            return  # out already: a last resort, or a request admitted before it went out
         self.consecutive_failures += 1
-        recent = self.recent
-        recent.append(now)
-        while len(recent) > self.policy.threshold:
-            recent.popleft()
-        if (
-            self.policy.passive
-            and len(recent) >= self.policy.threshold
-            and now - recent[0] <= self.policy.interval
-        ):
-            self._eject(now, retry_after)
-
-    def probed(self, now: float, ok: bool, error: str = "") -> None:
-        """The outcome of an active health probe.
-
-        Probes come every ``interval`` seconds, so they are counted on their own:
-        ``threshold`` failed probes in a row eject, whatever the time between them.
-        """
-        over = self.state is State.HALF_OPEN or (
-            self.state is State.EJECTED and now >= self.ejected_until
-        )
-        if ok:
-            self.probe_failures = 0
-            if over and not self.trial_in_flight:
-                self.state = State.HEALTHY
-                self.consecutive_failures = 0
-                self.recent.clear()
-                self.restored_at = now
+        self.recent.append(error)
+        if not self.policy.passive:
             return
-        self.last_error = f"probe: {error}"
-        self.probe_failures += 1
-        if over and not self.trial_in_flight:
-            self.level += 1  # a failed trial, as far as the cool-down is concerned
-            self._eject(now, None)
-        elif self.state is State.HEALTHY and self.probe_failures >= self.policy.threshold:
-            self._eject(now, None)
+        if self.probation:
+            self._eject(now, f"failed on probation ({error})")
+        elif self.consecutive_failures >= self.policy.threshold:
+            self._eject(
+                now, f"{self.consecutive_failures} failures in a row ({', '.join(self.recent)})"
+            )
 
-    def abandoned(self, ticket: Ticket) -> None:
-        """The request ended without a verdict (client left, gateway shutting down)."""
-        if ticket is Ticket.TRIAL and self.state is State.HALF_OPEN:
-            self.trial_in_flight = False
+    def rate_limited(self, now: float, ticket: Ticket, retry_after: float | None) -> None:
+        """The provider answered 429: park, do not count a failure."""
+        stale = self.state is not State.PARKED or now < self.until
+        if ticket is Ticket.NORMAL and self.state is not State.HEALTHY and stale:
+            return  # admitted before it went out: what put it out still stands
+        if retry_after is None:
+            seconds = min(
+                RATE_LIMIT_BACKOFF_S * 2 ** min(self.rate_limits, 32), RATE_LIMIT_BACKOFF_MAX_S
+            )
+            self.rate_limits += 1
+            why = f"rate limited (429 without Retry-After: {seconds:g} s backoff)"
+        else:
+            seconds = min(retry_after, MAX_RETRY_AFTER_S)
+            why = f"rate limited (429, Retry-After {retry_after:g} s)"
+        self.last_error = "HTTP 429"
+        self.until = now + seconds
+        self._move(now, State.PARKED, why)
 
-    def _eject(self, now: float, retry_after: float | None) -> None:
-        if (
-            self.state is State.HEALTHY
-            and self.restored_at is not None
-            and now - self.restored_at >= self.last_cooldown
-        ):
-            self.level = 0  # healthy for a whole cool-down since it was restored
-        cooldown = self.policy.cooldown(self.level)
-        if retry_after is not None:
-            cooldown = max(cooldown, retry_after)
-        self.state = State.EJECTED
-        self.ejected_until = now + cooldown
-        self.last_cooldown = cooldown
+    # --- probes --------------------------------------------------------------------
+
+    def check_due(self, now: float) -> bool:
+        """Is a recovery check due (the out-period of an ejection is over)?"""
+        return self.state is State.EJECTED and now >= self.until
+
+    def start_check(self, now: float) -> None:
+        self._move(now, State.CHECKING, "checking whether the target recovered")
+
+    def checked(
+        self, now: float, result: Check, error: str = "", retry_after: float | None = None
+    ) -> None:
+        """The outcome of a recovery check (ignored unless one was in flight)."""
+        if self.state is not State.CHECKING:
+            return
+        if result is Check.OK:
+            self._restore(now, "the recovery check passed", probation=True)
+        elif result is Check.RATE_LIMITED:
+            self.rate_limited(now, Ticket.PANIC, retry_after)
+        else:
+            self.last_error = f"check: {error}"
+            self.until = now + self.policy.ejection_time
+            self._move(now, State.EJECTED, f"the recovery check failed ({error})")
+
+    def probed(
+        self, now: float, result: Check, error: str = "", retry_after: float | None = None
+    ) -> None:
+        """The outcome of an active probe of a target in rotation.
+
+        ``threshold`` failed probes in a row eject it, whatever ``passive`` says. A
+        passing probe changes nothing else: a target that answers probes but fails
+        real requests is still ejected by them.
+        """
+        if self.state is not State.HEALTHY:
+            return
+        if result is Check.OK:
+            self.probe_failures = 0
+        elif result is Check.RATE_LIMITED:
+            self.rate_limited(now, Ticket.NORMAL, retry_after)
+        else:
+            self.last_error = f"probe: {error}"
+            self.probe_failures += 1
+            if self.probe_failures >= self.policy.threshold:
+                self._eject(now, f"{self.probe_failures} active probes failed in a row ({error})")
+
+    # --- transitions ---------------------------------------------------------------
+
+    def _eject(self, now: float, reason: str) -> None:
+        if not self.may_eject():
+            self.reason = (
+                f"would be ejected ({reason}), but too many targets of its upstream are out"
+            )
+            return
+        if self.restored_at is not None and now - self.restored_at < self.last_out:
+            self.level += 1
+        else:
+            self.level = 0
+        out = self.policy.out_period(self.level)
+        self.last_out = out
+        self.until = now + out
         self.ejections += 1
-        self.recent.clear()
+        self.probation = False
         self.probe_failures = 0
+        self.recent.clear()
+        self._move(now, State.EJECTED, reason)
 
-    def statistics(self, now: float) -> BreakerStatistics:
-        """A snapshot; an ejected target whose cool-down is over shows as ``half_open``."""
-        state = self.state
-        if state is State.EJECTED and now >= self.ejected_until:
-            state = State.HALF_OPEN
-        return BreakerStatistics(
+    def _restore(self, now: float, reason: str, *, probation: bool) -> None:
+        self.restored_at = now
+        self.probation = probation
+        self.consecutive_failures = 0
+        self.probe_failures = 0
+        self.recent.clear()
+        self._move(now, State.HEALTHY, reason)
+
+    def _move(self, now: float, new: State, reason: str) -> None:
+        transition = Transition(now, self.state, new, reason)
+        self.state = new
+        self.since = now
+        self.reason = reason
+        self.history.append(transition)
+        self.pending = transition
+
+    def take_transition(self) -> Transition | None:
+        """The latest transition not yet taken (for the owner to log once)."""
+        transition, self.pending = self.pending, None
+        return transition
+
+    def statistics(self, now: float) -> HealthStatistics:
+        """A snapshot; a parked target whose time is over shows as healthy."""
+        state, until = self.state, self.until
+        if state is State.PARKED and now >= until:
+            state = State.HEALTHY
+        return HealthStatistics(
             state=state,
+            since=self.since,
+            until=until if state in (State.PARKED, State.EJECTED) else None,
+            reason=self.reason,
+            probation=self.probation,
             consecutive_failures=self.consecutive_failures,
-            ejected_until=self.ejected_until if state is State.EJECTED else None,
             ejections=self.ejections,
             level=self.level,
-            trial_in_flight=self.trial_in_flight,
             last_error=self.last_error,
+            history=tuple(self.history),
         )

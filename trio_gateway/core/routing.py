@@ -6,7 +6,7 @@ the answer.
 
 Target choice (:meth:`UpstreamPlan.choose`), in order:
 
-1. A target is *eligible* when its breaker admits a request now and it was not
+1. A target is *eligible* when its health admits a request now and it was not
    already tried for this request. (Its API dialect does not matter: the gateway
    translates.)
 2. The *model*: a target serves model ``M`` when ``M`` is in its ``models`` (or
@@ -18,6 +18,11 @@ Target choice (:meth:`UpstreamPlan.choose`), in order:
    ``reject``: then a model nobody lists is the client's error (400).
 4. *Tiers*: the lowest ``priority`` number with a candidate serves; within it the
    tier's balancer picks.
+5. *Last resort*: when no eligible target can serve (every one able to is out of
+   rotation, or already tried), the gateway does not refuse: it tries the one that
+   is most likely to have recovered (the soonest back, by ``rank``), the model's
+   targets before a fallback, and says so (``last_resort``). Envoy calls this panic
+   routing.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import attrs
 
 from trio_gateway.config.models import Rule, rule_prefix
 from trio_gateway.core.balancing import Balancer, Load, make_balancer
-from trio_gateway.errors import ClientError
+from trio_gateway.errors import ModelNotServed
 
 # --- rules ------------------------------------------------------------------------
 
@@ -110,6 +115,8 @@ class Choice:
     index: int
     model: str
     fallback: bool = False
+    #: Out of rotation, tried because nothing in rotation can serve.
+    last_resort: bool = False
 
 
 @attrs.define
@@ -117,11 +124,6 @@ class Tier:
     priority: int
     members: tuple[int, ...]
     balancer: Balancer
-
-
-class ModelNotServed(ClientError):
-    status = 400
-    type = "model_not_found"
 
 
 @attrs.define
@@ -161,12 +163,28 @@ class UpstreamPlan:
         excluded: Callable[[int], bool],
         loads: Sequence[Load],
         now: float,
+        rank: Callable[[int], float] | None = None,
     ) -> Choice | None:
-        """The target and model for this attempt, or ``None`` when no target is eligible.
+        """The target and model for this attempt, or ``None`` when none can serve.
 
-        Raises :class:`ModelNotServed` when ``model`` is listed by no target and the
-        upstream rejects unknown models.
+        ``excluded`` targets (tried, retired) are never chosen. Targets not excluded
+        that ``admits`` refuses are the last resort, best ``rank`` first, when ``rank``
+        is given. Raises :class:`ModelNotServed` when ``model`` is listed by no target
+        and the upstream rejects unknown models.
         """
+        choice = self._choose(model, admits, excluded, loads, now)
+        if choice is None and rank is not None:
+            choice = self._last_resort(model, excluded, rank)
+        return choice
+
+    def _choose(
+        self,
+        model: str | None,
+        admits: Callable[[int], bool],
+        excluded: Callable[[int], bool],
+        loads: Sequence[Load],
+        now: float,
+    ) -> Choice | None:
         targets = self.targets
 
         def eligible(i: int) -> bool:
@@ -205,9 +223,26 @@ class UpstreamPlan:
                 )
         return None
 
-    def serving(self, model: str | None) -> list[int]:
-        """Targets that could serve ``model`` if they were healthy (for Retry-After)."""
-        if model is None:
-            return [t.index for t in self.targets if t.default_model is not None]
-        listed = [t.index for t in self.targets if t.serves(model)]
-        return listed or [t.index for t in self.targets if t.default_model is not None]
+    def _last_resort(
+        self, model: str | None, excluded: Callable[[int], bool], rank: Callable[[int], float]
+    ) -> Choice | None:
+        targets = self.targets
+
+        def best(candidates: list[int]) -> int:
+            return min(candidates, key=lambda i: (rank(i), targets[i].priority, i))
+
+        with_default = [
+            t.index for t in targets if not excluded(t.index) and t.default_model is not None
+        ]
+        if model is not None:
+            serving = [t.index for t in targets if not excluded(t.index) and t.serves(model)]
+            if serving:
+                return Choice(best(serving), model, last_resort=True)
+            if self.reject_unknown_models:
+                return None
+        if not with_default:
+            return None
+        index = best(with_default)
+        default = targets[index].default_model
+        assert default is not None
+        return Choice(index, default, fallback=model is not None, last_resort=True)

@@ -15,8 +15,14 @@ starts on an event boundary), and what they mean:
 * **an error event** (OpenAI ``data: {"error": …}``, Anthropic ``event: error``):
   before the first content the attempt failed and another target may be tried;
   after it, the event is relayed and the stream is over.
-* **a malformed event** (data that is not a JSON object): the stream is broken
-  there. That event and anything after it are held back.
+* **a finish reason** (OpenAI ``finish_reason``, Anthropic ``message_delta`` with a
+  ``stop_reason``): the answer is whole. A stream that then closes cleanly without its
+  terminator is complete all the same (``finished``): the client gets its answer,
+  properly ended, as every SDK would have taken it.
+* **a malformed event** (data that is not a JSON object): before the first content
+  the stream is broken there (that event and anything after it are held back, and
+  the attempt fails over); after it, the event is passed on as the provider sent it
+  and counted (``malformed``), as a client reading the provider directly would get it.
 
 Every data event is parsed once (orjson, about 0.4 µs for a token chunk): that is
 how a malformed event is caught.
@@ -55,8 +61,10 @@ class StreamWatch:
     """One provider stream. See the module docstring.
 
     ``started``: a content event went by. ``complete``: the terminator did.
-    ``error``: the provider's error type, or :data:`MALFORMED`; once set, ``feed``
-    releases nothing more (an error event itself is released, a malformed one not).
+    ``finished``: a finish reason did. ``malformed``: malformed events passed on after
+    the first content. ``error``: the provider's error type, or :data:`MALFORMED` (a
+    malformed event before any content); once set, ``feed`` releases nothing more (an
+    error event itself is released, a malformed one not).
     """
 
     def __init__(self, fmt: ApiFormat) -> None:
@@ -64,6 +72,8 @@ class StreamWatch:
         self._pending = b""
         self.started = False
         self.complete = False
+        self.finished = False
+        self.malformed = 0
         self.error: str | None = None
 
     def feed(self, data: bytes) -> tuple[bytes, bool]:
@@ -119,6 +129,9 @@ class StreamWatch:
         except (TypeError, AttributeError, KeyError, ValueError):
             kind, detail = "malformed", None  # valid JSON, but not the shape of an event
         if kind == "malformed":
+            if self.started:
+                self.malformed += 1
+                return True, False
             self.error = MALFORMED
             return False, False
         if kind == "error":
@@ -129,6 +142,8 @@ class StreamWatch:
             return True, True
         if kind == "content":
             self.started = True
+            if detail == "finish":
+                self.finished = True
             return True, True
         return True, False
 
@@ -170,15 +185,16 @@ def _openai(event: bytes | None, data: bytes | None) -> tuple[str, str | None]:
     if error:
         kind = error.get("type") if isinstance(error, dict) else None
         return "error", kind or "error"
-    if chunk.get("usage"):
-        return "content", None
+    kind = "content" if chunk.get("usage") else "meta"
     for choice in chunk.get("choices") or ():
         if not isinstance(choice, dict):
             continue
+        if choice.get("finish_reason"):
+            return "content", "finish"
         delta = choice.get("delta") or {}
-        if choice.get("finish_reason") or any(delta.get(k) for k in _OPENAI_CONTENT):
-            return "content", None
-    return "meta", None
+        if any(delta.get(k) for k in _OPENAI_CONTENT):
+            kind = "content"
+    return kind, None
 
 
 def _anthropic(event: bytes | None, data: bytes | None) -> tuple[str, str | None]:
@@ -193,6 +209,10 @@ def _anthropic(event: bytes | None, data: bytes | None) -> tuple[str, str | None
         return "error", (error.get("type") if isinstance(error, dict) else None) or "error"
     if name == "message_stop":
         return "done", None
+    if name == "message_delta":
+        delta = (payload or {}).get("delta")
+        stop = delta.get("stop_reason") if isinstance(delta, dict) else None
+        return "content", ("finish" if stop else None)
     if name in _ANTHROPIC_CONTENT:
         return "content", None
     if name == "content_block_start":

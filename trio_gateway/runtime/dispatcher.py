@@ -2,77 +2,73 @@
 
 Theory of operation
 -------------------
-:meth:`Dispatcher.exchange` serves one client request. It computes the request's
-deadline once (``request_timeout`` from now); every attempt runs under
-``min(deadline, attempt start + first_byte_timeout)`` until its first byte. An
-attempt is: ask the plan (:mod:`trio_gateway.core.routing`) for a target and
-model, take a breaker ticket, submit a :class:`~trio_gateway.runtime.target.Job`
-to that target's actor, and read the job's reply channel.
+:meth:`Dispatcher.exchange` serves one client request. The decisions are sans-IO:
+which target and model (:class:`~trio_gateway.core.routing.UpstreamPlan`), whether
+to try again and what to answer when nothing worked
+(:class:`~trio_gateway.core.failover.Exchange`). The attempts themselves, budgets
+and verdicts included, are the target actors' (:mod:`trio_gateway.runtime.target`).
+This loop only carries one to the other. Per attempt:
 
-* **First byte.** For a whole answer, the provider's response headers: once they
-  are in, the body may take until the deadline. For a stream, its first *content*
-  event (the actor tells content from metadata and keep-alives): until then the
-  client has been sent nothing and another target can still be tried.
-* A failure before that (connect error, timeout, 5xx, 408, 429, a stream that
-  breaks or reports an error before its first token, an answer that does not
-  translate) fails over to the next eligible target: same tier first, then the
-  next, each target at most once, at most ``max_attempts`` attempts.
-* A 4xx other than 408/429 is the client's own error: relayed, no failover.
-* When the deadline rather than the target's own budget ends an attempt, the
-  attempt is charged to nobody (``deadline`` in the trail).
-* A committed stream cannot fail over: a failure ends it with an error event in
-  the client's dialect, never silently. Only content resets its idle timer.
-* When the client leaves, the request's task is cancelled; ``finally`` blocks
-  cancel the running job, which aborts the upstream call.
+1. ask the plan for a target: the eligible ones by tier and algorithm, and when
+   none is left, the target most likely to have recovered (a last resort: no 503
+   while something could serve);
+2. put the request in that target's dialect (a request that cannot be is skipped:
+   ``untranslatable``);
+3. submit a :class:`~trio_gateway.runtime.target.Job` to the target's actor
+   (a full queue skips it: ``overloaded``) and wait for its first reply:
 
-Every response, success or error, streamed or not, carries ``X-Selected-*`` for
-the last target tried, ``X-Request-Id`` and the attempt trail.
+   * ``Whole``: the client's answer (a success, or the client's own error): done;
+   * ``Committed``: a stream with content: the response streams the job's further
+     replies, and nothing can fail over any more;
+   * ``Failed``: recorded; the exchange says whether another target may be tried.
+
+While the job waits in the actor's queue the wait is bounded by the first-byte
+budget (``queue_timeout``, nobody blamed); once the actor has it, the actor's own
+budgets bound it, and the request's deadline (plus a little) is a safety net. When
+the client leaves, the request's task is cancelled and the job abandoned.
+
+Every response, success or error, streamed or not, carries ``X-Selected-*`` for the
+target that answered (or was tried last), ``X-Request-Id`` and the attempt trail.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import attrs
-import httpx2
 import trio
 
 from trio_gateway import jsonio
 from trio_gateway.config.models import ModelFallback, Upstream
-from trio_gateway.core.failover import Attempt, Outcome, Verdict, render_trail, status_verdict
-from trio_gateway.core.health import BreakerPolicy
+from trio_gateway.core.attempt import Budgets
+from trio_gateway.core.failover import AttemptRecord, Exchange, render_trail
+from trio_gateway.core.health import HealthPolicy, State
 from trio_gateway.core.routing import Choice, ModelNotServed, TargetRoute, UpstreamPlan
-from trio_gateway.errors import ClientError, GatewayError
-from trio_gateway.providers import translate
-from trio_gateway.providers.formats import ApiFormat, error_body
-from trio_gateway.providers.passthrough import PassthroughStream
-from trio_gateway.runtime.target import (
-    Answer,
-    AttemptFailed,
-    Job,
-    Meta,
-    Reply,
-    StreamEnd,
-    StreamStart,
-    TargetActor,
+from trio_gateway.errors import (
+    AttemptCrashed,
+    AttemptError,
+    ClientError,
+    DeadlineExceeded,
+    QueueTimeout,
+    TargetBusy,
+    Untranslatable,
 )
+from trio_gateway.providers import translate
+from trio_gateway.providers.formats import ApiFormat, error_body, stream_error_event
+from trio_gateway.runtime.target import Committed, Ended, Failed, Job, Reply, TargetActor, Whole
 
 log = logging.getLogger("trio_gateway.dispatch")
 
 REPLY_BUFFER = 32
-#: Outcomes of targets skipped without being asked: they do not use up an attempt.
-SKIPS = frozenset({Outcome.OVERLOADED.value, Outcome.UNTRANSLATABLE.value})
-#: An attempt that would start with less time than this before the deadline is not made.
-MIN_ATTEMPT_S = 0.01
-#: Response headers of a provider that a client may care about and that stay true
-#: through the gateway (others describe the provider's own connection).
-PASSED_RESPONSE_HEADERS = ("retry-after", "openai-processing-ms", "openai-version")
-PASSED_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
+#: How long past the request's deadline the requester waits for an actor's verdict.
+DEADLINE_GRACE_S = 1.0
+#: How long past the idle budget a committed stream's reader waits for the actor.
+STREAM_GRACE_S = 5.0
 JSON_TYPE = "application/json"
-SSE_TYPE = "text/event-stream"
+#: Health states that count against the upstream's cap on ejections (not a park).
+EJECTED = frozenset({State.EJECTED, State.CHECKING})
 #: Client headers that belong to the client's own dialect (``anthropic-version``):
 #: meaningless, or worse, to a provider of the other dialect.
 DIALECT_PREFIXES = {ApiFormat.OPENAI: "openai-", ApiFormat.ANTHROPIC: "anthropic-"}
@@ -96,8 +92,7 @@ class Limits:
     """A service's time budgets and attempt limit."""
 
     request_timeout: float = 120.0
-    first_byte_timeout: float = 30.0
-    idle_timeout: float = 60.0
+    budgets: Budgets = attrs.field(factory=Budgets)
     max_attempts: int | None = None
 
 
@@ -108,24 +103,13 @@ class ProxyResponse:
     body: bytes | AsyncIterator[bytes]
 
 
-@attrs.define
-class _Failure:
-    """A failed attempt, kept to answer with when no attempt succeeds."""
-
-    outcome: str
-    message: str
-    actor: TargetActor
-    model: str
-    #: The provider's own answer (an error status), relayed if nothing better comes.
-    answer: Answer | None = None
-    #: The request is the client's error for this target (it does not translate).
-    client_error: ClientError | None = None
-
-
-def breaker_policy(upstream: Upstream) -> BreakerPolicy:
+def health_policy(upstream: Upstream) -> HealthPolicy:
     checks = upstream.health_checks
-    return BreakerPolicy(
-        passive=checks.passive, threshold=checks.threshold, interval=checks.interval
+    return HealthPolicy(
+        passive=checks.passive,
+        threshold=checks.threshold,
+        interval=checks.interval,
+        ejection_time=checks.ejection_time,
     )
 
 
@@ -142,6 +126,11 @@ class Dispatcher:
         self.upstream = upstream
         self.actors = tuple(actors)
         self.plan = plan
+        percent = upstream.health_checks.max_ejected_percent
+        n = len(self.actors)
+        #: Targets that may be ejected at once: the share allowed, at least one, and
+        #: never all of them (when there are several).
+        self.max_ejected = max(1, min(n * percent // 100, n - 1))
 
     @classmethod
     def build(cls, upstream: Upstream, actors: Sequence[TargetActor]) -> Dispatcher:
@@ -163,26 +152,23 @@ class Dispatcher:
         )
         return cls(upstream, actors, plan)
 
+    def may_eject(self) -> bool:
+        """Is there room under the upstream's cap for one more ejected target?"""
+        out = sum(1 for actor in self.actors if actor.health.state in EJECTED)
+        return out < self.max_ejected
+
     # --- choosing -------------------------------------------------------------------
 
     def choose(self, model: str | None, tried: set[str], now: float) -> Choice | None:
         actors = self.actors
         return self.plan.choose(
             model,
-            admits=lambda i: actors[i].breaker.admits(now) and not actors[i].retired,
-            excluded=lambda i: actors[i].target.id in tried,
+            admits=lambda i: actors[i].health.admits(now),
+            excluded=lambda i: not actors[i].usable or actors[i].target.id in tried,
             loads=actors,
             now=now,
+            rank=lambda i: actors[i].health.out_until(now),
         )
-
-    def retry_after(self, model: str | None, now: float) -> int:
-        """Seconds until a target that could serve ``model`` is re-admitted (at least 1)."""
-        times = [
-            t
-            for i in self.plan.serving(model)
-            if (t := self.actors[i].breaker.readmission_at()) is not None
-        ]
-        return max(1, math.ceil(min(times) - now)) if times else 1
 
     # --- one client request ------------------------------------------------------------
 
@@ -196,43 +182,31 @@ class Dispatcher:
 
         ``current`` returns the upstream's dispatcher now: the configuration may
         change between two attempts, and the next attempt follows it (targets
-        already tried, by id, are not tried again). Targets skipped without being
-        asked (queue full, request not translatable) do not count as attempts.
+        already tried, by id, are not tried again).
         """
-        deadline = trio.current_time() + limits.request_timeout
+        now = trio.current_time()
+        exchange = Exchange(
+            deadline=now + limits.request_timeout,
+            max_attempts=limits.max_attempts or len(self.actors),
+        )
         dispatcher: Dispatcher = self
-        max_attempts = limits.max_attempts or len(self.actors)
-        tried: set[str] = set()
-        attempts: list[Attempt] = []
-        failures: list[_Failure] = []
-        made = 0
-        timed_out = False
-
-        while made < max_attempts:
-            now = trio.current_time()
-            if now >= deadline - MIN_ATTEMPT_S:
-                timed_out = True
-                break
-            if attempts and current is not None:
+        while exchange.may_try(now):
+            if exchange.trail and current is not None:
                 dispatcher = current() or dispatcher
             try:
-                choice = dispatcher.choose(request.model, tried, now)
+                choice = dispatcher.choose(request.model, exchange.tried, now)
             except ModelNotServed:
-                if not attempts:
+                if not exchange.trail:
                     raise
                 break  # the configuration changed under a failover: answer with what we have
             if choice is None:
                 break
             actor = dispatcher.actors[choice.index]
-            tried.add(actor.target.id)
-            result = await dispatcher._attempt(request, limits, actor, choice, deadline, attempts)
-            if isinstance(result, ProxyResponse):
-                return dispatcher._decorate(result, request, actor, choice, attempts)
-            failures.append(result)
-            made += result.outcome not in SKIPS
-            timed_out = result.outcome == Outcome.DEADLINE.value
-
-        return dispatcher._give_up(request, attempts, failures, timed_out, limits)
+            response = await dispatcher._attempt(request, limits, actor, choice, exchange)
+            if response is not None:
+                return dispatcher._decorate(response, request, actor, choice, exchange.trail)
+            now = trio.current_time()
+        return self._give_up(request, exchange)
 
     async def _attempt(
         self,
@@ -240,19 +214,23 @@ class Dispatcher:
         limits: Limits,
         actor: TargetActor,
         choice: Choice,
-        deadline: float,
-        attempts: list[Attempt],
-    ) -> ProxyResponse | _Failure:
+        exchange: Exchange,
+    ) -> ProxyResponse | None:
+        """One attempt; its outcome goes to ``exchange``. A response means it answered."""
         started = trio.current_time()
-        model = choice.model
 
-        def record(outcome: str) -> None:
-            attempts.append(
-                Attempt(actor.target.id, outcome, (trio.current_time() - started) * 1000)
+        def record(outcome: str, error: AttemptError | None = None) -> None:
+            exchange.record(
+                AttemptRecord(
+                    actor.target.id,
+                    actor.target.provider.value,
+                    choice.model,
+                    outcome,
+                    (trio.current_time() - started) * 1000,
+                    choice.last_resort,
+                ),
+                error,
             )
-
-        def failed(outcome: str, message: str, answer: Answer | None = None) -> _Failure:
-            return _Failure(outcome, message, actor, model, answer=answer)
 
         translator = (
             None
@@ -265,121 +243,68 @@ class Dispatcher:
             )
         )
         try:
-            body = _provider_body(request, model, translator)
+            body = _provider_body(request, choice.model, translator)
         except ClientError as exc:
-            record(Outcome.UNTRANSLATABLE.value)
-            failure = failed(Outcome.UNTRANSLATABLE.value, exc.message)
-            failure.client_error = exc
-            return failure
+            error: AttemptError = Untranslatable(exc)
+            record(error.word, error)
+            return None
 
         reply_send, reply_receive = trio.open_memory_channel[Reply](REPLY_BUFFER)
         job = Job(
             body=body,
             headers=request.headers if translator is None else _foreign(request),
-            model=model,
+            model=choice.model,
             stream=request.stream,
+            deadline=exchange.deadline,
+            budgets=limits.budgets,
+            client_format=request.format,
             reply=reply_send,
-            ticket=actor.breaker.admit(started),
-            translate=None if translator is None or request.stream else _whole(translator),
+            translator=translator,
+            last_resort=choice.last_resort,
         )
-        if not actor.submit(job):
+        if not actor.submit(job, started):
             reply_send.close()
             reply_receive.close()
-            record(Outcome.OVERLOADED.value)
-            return failed(Outcome.OVERLOADED.value, "the target's queue is full")
+            error = TargetBusy("the target's queue is full")
+            record(error.word, error)
+            return None
 
-        budget_end = started + limits.first_byte_timeout
-        first_byte_by = min(deadline, budget_end)
         committed = False
         try:
-            message: Any = _NOTHING
-            stream: Any = None
-            opening: bytes | AttemptFailed | None = None
-            with trio.move_on_at(first_byte_by) as budget:
-                message = await _receive(reply_receive)
-                if isinstance(message, StreamStart):
-                    stream = (
-                        translator.stream() if translator else PassthroughStream(request.format)
-                    )
-                    opening = await _first_events(reply_receive, stream)
-            if budget.cancelled_caught:
-                if stream is None:
-                    late = _late(reply_receive)
-                    message = late if late is not _NOTHING else message
-                if stream is None and not isinstance(message, Answer | AttemptFailed):
-                    if job.first_byte and not request.stream:
-                        # Headers in time, the body still coming: it may take until the deadline.
-                        message = _NOTHING
-                        with trio.move_on_at(deadline):
-                            message = await _receive(reply_receive)
-                        if message is _NOTHING:
-                            job.cancel(Outcome.DEADLINE, blame=False)
-                            record(Outcome.DEADLINE.value)
-                            return failed(
-                                Outcome.DEADLINE.value, "the answer did not finish in time"
-                            )
-                    else:
-                        return self._timed_out(job, limits, budget_end, deadline, record, failed)
-                elif stream is not None:
-                    return self._timed_out(job, limits, budget_end, deadline, record, failed)
-            if stream is not None:
-                if isinstance(opening, bytes):
-                    record(str(message.status))
-                    committed = True
-                    body_stream = _stream_body(
-                        opening, stream, reply_receive, job, limits.idle_timeout
-                    )
-                    return ProxyResponse(
-                        status=message.status,
-                        headers=_passed_headers(message.headers, SSE_TYPE),
-                        body=_StreamBody(body_stream, job, reply_receive),
-                    )
-                message = (
-                    opening
-                    if opening is not None
-                    else AttemptFailed(
-                        Outcome.INTERNAL_ERROR, "the attempt ended without an answer"
-                    )
-                )
-            if isinstance(message, AttemptFailed):
-                record(message.outcome.value)
-                return failed(message.outcome.value, message.message)
-            if isinstance(message, Answer):
+            message = await _first_reply(
+                job, reply_receive, started + limits.budgets.first_byte_timeout, exchange.deadline
+            )
+            if isinstance(message, Whole):
+                answer = message.answer
+                record(str(answer.status))
+                return ProxyResponse(answer.status, list(answer.headers), answer.body)
+            if isinstance(message, Committed):
                 record(str(message.status))
-                if status_verdict(message.status) is Verdict.FAILURE:
-                    return failed(str(message.status), f"HTTP {message.status}", answer=message)
-                return _answer(message, translator)
-            record(Outcome.INTERNAL_ERROR.value)
-            return failed(Outcome.INTERNAL_ERROR.value, "the attempt ended without an answer")
+                committed = True
+                body_stream = _StreamBody(
+                    _stream_body(
+                        message.first,
+                        reply_receive,
+                        job,
+                        request.format,
+                        limits.budgets.idle_timeout + STREAM_GRACE_S,
+                    ),
+                    job,
+                    reply_receive,
+                )
+                return ProxyResponse(message.status, list(message.headers), body_stream)
+            if isinstance(message, Failed):
+                error = message.error
+            elif isinstance(message, AttemptError):
+                error = message
+            else:
+                error = AttemptCrashed("the attempt ended without an answer")
+            record(error.word, error)
+            return None
         finally:
             if not committed:
-                job.cancel(Outcome.CANCELLED)
+                job.abandon()
                 reply_receive.close()
-
-    def _timed_out(
-        self,
-        job: Job,
-        limits: Limits,
-        budget_end: float,
-        deadline: float,
-        record: Callable[[str], None],
-        failed: Callable[..., _Failure],
-    ) -> _Failure:
-        """No first byte in time: whose time ran out, and is the target to blame?
-
-        The target's own budget: ``first_byte_timeout``, blamed, unless the job spent
-        that time in the gateway's queue (the target had it for less than its budget).
-        What was left of the request's deadline: ``deadline``, nobody blamed.
-        """
-        now = trio.current_time()
-        if budget_end <= deadline:
-            held = now - job.dequeued_at if job.dequeued_at is not None else 0.0
-            outcome, blame = Outcome.FIRST_BYTE_TIMEOUT, held >= limits.first_byte_timeout * 0.95
-        else:
-            outcome, blame = Outcome.DEADLINE, False
-        job.cancel(outcome, blame=blame)
-        record(outcome.value)
-        return failed(outcome.value, "no first byte within the time allowed")
 
     # --- the response's headers and the final error ---------------------------------------
 
@@ -389,125 +314,63 @@ class Dispatcher:
         request: ClientRequest,
         actor: TargetActor,
         choice: Choice,
-        attempts: list[Attempt],
+        trail: list[AttemptRecord],
     ) -> ProxyResponse:
-        response.headers += _selection_headers(request, actor, choice.model, attempts)
+        response.headers += _selection_headers(
+            request, actor.target.provider.value, choice.model, actor.target.id, trail
+        )
         if choice.fallback:
             response.headers.append(
                 ("X-Gateway-Model-Fallback", f"{request.model} -> {choice.model}")
             )
         return response
 
-    def _give_up(
-        self,
-        request: ClientRequest,
-        attempts: list[Attempt],
-        failures: list[_Failure],
-        timed_out: bool,
-        limits: Limits,
-    ) -> ProxyResponse:
-        """The answer when no attempt succeeded.
-
-        In order: the last error a provider answered with (translated to the
-        client's dialect); a request that translates for no target; all targets
-        full (429); nothing eligible (503 with Retry-After); else a 502/504 of ours.
-        ``X-Selected-*`` name the target whose answer (or failure) is returned.
-        """
-        fmt = request.format
-
-        def headers_of(failure: _Failure | None) -> list[tuple[str, str]]:
-            if failure is None:
-                return [
-                    ("X-Request-Id", request.request_id),
-                    ("X-Gateway-Attempts", render_trail(attempts)),
-                ]
-            return _selection_headers(request, failure.actor, failure.model, attempts)
-
-        headers = headers_of(failures[-1] if failures else None)
-        answered = [f for f in failures if f.answer is not None]
-        if answered:
-            failure = answered[-1]
-            headers = headers_of(failure)
-            answer = failure.answer
-            assert answer is not None
-            translator = translate.translator(
-                fmt,
-                failure.actor.target.provider.value,
-                default_max_tokens=self.upstream.default_max_tokens,
-                request_id=request.request_id,
+    def _give_up(self, request: ClientRequest, exchange: Exchange) -> ProxyResponse:
+        """The answer when no attempt succeeded: see :meth:`Exchange.conclude`."""
+        conclusion = exchange.conclude(request.model)
+        record = conclusion.record
+        if record is None:
+            headers = [("X-Request-Id", request.request_id)]
+            if exchange.trail:
+                headers.append(("X-Gateway-Attempts", render_trail(exchange.trail)))
+        else:
+            headers = _selection_headers(
+                request, record.provider, record.model, record.target_id, exchange.trail
             )
-            status, body = (
-                (answer.status, answer.body)
-                if translator is None
-                else translator.error(answer.status, answer.body)
-            )
-            content_type = (
-                answer.headers.get("content-type", JSON_TYPE) if translator is None else JSON_TYPE
-            )
-            return ProxyResponse(
-                status, _passed_headers(answer.headers, content_type) + headers, body
-            )
-        client_errors = [f.client_error for f in failures if f.client_error is not None]
-        if client_errors and len(client_errors) == len(failures):
-            error = client_errors[-1]
-            return _error(fmt, error.status, error.type, error.message, headers)
-        real = [
-            f
-            for f in failures
-            if f.outcome not in (Outcome.OVERLOADED.value, Outcome.UNTRANSLATABLE.value)
-        ]
-        if not real and not timed_out:
-            if failures:
-                return _error(
-                    fmt,
-                    429,
-                    "overloaded",
-                    "every eligible target is at capacity; retry shortly",
-                    [*headers, ("Retry-After", "1")],
-                )
-            wait = self.retry_after(request.model, trio.current_time())
-            what = f"model {request.model!r}" if request.model else "this request"
-            return _error(
-                fmt,
-                503,
-                "service_unavailable",
-                f"no healthy target can serve {what} now; retry after {wait} s",
-                [*headers, ("Retry-After", str(wait))],
-            )
-        if timed_out and not real:
-            return _error(
-                fmt,
-                504,
-                "upstream_timeout",
-                f"the request's deadline of {limits.request_timeout:g} s ran out",
-                headers,
-            )
-        failure = real[-1]
-        headers = headers_of(failure)
-        timeout = failure.outcome in (
-            Outcome.TIMEOUT.value,
-            Outcome.FIRST_BYTE_TIMEOUT.value,
-            Outcome.DEADLINE.value,
+        if conclusion.answer is not None:
+            answer = conclusion.answer
+            return ProxyResponse(answer.status, [*answer.headers, *headers], answer.body)
+        error = conclusion.error
+        message = conclusion.message or error.message
+        headers += list(error.headers.items())
+        return ProxyResponse(
+            error.status,
+            [("content-type", JSON_TYPE), *headers],
+            error_body(request.format, error.status, error.type, message),
         )
-        status = 504 if timeout or timed_out else 502
-        kind = "upstream_timeout" if status == 504 else "upstream_error"
-        message = f"{len(attempts)} attempt(s) failed; last: {failure.outcome}: {failure.message}"
-        return _error(fmt, status, kind, message, headers)
 
 
-# --- helpers (pure) --------------------------------------------------------------------
+# --- helpers ---------------------------------------------------------------------------------
 
 
-_NOTHING: Any = object()
+async def _first_reply(
+    job: Job, channel: trio.MemoryReceiveChannel[Reply], first_byte_by: float, deadline: float
+) -> Reply | AttemptError | None:
+    """The job's first reply; ``None`` when the job vanished without one."""
+    with trio.move_on_at(min(deadline, first_byte_by)):
+        return await _receive(channel)
+    if not job.dequeued:
+        return QueueTimeout("the target's queue held the request past its first-byte budget")
+    with trio.move_on_at(deadline + DEADLINE_GRACE_S):
+        return await _receive(channel)
+    return DeadlineExceeded("the request's deadline ran out")
 
 
-def _late(channel: trio.MemoryReceiveChannel[Reply]) -> Any:
-    """A whole answer (or failure) already waiting when a budget ran out: not thrown away."""
+async def _receive(channel: trio.MemoryReceiveChannel[Reply]) -> Reply | None:
     try:
-        message = channel.receive_nowait()
-    except (trio.WouldBlock, trio.EndOfChannel):
-        return _NOTHING
-    return message if isinstance(message, Answer | AttemptFailed) else _NOTHING
+        return await channel.receive()
+    except trio.EndOfChannel:
+        return None
 
 
 def _foreign(request: ClientRequest) -> list[tuple[str, str]]:
@@ -517,31 +380,15 @@ def _foreign(request: ClientRequest) -> list[tuple[str, str]]:
 
 
 def _selection_headers(
-    request: ClientRequest, actor: TargetActor, model: str, attempts: list[Attempt]
+    request: ClientRequest, provider: str, model: str, target_id: str, trail: list[AttemptRecord]
 ) -> list[tuple[str, str]]:
     return [
-        ("X-Selected-Provider", actor.target.provider.value),
+        ("X-Selected-Provider", provider),
         ("X-Selected-Model", model),
-        ("X-Selected-Target", actor.target.id),
+        ("X-Selected-Target", target_id),
         ("X-Request-Id", request.request_id),
-        ("X-Gateway-Attempts", render_trail(attempts)),
+        ("X-Gateway-Attempts", render_trail(trail)),
     ]
-
-
-def _error(
-    fmt: ApiFormat, status: int, kind: str, message: str, headers: list[tuple[str, str]]
-) -> ProxyResponse:
-    return ProxyResponse(
-        status, [("content-type", JSON_TYPE), *headers], error_body(fmt, status, kind, message)
-    )
-
-
-def _passed_headers(headers: httpx2.Headers, content_type: str) -> list[tuple[str, str]]:
-    passed = [("content-type", content_type)]
-    for name, value in headers.items():
-        if name in PASSED_RESPONSE_HEADERS or name.startswith(PASSED_PREFIXES):
-            passed.append((name, value))
-    return passed
 
 
 def _provider_body(
@@ -559,86 +406,13 @@ def _provider_body(
     return jsonio.dumpb(body)
 
 
-def _answer(message: Answer, translator: translate.Translator | None) -> ProxyResponse:
-    """A whole provider answer (success, or a client error) in the client's dialect.
-
-    A success in another dialect was already translated by the actor (``Job.translate``).
-    """
-    status, body = message.status, message.body
-    content_type = message.headers.get("content-type", JSON_TYPE)
-    if translator is not None:
-        if not 200 <= status < 300:
-            status, body = translator.error(status, body)
-        content_type = JSON_TYPE
-    return ProxyResponse(status, _passed_headers(message.headers, content_type), body)
-
-
-def _whole(translator: translate.Translator) -> Callable[[bytes], bytes | None]:
-    """The actor's check and translation of a whole success: client bytes, or ``None``."""
-
-    def translate_answer(body: bytes) -> bytes | None:
-        try:
-            parsed = jsonio.loads(body)
-            if not isinstance(parsed, dict):
-                return None
-            return jsonio.dumpb(translator.response(parsed))
-        except (ValueError, TypeError, KeyError, AttributeError, GatewayError):
-            return None
-
-    return translate_answer
-
-
-async def _receive(channel: trio.MemoryReceiveChannel[Reply]) -> Reply | None:
-    try:
-        return await channel.receive()
-    except trio.EndOfChannel:
-        return None
-
-
-async def _first_events(
-    channel: trio.MemoryReceiveChannel[Reply], stream: Any
-) -> bytes | AttemptFailed | None:
-    """Read until the client can be sent a stream with content (``bytes``), or it failed.
-
-    Metadata and keep-alives are translated and held back; the first content event
-    that produces client bytes (or a complete stream with none) releases them. A
-    translator that finds the provider breaking its protocol fails the attempt.
-    ``None``: the job vanished.
-    """
-    held: list[bytes] = []
-    while True:
-        message = await _receive(channel)
-        if isinstance(message, bytes):
-            out = stream.feed(message)
-            if stream.error is not None:
-                return AttemptFailed(Outcome.PROTOCOL_ERROR, "the provider's stream is not valid")
-            held.append(out)
-            if out:
-                return b"".join(held)
-        elif isinstance(message, Meta):
-            held.append(stream.feed(message.data))
-            if stream.error is not None:
-                return AttemptFailed(Outcome.PROTOCOL_ERROR, "the provider's stream is not valid")
-        elif isinstance(message, StreamEnd):
-            if message.complete:
-                held.append(stream.finish())
-                return b"".join(held)
-            return AttemptFailed(
-                Outcome.STREAM_INCOMPLETE, "the stream ended before its first token"
-            )
-        elif isinstance(message, AttemptFailed):
-            return message
-        else:
-            return None
-
-
 class _StreamBody:
     """The committed stream's body as Quart iterates it, with a safety net.
 
     Quart closes the body when it is done with it; but if the client leaves after
     the response was made and before Quart starts sending it, nothing ever iterates
     (or closes) the generator, and its ``finally`` never runs. Dropping this object
-    (CPython frees it at once) cancels the job and closes the reply channel instead.
+    (CPython frees it at once) abandons the job and closes the reply channel instead.
     """
 
     __slots__ = ("_body", "_channel", "_job")
@@ -658,72 +432,44 @@ class _StreamBody:
         await self._body.aclose()  # type: ignore[attr-defined]
 
     def __del__(self) -> None:
-        self._job.cancel(Outcome.CANCELLED)
+        self._job.abandon()
         self._channel.close()
 
 
 async def _stream_body(
-    opening: bytes,
-    stream: Any,
+    first: bytes,
     channel: trio.MemoryReceiveChannel[Reply],
     job: Job,
-    idle_timeout: float,
+    fmt: ApiFormat,
+    safety_s: float,
 ) -> AsyncIterator[bytes]:
-    """The committed stream: events as they come; a failure ends it with an error event.
+    """The committed stream: the actor's client bytes as they come, until it ends.
 
-    No cancel scope is held across a ``yield``: each wait for a message has its own.
-    Only content moves the idle deadline; pings and keep-alives pass but do not.
-    Leaving (client gone, generator closed) cancels the job in ``finally``.
+    The actor judges the stream and ends a broken one with an error event; this only
+    carries bytes. No cancel scope is held across a ``yield``. If the actor vanishes
+    (it crashed) or stays silent past its own idle budget, the stream still ends with
+    an error event. Leaving (client gone, generator closed) abandons the job.
     """
     try:
-        yield opening
-        idle_deadline = trio.current_time() + idle_timeout
+        yield first
         while True:
             try:
-                message = channel.receive_nowait()  # usually already there: no cancel scope
+                message: Any = channel.receive_nowait()  # usually already there: no cancel scope
             except trio.WouldBlock:
-                message = _NOTHING
-                with trio.move_on_at(idle_deadline):
+                message = None
+                with trio.move_on_after(safety_s):
                     message = await _receive(channel)
             except trio.EndOfChannel:
                 message = None
-            if message is _NOTHING:
-                job.cancel(Outcome.IDLE_TIMEOUT)
-                out = stream.fail(
-                    "upstream_timeout", f"no data from the provider for {idle_timeout:g} s"
-                )
-                if out:
-                    yield out
-                return
             if isinstance(message, bytes):
-                idle_deadline = trio.current_time() + idle_timeout
-            out, done = _stream_step(stream, message)
-            if stream.error is not None and not done:
-                job.cancel(Outcome.PROTOCOL_ERROR)  # the translator already told the client
-                done = True
-            if out:
-                yield out
-            if done:
+                yield message
+            elif isinstance(message, Ended):
+                return
+            else:
+                yield stream_error_event(
+                    fmt, "upstream_error", "the provider's stream ended unexpectedly"
+                )
                 return
     finally:
-        job.cancel(Outcome.CANCELLED)
+        job.abandon()
         channel.close()
-
-
-def _stream_step(stream: Any, message: Reply | None) -> tuple[bytes, bool]:
-    """Client bytes for one reply message, and whether the stream is over."""
-    if isinstance(message, bytes):
-        return stream.feed(message), False
-    if isinstance(message, Meta):
-        return stream.feed(message.data), False
-    if isinstance(message, StreamEnd):
-        if message.complete or message.relayed_error:
-            return stream.finish(), True
-        return stream.fail(
-            "upstream_error", "the provider's stream ended before it was complete"
-        ), True
-    if isinstance(message, AttemptFailed):
-        return stream.fail(
-            "upstream_error", f"the provider's stream broke ({message.outcome.value})"
-        ), True
-    return stream.fail("upstream_error", "the provider's stream ended unexpectedly"), True

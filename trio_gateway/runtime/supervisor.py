@@ -46,16 +46,20 @@ from trio_gateway.config.models import (
     Target,
     Upstream,
 )
+from trio_gateway.core.attempt import Budgets
 from trio_gateway.core.routing import CompiledRule, compile_rules
 from trio_gateway.errors import Problem
 from trio_gateway.providers.endpoints import PROVIDERS, Endpoint
-from trio_gateway.runtime.dispatcher import Dispatcher, Limits, breaker_policy
+from trio_gateway.runtime.clients import ClientPool
+from trio_gateway.runtime.dispatcher import Dispatcher, Limits, health_policy
 from trio_gateway.runtime.target import TargetActor, TargetStatistics
 
 log = logging.getLogger("trio_gateway.runtime")
 
 RESTART_BACKOFF_S = 0.1
 RESTART_BACKOFF_MAX_S = 30.0
+#: An actor that ran this long before crashing starts over from the shortest backoff.
+HEALTHY_RUN_S = 10.0
 
 
 @attrs.frozen
@@ -183,7 +187,7 @@ def plan_upstream(upstream: Upstream, base_urls: Mapping[str, str] | None = None
             raise _TargetUnbuildable(i, exc) from exc
         targets.append(target)
         endpoints.append(endpoint)
-    breaker_policy(upstream)
+    health_policy(upstream)
     Dispatcher.build(upstream, ())  # compiles the tiers and balancers
     return UpstreamBuild(tuple(targets), tuple(endpoints))
 
@@ -240,13 +244,15 @@ class Runtime:
         self._orphans: dict[str, Service] = {}
         self._actors: dict[tuple[str, str], TargetActor] = {}
         self._nursery: trio.Nursery | None = None
+        self._clients: ClientPool | None = None
         self._applied = 0
         self._applied_event = trio.Event()
 
     async def run(
         self, *, task_status: trio.TaskStatus[Runtime] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        async with trio.open_nursery() as nursery:
+        async with ClientPool.open(self._transport) as clients, trio.open_nursery() as nursery:
+            self._clients = clients
             self._nursery = nursery
             snapshot = self.catalog.snapshot
             self._reconcile(snapshot)
@@ -319,6 +325,9 @@ class Runtime:
 
         for update in updates:
             update()
+        for dispatcher in dispatchers.values():
+            for member in dispatcher.actors:
+                member.health.may_eject = dispatcher.may_eject
         for actor in fresh:
             self._nursery.start_soon(self._supervise, actor)
         for key, actor in self._actors.items():
@@ -334,7 +343,7 @@ class Runtime:
     ) -> tuple[list[TargetActor], list[Callable[[], None]], list[TargetActor]]:
         """The actors of ``upstream`` (kept, updated or new), with no side effect yet."""
         plan = plan_upstream(upstream, self._base_urls)
-        policy = breaker_policy(upstream)
+        policy = health_policy(upstream)
         members: list[TargetActor] = []
         updates: list[Callable[[], None]] = []
         fresh: list[TargetActor] = []
@@ -347,11 +356,11 @@ class Runtime:
             ):
                 updates.append(partial(actor.update, target, policy, upstream.health_checks))
             else:
-                new = TargetActor(target, policy, upstream.health_checks, transport=self._transport)
+                new = TargetActor(target, policy, upstream.health_checks)
                 if actor is not None and actor.endpoint.url == endpoint.url:
                     # Same place, new credentials or headers: its health carries over.
-                    new.breaker, new.latency_estimate = actor.breaker, actor.latency_estimate
-                    updates.append(partial(setattr, new.breaker, "policy", policy))
+                    new.health, new.latency_estimate = actor.health, actor.latency_estimate
+                    updates.append(partial(setattr, new.health, "policy", policy))
                 fresh.append(new)
                 actor = new
             members.append(actor)
@@ -404,18 +413,38 @@ class Runtime:
         self.failures = failures
 
     async def _supervise(self, actor: TargetActor) -> None:
+        """Run ``actor`` until it is retired and drained; restart it when it crashes.
+
+        While it waits to restart it is not eligible (``restarting``): nothing is
+        queued to an actor that is not there. The backoff doubles with each crash in
+        a row and starts over after a run of :data:`HEALTHY_RUN_S` seconds.
+        """
+        clients = self._clients
+        assert clients is not None
+        url = actor.endpoint.base_url
+        client = await clients.acquire(url)
         backoff = RESTART_BACKOFF_S
-        while True:
-            try:
-                await actor.run()
-                return  # retired and drained
-            except Exception:
-                log.exception(
-                    "target actor crashed; restarting",
-                    extra={"fields": {"target_id": actor.target.id, "backoff_s": backoff}},
-                )
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, RESTART_BACKOFF_MAX_S)
+        try:
+            while True:
+                started = trio.current_time()
+                try:
+                    await actor.run(client)
+                    return  # retired and drained
+                except Exception:
+                    if trio.current_time() - started >= HEALTHY_RUN_S:
+                        backoff = RESTART_BACKOFF_S
+                    log.exception(
+                        "target actor crashed; restarting",
+                        extra={"fields": {"target_id": actor.target.id, "backoff_s": backoff}},
+                    )
+                actor.restarting = True
+                try:
+                    await trio.sleep(backoff)
+                finally:
+                    actor.restarting = False
+                backoff = min(backoff * 2, RESTART_BACKOFF_MAX_S)
+        finally:
+            clients.release(url)
 
     # --- introspection ---------------------------------------------------------------------
 
@@ -485,8 +514,11 @@ def _compile(
             dispatcher=dispatcher,
             limits=Limits(
                 request_timeout=service.request_timeout,
-                first_byte_timeout=service.first_byte_timeout,
-                idle_timeout=service.idle_timeout,
+                budgets=Budgets(
+                    first_byte_timeout=service.first_byte_timeout,
+                    body_timeout=service.body_timeout,
+                    idle_timeout=service.idle_timeout,
+                ),
                 max_attempts=service.max_attempts,
             ),
         )

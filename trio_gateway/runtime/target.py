@@ -1,57 +1,88 @@
-"""The target actor: one supervised task per target, owning its pool, health and queue.
+"""The target actor: one supervised task per target, owning its health, its queue and its attempts.
 
 Theory of operation
 -------------------
 A :class:`TargetActor` owns, for one target:
 
-* its **breaker** (:class:`~trio_gateway.core.health.Breaker`) and latency
-  estimate; only the actor's own tasks change them, when a job ends;
+* its **health** (:class:`~trio_gateway.core.health.Health`) and latency estimate.
+  Only the actor's own code changes them: admission when a job is submitted
+  (:meth:`submit`, synchronous, called by the requester: decide, then do the I/O),
+  the verdict when an attempt ends, the results of its probes;
 * its **in-flight count**, raised by :meth:`submit` (so balancers see a request at
-  once) and lowered when the job ends;
-* a bounded **request channel**: :meth:`submit` never waits; a full queue refuses
-  the job, which the dispatcher reports as overload;
-* its own pooled **httpx2 client**, opened and closed by :meth:`run`.
+  once) and lowered when the job ends, and a bounded **request channel**:
+  :meth:`submit` never waits, a full queue refuses the job;
+* **every attempt, from its dequeue to its verdict**: the HTTP call, its time
+  budgets (:class:`~trio_gateway.core.attempt.AttemptBudget`), reading and judging
+  the answer (:func:`~trio_gateway.core.attempt.judge_status`, the stream watch),
+  putting it in the client's dialect, and what it means for the target's health.
 
-:meth:`run` takes one job at a time from the channel while fewer than
-``max_in_flight`` are running, and serves each in a task of its own nursery.
-A job carries a cancel scope made by the requester: the requester cancels it
-(after recording why in :attr:`Job.abort`) when a time budget runs out or the
-client leaves, which aborts the upstream call at once, connection included.
+The requester learns how its job went from the job's own reply channel, in order:
+:class:`Whole` (an answer for the client: a success, or the client's own error),
+or :class:`Failed` (an :class:`~trio_gateway.errors.AttemptError`: fail over; it
+may carry the provider's error answer), or :class:`Committed` (a stream with
+content: status, headers, the first client bytes), then client bytes, then
+:class:`Ended`. The one thing a requester does to a job is :meth:`Job.abandon` it
+(the client left, the queue held it too long): that cancels the job's scope, which
+aborts the provider call at once, connection included, and the attempt says
+nothing about the target.
 
-Each job answers through its own reply channel, in order: either one
-:class:`Answer` (a whole response: non-streaming, or any error status), or
-:class:`StreamStart`, body chunks (``bytes``) and :class:`StreamEnd`; or
-:class:`AttemptFailed` at any point. The reply channel's send end is closed
-when the job ends, so a requester never waits for a job that is gone.
+:meth:`run` serves jobs, each in a task of its own nursery, at most
+``max_in_flight`` at once, and runs the probe loop: the recovery check of an
+ejected target when its out-period is over, and active probes every ``interval``
+when they are configured. It uses an HTTP client it does not own (shared per
+origin, see :mod:`trio_gateway.runtime.clients`).
 
-Retiring (:meth:`retire`) closes the request channel: queued jobs are still
-served, then :meth:`run` returns. If :meth:`run` crashes, its nursery cancels
-the running jobs (their requesters see the reply channel close and fail over);
-the supervisor restarts it with the same channel, breaker and queue.
+Retiring (:meth:`retire`) closes the request channel: queued jobs are still served,
+then :meth:`run` returns. If :meth:`run` crashes, its nursery cancels the running
+jobs (their requesters see their reply channels close and fail over); the
+supervisor restarts it with the same channel and health, and the actor is not
+eligible while it waits to restart (:attr:`restarting`).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import attrs
 import httpx2
 import trio
 
+from trio_gateway import jsonio
 from trio_gateway.config.models import HealthChecks, Target
-from trio_gateway.core.balancing import PeakEwma
-from trio_gateway.core.failover import (
-    Outcome,
-    Verdict,
-    outcome_verdict,
-    parse_retry_after,
-    status_verdict,
+from trio_gateway.core.attempt import (
+    AttemptBudget,
+    Budgets,
+    Meaning,
+    judge_status,
+    retry_after,
 )
-from trio_gateway.core.health import Breaker, BreakerPolicy, BreakerStatistics, Ticket
+from trio_gateway.core.balancing import PeakEwma
+from trio_gateway.core.health import Check, Health, HealthPolicy, HealthStatistics, State, Ticket
+from trio_gateway.errors import (
+    Answer,
+    AttemptAbandoned,
+    AttemptCrashed,
+    AttemptError,
+    CredentialRejected,
+    GatewayError,
+    ModelUnavailable,
+    RateLimited,
+    StreamErrorEvent,
+    StreamIncomplete,
+    UpstreamConnectError,
+    UpstreamProtocolError,
+    UpstreamReadError,
+    UpstreamStatusError,
+    UpstreamTimeout,
+)
 from trio_gateway.providers.endpoints import Endpoint
+from trio_gateway.providers.formats import ApiFormat
+from trio_gateway.providers.passthrough import PassthroughStream
+from trio_gateway.providers.translate import Translator
 from trio_gateway.providers.watch import MALFORMED, StreamWatch
 
 log = logging.getLogger("trio_gateway.target")
@@ -59,118 +90,107 @@ log = logging.getLogger("trio_gateway.target")
 QUEUE_SIZE = 256
 MAX_IN_FLIGHT = 1024
 MAX_BODY = 64 << 20
-CONNECT_TIMEOUT_S = 10.0
 #: After a stream's terminator: how long to read what is left, to keep the connection.
 DRAIN_S = 1.0
 PROBE_TIMEOUT_S = 10.0
-#: httpx2's own timeouts are a safety net only: the requester's budgets cancel first.
-SAFETY_TIMEOUT_S = 3600.0
+#: How long a message may wait for the requester to take it before the job gives up:
+#: the requester is gone or stuck, and the connection must not leak.
+STALL_S = 300.0
+#: Response headers of a provider that a client may care about and that stay true
+#: through the gateway (others describe the provider's own connection).
+PASSED_RESPONSE_HEADERS = frozenset(
+    {"retry-after", "retry-after-ms", "openai-processing-ms", "openai-version"}
+)
+PASSED_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
+JSON_TYPE = "application/json"
+SSE_TYPE = "text/event-stream"
+RECENT = 20
 
 
 # --- messages ------------------------------------------------------------------------
 
 
 @attrs.frozen
-class Answer:
-    """A whole response: non-streaming success, or any error status."""
+class Whole:
+    """A whole answer for the client: a success, or the client's own error."""
+
+    answer: Answer
+
+
+@attrs.frozen
+class Failed:
+    error: AttemptError
+
+
+@attrs.frozen
+class Committed:
+    """A stream with content: what the client gets first. Client bytes follow."""
 
     status: int
-    headers: httpx2.Headers
-    body: bytes
+    headers: Sequence[tuple[str, str]]
+    first: bytes
 
 
 @attrs.frozen
-class StreamStart:
-    status: int
-    headers: httpx2.Headers
+class Ended:
+    """The committed stream is over; ``error``: how it failed (its error event was sent)."""
+
+    error: AttemptError | None
+    #: Provider events passed on unread (same dialect) or skipped (translated).
+    malformed: int = 0
 
 
-@attrs.frozen
-class Meta:
-    """Whole stream events that carry no content yet (metadata, pings, keep-alives).
-
-    Forwarded like content, but they neither commit a stream (failover stays
-    possible) nor reset its idle timer. Content comes as plain ``bytes``.
-    """
-
-    data: bytes
-
-
-@attrs.frozen
-class StreamEnd:
-    """The provider closed the stream.
-
-    ``complete``: its terminator was seen. ``relayed_error``: it sent an error event,
-    already passed on, so the client needs no second one.
-    """
-
-    complete: bool
-    relayed_error: bool = False
-
-
-@attrs.frozen
-class AttemptFailed:
-    outcome: Outcome
-    message: str
-
-
-Reply = Answer | StreamStart | Meta | StreamEnd | AttemptFailed | bytes
+Reply = Whole | Failed | Committed | Ended | bytes
 
 
 @attrs.define(eq=False)
 class Job:
-    """One attempt: what to send, where to answer, and how to be stopped."""
+    """One attempt: what to send, how long it may take, and where to answer.
+
+    Written by the requester before :meth:`TargetActor.submit`; afterwards only the
+    actor writes it (``ticket``, ``dequeued``), except :meth:`abandon`.
+    """
 
     body: bytes
     headers: Sequence[tuple[str, str]]
     model: str
     stream: bool
+    deadline: float
+    budgets: Budgets
+    client_format: ApiFormat
     reply: trio.MemorySendChannel[Reply]
+    #: ``None``: the provider speaks the client's dialect.
+    translator: Translator | None = None
+    #: Tried although out of rotation (nothing in rotation could serve).
+    last_resort: bool = False
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     ticket: Ticket = Ticket.NORMAL
-    #: How long a message may wait for the requester to take it before the job
-    #: gives up: the requester is gone or stuck, and the connection must not leak.
-    stall_timeout: float = 300.0
-    #: For a whole answer in another dialect: the client's body, or ``None`` when the
-    #: provider's answer is not valid (then the attempt failed). Run by the actor, so
-    #: that the verdict it records is the final one.
-    translate: Callable[[bytes], bytes | None] | None = None
-    #: Why the requester cancelled ``scope``; decides what the breaker records.
-    abort: Outcome | None = None
-    #: The job's last message is on its way: its verdict is known, nothing to cancel.
-    answered: bool = False
-    #: When the actor took it off its queue (``None`` while queued).
-    dequeued_at: float | None = None
-    #: The provider's response headers arrived.
-    first_byte: bool = False
-    #: A stream's first content event arrived.
-    first_content: bool = False
-    #: Whether the abort reason counts against the target (see :meth:`cancel`).
-    blame: bool = True
-    done: bool = False
+    dequeued: bool = False
 
-    def cancel(self, why: Outcome, *, blame: bool = True) -> None:
-        """Stop this attempt unless it has answered (idempotent; the first reason wins).
-
-        ``blame=False``: the reason says nothing about the target (the time ran out
-        while the job waited in the gateway's own queue).
-        """
-        if not self.answered and not self.done and self.abort is None:
-            self.abort = why
-            self.blame = blame
-            self.scope.cancel()
+    def abandon(self) -> None:
+        """Stop this attempt (idempotent): the provider call is aborted at once."""
+        self.scope.cancel()
 
 
 @attrs.frozen
 class TargetStatistics:
     id: str
     provider: str
-    health: BreakerStatistics
+    health: HealthStatistics
     in_flight: int
     queued: int
     latency_s: float | None
     requests: int
     failures: int
+    probes: int
+    probe_failures: int
+    restarting: bool
+    #: ``(trio time, outcome word)`` of the latest attempts, oldest first.
+    recent: tuple[tuple[float, str], ...]
+
+
+class _Stalled(Exception):
+    """The requester did not take a message for :data:`STALL_S` seconds."""
 
 
 # --- the actor ---------------------------------------------------------------------------
@@ -180,12 +200,7 @@ class TargetActor:
     """See the module docstring. Construct, then run under a supervisor."""
 
     def __init__(
-        self,
-        target: Target,
-        policy: BreakerPolicy,
-        checks: HealthChecks | None = None,
-        *,
-        transport: httpx2.AsyncBaseTransport | None = None,
+        self, target: Target, policy: HealthPolicy, checks: HealthChecks | None = None
     ) -> None:
         self.target = target
         self.checks = checks or HealthChecks()
@@ -193,77 +208,92 @@ class TargetActor:
         #: Parsed once: httpx would parse the URL string on every request.
         self._url = None if "{model}" in self.endpoint.url else httpx2.URL(self.endpoint.url)
         self.format = self.endpoint.format
-        self.breaker = Breaker(policy)
+        self.health = Health(policy)
         self.latency_estimate = PeakEwma()
         self.in_flight = 0
         self.requests = 0
         self.failures = 0
-        self._transport = transport
+        self.probes = 0
+        self.probe_failures = 0
+        self.recent: collections.deque[tuple[float, str]] = collections.deque(maxlen=RECENT)
+        #: Set by the supervisor while a crashed :meth:`run` waits to restart.
+        self.restarting = False
         #: At most this many requests at once; as many more may wait in the queue.
         self.max_in_flight = target.max_in_flight or MAX_IN_FLIGHT
         self._send, self._receive = trio.open_memory_channel[Job](
             min(self.max_in_flight, QUEUE_SIZE)
         )
         self._retired = False
-        self._probes: trio.CancelScope | None = None
+        self._probes = trio.CancelScope()
+        self._sleep = trio.CancelScope()
 
     # --- used by the dispatcher (synchronous, same thread) -------------------------------
 
     def latency(self, now: float) -> float | None:
         return self.latency_estimate.estimate(now)
 
-    def submit(self, job: Job) -> bool:
-        """Queue ``job`` without waiting; ``False`` (and the ticket released) if the queue is full."""
+    @property
+    def usable(self) -> bool:
+        """Neither retired nor waiting to restart: it may be sent a job."""
+        return not self._retired and not self.restarting
+
+    def admits(self, now: float) -> bool:
+        return self.usable and self.health.admits(now)
+
+    def submit(self, job: Job, now: float) -> bool:
+        """Admit and queue ``job`` without waiting; ``False`` if it cannot be taken now."""
+        if not self.usable:
+            return False
+        if self.health.admits(now):
+            job.ticket = self.health.admit(now)
+        elif job.last_resort:
+            job.ticket = Ticket.PANIC
+        else:
+            return False
         try:
             self._send.send_nowait(job)
         except (trio.WouldBlock, trio.ClosedResourceError):
-            self.breaker.abandoned(job.ticket)
             return False
         self.in_flight += 1
+        self._transitioned()  # admission may have ended a park
         return True
 
     def retire(self) -> None:
         """Take no new jobs; serve the queued ones, then let :meth:`run` return.
 
         Probing stops at once: a retired actor's old credentials must not eject the
-        target its successor serves (they may share a breaker).
+        target its successor serves (they may share its health).
         """
         self._retired = True
         self._send.close()
-        if self._probes is not None:
-            self._probes.cancel()
+        self._probes.cancel()
 
     @property
     def retired(self) -> bool:
         return self._retired
 
-    def update(self, target: Target, policy: BreakerPolicy, checks: HealthChecks) -> None:
+    def update(self, target: Target, policy: HealthPolicy, checks: HealthChecks) -> None:
         """Adopt edits that do not change the connection (weight, models, health policy)."""
         self.target = target
-        self.breaker.policy = policy
+        self.health.policy = policy
         self.checks = checks
+        self._sleep.deadline = -float("inf")  # the probe loop reconsiders its schedule
 
     # --- the task ---------------------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve jobs until retired and drained. Owns the HTTP client and the job tasks."""
+    async def run(
+        self,
+        client: httpx2.AsyncClient,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve jobs until retired and drained; probe meanwhile. Owns the job tasks."""
         slots = trio.Semaphore(self.max_in_flight)
-        async with (
-            httpx2.AsyncClient(
-                transport=self._transport,
-                timeout=httpx2.Timeout(SAFETY_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
-                limits=httpx2.Limits(
-                    max_connections=self.max_in_flight, max_keepalive_connections=64
-                ),
-                follow_redirects=False,
-                trust_env=False,
-            ) as client,
-            trio.open_nursery() as nursery,
-        ):
-            self._probes = probes = trio.CancelScope()
+        async with trio.open_nursery() as nursery:
+            self._probes = trio.CancelScope()
             if self._retired:
-                probes.cancel()
-            nursery.start_soon(self._probe_loop, client, probes)
+                self._probes.cancel()
+            nursery.start_soon(self._probe_loop, client, self._probes)
             task_status.started()
             while True:
                 await slots.acquire()
@@ -273,245 +303,442 @@ class TargetActor:
                     slots.release()
                     break
                 nursery.start_soon(self._serve, client, job, slots)
-            probes.cancel()  # retired: stop probing; the nursery waits for the running jobs
+            self._probes.cancel()  # retired: the nursery waits for the running jobs
+
+    # --- probes ------------------------------------------------------------------------------
 
     async def _probe_loop(self, client: httpx2.AsyncClient, scope: trio.CancelScope) -> None:
-        """Every ``interval`` seconds, if ``active``: ``GET`` the probe path, tell the breaker."""
+        """Recovery checks when due; active probes every ``interval`` when configured."""
         with scope:
+            next_active = trio.current_time() + self.checks.interval
             while True:
-                await trio.sleep(self.checks.interval)
+                health = self.health
+                wake = health.until if health.state is State.EJECTED else float("inf")
                 if self.checks.active:
-                    await self._probe(client)
+                    wake = min(wake, next_active)
+                with trio.move_on_at(wake) as self._sleep:
+                    await trio.sleep_forever()
+                now = trio.current_time()
+                if health.check_due(now):
+                    health.start_check(now)
+                    self._transitioned()
+                    result, error, wait = await self._probe(client)
+                    health.checked(trio.current_time(), result, error, wait)
+                    self._transitioned()
+                elif self.checks.active and now >= next_active:
+                    result, error, wait = await self._probe(client)
+                    health.probed(trio.current_time(), result, error, wait)
+                    self._transitioned()
+                    next_active = trio.current_time() + self.checks.interval
+                elif not self.checks.active:
+                    next_active = now + self.checks.interval
 
-    async def _probe(self, client: httpx2.AsyncClient) -> None:
+    async def _probe(self, client: httpx2.AsyncClient) -> tuple[Check, str, float | None]:
+        """``GET`` the probe path with the target's credentials: is the provider answering?
+
+        Any answer but a failure (5xx, 408, 401, 403) counts as alive: a 404 still
+        means a server is there. A 429 parks the target.
+        """
         checks = self.checks
         url = self.endpoint.probe_url(checks.path)
         headers = self.endpoint.request_headers([(n.lower(), v) for n, v in checks.headers.items()])
-        error = ""
-        with trio.move_on_after(min(checks.interval, PROBE_TIMEOUT_S)) as timer:
+        self.probes += 1
+        result, error, wait = Check.FAILED, "timed out", None
+        with trio.move_on_after(min(checks.interval, PROBE_TIMEOUT_S)):
             try:
                 response = await client.get(url, headers=headers)
-                if not 200 <= response.status_code < 300:
-                    error = f"HTTP {response.status_code}"
             except Exception as exc:  # an unusable probe is a failed probe, never a crash
                 error = type(exc).__name__
-        if timer.cancelled_caught:
-            error = "timed out"
-        self.breaker.probed(trio.current_time(), ok=not error, error=error)
+            else:
+                meaning = judge_status(response.status_code)
+                if meaning is Meaning.RATE_LIMITED:
+                    result, error = Check.RATE_LIMITED, "HTTP 429"
+                    wait = retry_after(response.headers)
+                elif meaning in (Meaning.FAILURE, Meaning.CREDENTIAL):
+                    error = f"HTTP {response.status_code}"
+                else:
+                    result, error = Check.OK, ""
+        if result is Check.FAILED:
+            self.probe_failures += 1
+        return result, error, wait
+
+    # --- one attempt -------------------------------------------------------------------------
 
     async def _serve(self, client: httpx2.AsyncClient, job: Job, slots: trio.Semaphore) -> None:
-        begun = job.dequeued_at = trio.current_time()
-        verdict, error, retry_after = Verdict.NEUTRAL, "", None
-        given_up = job.abort is not None  # while it waited in the queue: nothing to learn
+        job.dequeued = True
+        began = trio.current_time()
+        error: AttemptError | None = AttemptAbandoned("the request was abandoned")
         try:
-            async with job.reply:
-                with job.scope:
-                    if not given_up:
-                        verdict, error, retry_after = await self._exchange(client, job)
-        except trio.BrokenResourceError:
-            verdict, error = Verdict.NEUTRAL, "requester left"
-        except Exception:  # a bug of ours: the attempt fails over, the actor lives on
-            log.exception("job failed", extra={"fields": {"target_id": self.target.id}})
-            verdict, error = Verdict.NEUTRAL, "internal error"
-            with contextlib.suppress(
-                trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError
-            ):
-                job.reply.send_nowait(AttemptFailed(Outcome.INTERNAL_ERROR, "internal error"))
+            with job.scope:
+                try:
+                    error = await self._attempt(client, job)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, _Stalled):
+                    error = AttemptAbandoned("the requester stopped reading")
+                except Exception:  # a bug of ours: the request fails over, the actor lives on
+                    log.exception("job failed", extra={"fields": {"target_id": self.target.id}})
+                    error = AttemptCrashed("internal error; see the gateway log")
+                    with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
+                        job.reply.send_nowait(Failed(error))
         finally:
-            job.done = True
-            if job.abort is not None and not given_up:
-                verdict = outcome_verdict(job.abort) if job.blame else Verdict.NEUTRAL
-                error = job.abort.value
-            self._settle(job.ticket, verdict, error, retry_after, trio.current_time() - begun)
+            job.reply.close()
+            if job.scope.cancelled_caught:
+                error = AttemptAbandoned("the request was abandoned")
+            self._settle(job, error, trio.current_time() - began)
             self.in_flight -= 1
             slots.release()
 
-    async def _exchange(
-        self, client: httpx2.AsyncClient, job: Job
-    ) -> tuple[Verdict, str, float | None]:
-        """The HTTP call. Returns the verdict for the breaker and an error text.
+    async def _attempt(self, client: httpx2.AsyncClient, job: Job) -> AttemptError | None:
+        """The HTTP call; returns how it ended (``None``: the client got its answer).
 
         Error texts are fixed phrases plus an exception's class name, never its
         message: an HTTP library's message can quote a header, a credential included.
         """
+        now = trio.current_time()
+        budget = AttemptBudget.start(job.budgets, job.deadline, now)
         request = client.build_request(
             "POST",
             self._url or self.endpoint.url_for(job.model),
             headers=self.endpoint.request_headers(job.headers),
             content=job.body,
         )
-        started = trio.current_time()
-        try:
-            response = await client.send(request, stream=True)
-        except httpx2.TimeoutException as exc:
-            return await self._failed(job, Outcome.TIMEOUT, f"timed out ({type(exc).__name__})")
-        except (httpx2.ConnectError, httpx2.UnsupportedProtocol) as exc:
-            return await self._failed(
-                job, Outcome.CONNECT_ERROR, f"cannot connect to the provider ({type(exc).__name__})"
-            )
-        except httpx2.LocalProtocolError:
-            # Our request could not be written: a configuration problem, not the provider's.
-            return await self._failed(
-                job,
-                Outcome.INTERNAL_ERROR,
-                "the request could not be sent (check the target's headers)",
-            )
-        except httpx2.HTTPError as exc:
-            return await self._failed(
-                job,
-                Outcome.PROTOCOL_ERROR,
-                f"bad response from the provider ({type(exc).__name__})",
-            )
-        job.first_byte = True
+        response = None
+        with trio.move_on_at(budget.timer):
+            try:
+                response = await client.send(request, stream=True)
+            except httpx2.HTTPError as exc:
+                return await self._failed(job, _transport_error(exc, answered=False))
+        if response is None:
+            return await self._failed(job, budget.expired())
+        complete = False
         try:
             status = response.status_code
-            verdict = status_verdict(status)
-            if job.stream and verdict is Verdict.SUCCESS:
-                return await self._relay_stream(job, response, started)
-            if verdict is Verdict.SUCCESS:
-                now = trio.current_time()
-                self.latency_estimate.observe(now - started, now)
-            body = bytearray()
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > MAX_BODY:
-                    return await self._failed(
-                        job, Outcome.PROTOCOL_ERROR, "response body too large"
-                    )
-            if verdict is Verdict.SUCCESS and job.translate is not None:
-                translated = job.translate(bytes(body))
-                if translated is None:
-                    return await self._failed(
-                        job, Outcome.PROTOCOL_ERROR, "the provider's answer is not valid"
-                    )
-                body = bytearray(translated)
-            await self._last(job, Answer(status, response.headers, bytes(body)))
-            retry_after = parse_retry_after(response.headers.get("retry-after"))
-            return verdict, "" if verdict is Verdict.SUCCESS else f"HTTP {status}", retry_after
-        except httpx2.TimeoutException as exc:
-            return await self._failed(
-                job, Outcome.TIMEOUT, f"timed out reading ({type(exc).__name__})"
-            )
-        except httpx2.HTTPError as exc:
-            return await self._failed(
-                job, Outcome.READ_ERROR, f"reading failed ({type(exc).__name__})"
-            )
+            if job.stream and 200 <= status < 300:
+                budget.headers(trio.current_time(), stream=True)
+                error, complete = await self._relay_stream(job, budget, response)
+                return error
+            budget.headers(trio.current_time(), stream=False)
+            body = await self._read(response, budget)
+            if isinstance(body, AttemptError):
+                return await self._failed(job, body)
+            complete = True
+            return await self._judge(job, response, body, budget)
         finally:
-            if response.is_stream_consumed and not job.scope.cancel_called:
-                await response.aclose()  # read to the end: the connection goes back to the pool
+            await _release(response, complete and not job.scope.cancel_called)
+
+    async def _read(self, response: httpx2.Response, budget: AttemptBudget) -> bytes | AttemptError:
+        """A whole answer's body, each piece within the body budget."""
+        body = bytearray()
+        with trio.move_on_at(budget.timer) as scope:
+            try:
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > MAX_BODY:
+                        return UpstreamProtocolError("the answer's body is too large")
+                    budget.progress(trio.current_time())
+                    scope.deadline = budget.timer
+            except httpx2.HTTPError as exc:
+                return _transport_error(exc, answered=True)
+        if scope.cancelled_caught:
+            return budget.expired()
+        return bytes(body)
+
+    async def _judge(
+        self, job: Job, response: httpx2.Response, body: bytes, budget: AttemptBudget
+    ) -> AttemptError | None:
+        """What a whole answer means; the client's version of it goes to the requester."""
+        status = response.status_code
+        meaning = judge_status(status, body if status in (400, 404, 413) else b"")
+        translator = job.translator
+        if meaning is Meaning.SUCCESS:
+            if translator is not None:
+                client_body = _translate_answer(translator, body)
+                if client_body is None:
+                    return await self._failed(
+                        job, UpstreamProtocolError("the provider's answer is not valid")
+                    )
+                headers = passed_headers(response.headers, JSON_TYPE)
             else:
-                with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-                    await response.aclose()
+                client_body = body
+                headers = passed_headers(
+                    response.headers, response.headers.get("content-type", JSON_TYPE)
+                )
+            self._observe_first_byte(budget)
+            await self._last(job, Whole(Answer(status, headers, client_body)))
+            return None
+        if meaning is Meaning.CREDENTIAL:
+            return await self._failed(job, CredentialRejected(status, self.target.id))
+        if translator is not None:
+            status_out, body_out = translator.error(status, body)
+            answer = Answer(status_out, passed_headers(response.headers, JSON_TYPE), body_out)
+        else:
+            answer = Answer(
+                status,
+                passed_headers(response.headers, response.headers.get("content-type", JSON_TYPE)),
+                body,
+            )
+        match meaning:
+            case Meaning.CLIENT_ERROR:
+                await self._last(job, Whole(answer))
+                return None
+            case Meaning.RATE_LIMITED:
+                error: AttemptError = RateLimited(
+                    "HTTP 429", retry_after=retry_after(response.headers), answer=answer
+                )
+            case Meaning.MODEL:
+                error = ModelUnavailable(
+                    status, f"HTTP {status} (an error of the model)", answer=answer
+                )
+            case _:
+                error = UpstreamStatusError(status, f"HTTP {status}", answer=answer)
+        return await self._failed(job, error)
 
     async def _relay_stream(
-        self, job: Job, response: httpx2.Response, started: float
-    ) -> tuple[Verdict, str, None]:
-        """Whole events to the requester, content marked; the watch decides the verdict.
+        self, job: Job, budget: AttemptBudget, response: httpx2.Response
+    ) -> tuple[AttemptError | None, bool]:
+        """Judge the provider's events, translate them, commit on the first content.
 
-        The terminator ends the job at once: what the provider does after it (closing
-        badly, lingering) is neither the client's business nor a failure.
+        Returns how the attempt ended and whether the provider's body was read to its
+        end (its connection can then be reused).
         """
         watch = StreamWatch(self.format)
-        if not await self._deliver(job, StreamStart(response.status_code, response.headers)):
-            return Verdict.NEUTRAL, "the requester stopped reading", None
+        stream = (
+            job.translator.stream()
+            if job.translator is not None
+            else PassthroughStream(job.client_format, watch)
+        )
+        headers = passed_headers(response.headers, SSE_TYPE)
+        held: list[bytes] = []
+        committed = False
         chunks = response.aiter_bytes()
-        async for chunk in chunks:
-            out, content = watch.feed(chunk)
-            if watch.error is not None and not watch.started:
-                kind = Outcome.PROTOCOL_ERROR if watch.error == MALFORMED else Outcome.STREAM_ERROR
-                return await self._failed(
-                    job, kind, f"the stream began with an error ({watch.error})"
-                )
-            if content and not job.first_content:
-                job.first_content = True
-                now = trio.current_time()
-                self.latency_estimate.observe(now - started, now)  # time to first token
-            if out and not await self._deliver(job, out if content else Meta(out)):
-                return Verdict.NEUTRAL, "the requester stopped reading", None
-            if watch.complete:
-                await self._last(job, StreamEnd(True))
-                # Read what is left from the same iterator (the chunked terminator, usually)
-                # so the connection goes back to the pool; whatever happens there is ignored.
-                with trio.move_on_after(DRAIN_S), contextlib.suppress(httpx2.HTTPError):
-                    async for _ in chunks:
-                        pass
-                return Verdict.SUCCESS, "", None
-            if watch.error is not None:
+        error: AttemptError | None = None
+        closed = False  # the provider ended its body cleanly
+        while True:
+            chunk = None
+            with trio.move_on_at(budget.timer) as wait:
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    closed = True
+                except httpx2.HTTPError as exc:
+                    error = _transport_error(exc, answered=True)
+            if wait.cancelled_caught:
+                error = budget.expired()
+            if error is not None:
                 break
-        out, content = watch.flush()
-        if out and not await self._deliver(job, out if content else Meta(out)):
-            return Verdict.NEUTRAL, "the requester stopped reading", None
-        relayed = watch.error is not None and watch.error != MALFORMED
-        await self._last(job, StreamEnd(watch.complete, relayed_error=relayed))
-        if watch.complete:
-            return Verdict.SUCCESS, "", None
-        if watch.error is not None:
-            return Verdict.FAILURE, f"the stream broke ({watch.error})", None
-        return Verdict.FAILURE, Outcome.STREAM_INCOMPLETE.value, None
+            if closed:
+                out, content = watch.flush()
+            else:
+                assert chunk is not None
+                out, content = watch.feed(chunk)
+            if watch.error is not None and not watch.started:
+                if watch.error == MALFORMED:
+                    error = UpstreamProtocolError("the stream began with a malformed event")
+                else:
+                    error = StreamErrorEvent(f"the stream began with an error ({watch.error})")
+                break
+            client_bytes = stream.feed(out) if out else b""
+            if not committed:
+                if stream.skipped or stream.error is not None:
+                    error = UpstreamProtocolError("the provider's stream is not valid")
+                    break
+                if client_bytes:
+                    held.append(client_bytes)
+                if content and held and not watch.complete:
+                    committed = await self._commit(job, budget, response.status_code, headers, held)
+            else:
+                if client_bytes:
+                    await self._deliver(job, client_bytes)
+                if content:
+                    budget.content(trio.current_time())
+            if watch.complete or closed:
+                break
+            if watch.error is not None:
+                # An error event after the first content: relayed already, the stream is over.
+                error = StreamErrorEvent(f"the stream broke ({watch.error})")
+                break
 
-    async def _deliver(self, job: Job, message: Reply) -> bool:
-        """Hand ``message`` to the requester; ``False`` if it stopped reading for too long."""
+        malformed = watch.malformed + stream.skipped
+        if error is None and (watch.complete or watch.finished):
+            tail = stream.finish()
+            if not committed:
+                held.append(tail)
+                await self._commit(job, budget, response.status_code, headers, held)
+            elif tail:
+                await self._deliver(job, tail)
+            await self._last(job, Ended(None, malformed))
+            complete = closed or await _drain(chunks)
+            return None, complete
+        if error is None:
+            error = StreamIncomplete("the provider's stream ended before it was complete")
+        if not committed:
+            return await self._failed(job, error), False
+        if not isinstance(error, StreamErrorEvent):
+            tail = stream.fail(
+                "upstream_timeout" if isinstance(error, UpstreamTimeout) else "upstream_error",
+                error.message,
+            )
+            if tail:
+                await self._deliver(job, tail)
+        await self._last(job, Ended(error, malformed))
+        return error, False
+
+    async def _commit(
+        self,
+        job: Job,
+        budget: AttemptBudget,
+        status: int,
+        headers: Sequence[tuple[str, str]],
+        held: list[bytes],
+    ) -> bool:
+        budget.content(trio.current_time())
+        self._observe_first_byte(budget)
+        await self._deliver(job, Committed(status, headers, b"".join(held)))
+        held.clear()
+        return True
+
+    async def _deliver(self, job: Job, message: Reply) -> None:
+        """Hand ``message`` to the requester; :class:`_Stalled` if it does not take it."""
         try:
             job.reply.send_nowait(message)
-            return True
         except trio.WouldBlock:
-            with trio.move_on_after(job.stall_timeout) as stalled:
+            with trio.move_on_after(STALL_S) as stalled:
                 await job.reply.send(message)
-            return not stalled.cancelled_caught
+            if stalled.cancelled_caught:
+                raise _Stalled from None
 
     async def _last(self, job: Job, message: Reply) -> None:
-        """The job's final message: its verdict stands whatever the requester does now."""
-        job.answered = True
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        """The job's final message: the verdict stands whatever the requester does now."""
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, _Stalled):
             await self._deliver(job, message)
 
-    async def _failed(self, job: Job, outcome: Outcome, message: str) -> tuple[Verdict, str, None]:
-        await self._last(job, AttemptFailed(outcome, message))
-        return outcome_verdict(outcome), message, None
+    async def _failed(self, job: Job, error: AttemptError) -> AttemptError:
+        await self._last(job, Failed(error))
+        return error
 
-    def _settle(
-        self,
-        ticket: Ticket,
-        verdict: Verdict,
-        error: str,
-        retry_after: float | None,
-        elapsed: float,
-    ) -> None:
+    # --- verdicts ---------------------------------------------------------------------------
+
+    def _observe_first_byte(self, budget: AttemptBudget) -> None:
         now = trio.current_time()
+        self.latency_estimate.observe(now - budget.started, now)
+
+    def _settle(self, job: Job, error: AttemptError | None, elapsed: float) -> None:
+        now = trio.current_time()
+        health = self.health
         self.requests += 1
-        if verdict is Verdict.SUCCESS or verdict is Verdict.CLIENT_ERROR:
-            self.breaker.succeeded(now, ticket)
-        elif verdict is Verdict.FAILURE:
-            self.failures += 1
-            # A failure is slow as far as latency-aware balancing is concerned.
-            self.latency_estimate.observe(elapsed, now)
-            self.breaker.failed(now, ticket, error, retry_after)
-            if log.isEnabledFor(logging.INFO):
-                log.info(
-                    "target failure",
-                    extra={
-                        "fields": {
-                            "target_id": self.target.id,
-                            "error": error,
-                            "state": self.breaker.state.value,
-                        }
-                    },
-                )
+        if error is None:
+            self.recent.append((now, "ok"))
+            health.succeeded(now, job.ticket)
         else:
-            self.breaker.abandoned(ticket)
+            self.recent.append((now, error.word))
+            if isinstance(error, RateLimited):
+                health.rate_limited(now, job.ticket, error.retry_after)
+            elif error.blames_target:
+                self.failures += 1
+                # A failure is slow as far as latency-aware balancing is concerned.
+                self.latency_estimate.observe(elapsed, now)
+                health.failed(now, job.ticket, error.word)
+            elif isinstance(error, ModelUnavailable):
+                health.succeeded(now, job.ticket)  # it answered: proof of life
+        self._transitioned()
+
+    def _transitioned(self) -> None:
+        """Log a health transition once, and wake the probe loop for an ejection."""
+        transition = self.health.take_transition()
+        if transition is None:
+            return
+        if transition.new is State.EJECTED:
+            self._sleep.deadline = min(self._sleep.deadline, self.health.until)
+        level = logging.WARNING if transition.new is State.EJECTED else logging.INFO
+        if log.isEnabledFor(level):
+            log.log(
+                level,
+                f"target {transition.new.value}",
+                extra={
+                    "fields": {
+                        "target_id": self.target.id,
+                        "provider": self.target.provider.value,
+                        "from": transition.old.value,
+                        "reason": transition.reason,
+                    }
+                },
+            )
 
     def statistics(self) -> TargetStatistics:
         now = trio.current_time()
         return TargetStatistics(
             id=self.target.id,
             provider=self.target.provider.value,
-            health=self.breaker.statistics(now),
+            health=self.health.statistics(now),
             in_flight=self.in_flight,
             queued=self._send.statistics().current_buffer_used,
             latency_s=self.latency(now),
             requests=self.requests,
             failures=self.failures,
+            probes=self.probes,
+            probe_failures=self.probe_failures,
+            restarting=self.restarting,
+            recent=tuple(self.recent),
         )
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def passed_headers(headers: httpx2.Headers, content_type: str) -> list[tuple[str, str]]:
+    """The provider's response headers a client may see, after a content type of ours."""
+    passed = [("content-type", content_type)]
+    for name, value in headers.items():
+        if name in PASSED_RESPONSE_HEADERS or name.startswith(PASSED_PREFIXES):
+            passed.append((name, value))
+    return passed
+
+
+def _translate_answer(translator: Translator, body: bytes) -> bytes | None:
+    """A whole success in the client's dialect, or ``None`` when it is not a valid answer."""
+    try:
+        parsed = jsonio.loads(body)
+        if not isinstance(parsed, dict):
+            return None
+        return jsonio.dumpb(translator.response(parsed))
+    except (ValueError, TypeError, KeyError, AttributeError, GatewayError):
+        return None
+
+
+def _transport_error(exc: httpx2.HTTPError, *, answered: bool) -> AttemptError:
+    """An HTTP library error as the attempt's outcome (its class name, never its message)."""
+    name = type(exc).__name__
+    if isinstance(exc, httpx2.TimeoutException):
+        return UpstreamTimeout(f"timed out ({name})")
+    if answered:
+        return UpstreamReadError(f"the answer broke off ({name})")
+    if isinstance(exc, httpx2.ConnectError | httpx2.UnsupportedProtocol):
+        return UpstreamConnectError(f"cannot connect to the provider ({name})")
+    if isinstance(exc, httpx2.LocalProtocolError):
+        # Our request could not be written: a configuration problem, not the provider's.
+        return AttemptCrashed("the request could not be sent (check the target's headers)")
+    if isinstance(exc, httpx2.RemoteProtocolError):
+        return UpstreamProtocolError(f"the provider broke the connection or HTTP ({name})")
+    return UpstreamReadError(f"the connection broke before the answer ({name})")
+
+
+async def _drain(chunks: object) -> bool:
+    """Read what is left after a stream's terminator, so its connection is reused."""
+    with trio.move_on_after(DRAIN_S), contextlib.suppress(httpx2.HTTPError):
+        async for _ in chunks:  # type: ignore[attr-defined]
+            pass
+        return True
+    return False
+
+
+async def _release(response: httpx2.Response | None, complete: bool) -> None:
+    """Give the connection back to the pool (read to the end) or close it."""
+    if response is None:
+        return
+    if complete and response.is_stream_consumed:
+        await response.aclose()
+    else:
+        with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+            await response.aclose()
 
 
 def wall_time(trio_time: float) -> float:

@@ -1,8 +1,21 @@
 """pytest plugin: fixtures for running fake providers and the gateway in tests.
 
 Installed with the package (the ``trio_gateway`` ``pytest11`` entry point), so any
-project that depends on trio-gateway gets the fixtures. They are Trio fixtures:
-they need pytest-trio (``trio_mode = true``, or ``@pytest.mark.trio`` tests).
+project that depends on trio-gateway gets the fixtures.
+
+``gateway_stack`` works in any test, sync or async, asyncio or Trio, without
+pytest-trio: it runs fake providers and a gateway in a thread of their own
+(:func:`trio_gateway.testing.stack.run_stack`)::
+
+    def test_failover(gateway_stack):
+        stack = gateway_stack()  # fakes 'primary' and 'backup' (priority 2)
+        client = openai.OpenAI(base_url=stack.base_url, api_key=stack.key)
+        stack.fakes["primary"].set_faults(Fault.error(503))
+        ...
+
+``fake_provider`` and ``gateway_server`` are Trio fixtures: they run in the test's
+own Trio loop (so a test can use ``autojump_clock``) and need pytest-trio
+(``trio_mode = true``, or ``@pytest.mark.trio`` tests).
 
 ``fake_provider`` starts fake providers in the test's nursery, on port 0::
 
@@ -19,7 +32,8 @@ start is cancelled when the test ends.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator, Mapping
+from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
@@ -28,6 +42,7 @@ if TYPE_CHECKING:
     import trio
 
     from trio_gateway.testing.fake import FakeProvider, FakeProviderSpec
+    from trio_gateway.testing.stack import Stack
 
 
 class FakeProviderFactory(Protocol):
@@ -108,3 +123,56 @@ async def gateway_server(nursery: trio.Nursery) -> GatewayFactory:
         )
 
     return start
+
+
+#: What ``gateway_stack()`` runs without a spec: two fakes, the second a fallback tier.
+DEFAULT_STACK: Mapping[str, Any] = {
+    "fakes": [{"name": "primary"}, {"name": "backup"}],
+    "upstream": {
+        "targets": [{"fake": "primary"}, {"fake": "backup", "priority": 2}],
+        "health_checks": {"passive": True, "threshold": 3, "interval": 60},
+    },
+}
+
+
+class StackFactory(Protocol):
+    """``gateway_stack(spec)``: a running :class:`~trio_gateway.testing.stack.Stack`."""
+
+    def __call__(self, spec: Any = None, /, **settings: Any) -> Stack: ...
+
+
+@pytest.fixture
+def gateway_stack() -> Iterator[StackFactory]:
+    """Run fake providers and a gateway in a background thread; works in any test.
+
+    A plain ``def test_...``, an asyncio test (pytest-asyncio, anyio) or a Trio
+    test: the stack has its own thread and Trio loop, so a blocking SDK call in the
+    test cannot stall it. ``gateway_stack(spec)`` takes a stack spec (a mapping or
+    a YAML file: ``fakes``, ``upstream`` whose targets say ``fake: NAME``,
+    ``service``); without one, fakes ``primary`` and ``backup`` behind an upstream
+    with ``backup`` as the fallback tier (``priority: 2``). Everything stops when
+    the test ends, whether it passed or not.
+    """
+    from trio_gateway.testing.stack import run_stack
+
+    with ExitStack() as stacks:
+
+        def start(spec: Any = None, /, **settings: Any) -> Stack:
+            return stacks.enter_context(
+                run_stack(DEFAULT_STACK if spec is None else spec, **settings)
+            )
+
+        yield start
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test marked ``asyncio`` or ``anyio`` is not a Trio test, even under ``trio_mode``.
+
+    pytest-trio's ``trio_mode`` marks every ``async def`` test as a Trio test; an
+    asyncio test in the same suite would then run on Trio and fail. Its own
+    marker says which loop it wants: leave it to pytest-asyncio or anyio.
+    """
+    for item in items:
+        if item.get_closest_marker("asyncio") or item.get_closest_marker("anyio"):
+            item.own_markers[:] = [m for m in item.own_markers if m.name != "trio"]

@@ -392,21 +392,37 @@ def create_admin_app(
 
 
 def _health(stats: TargetStatistics) -> dict[str, Any]:
+    """One target's health as the endpoint shows it: state, since and until when, why."""
     health = stats.health
-    until = health.ejected_until
     return {
         "id": stats.id,
         "provider": stats.provider,
         "state": health.state.value,
+        "since": _iso(wall_time(health.since)),
+        "until": _iso(wall_time(health.until)) if health.until is not None else None,
+        "reason": health.reason,
+        "probation": health.probation,
         "consecutive_failures": health.consecutive_failures,
-        "ejected_until": _iso(wall_time(until)) if until is not None else None,
         "ejections": health.ejections,
+        "last_error": health.last_error,
         "in_flight": stats.in_flight,
         "queued": stats.queued,
+        "restarting": stats.restarting,
         "latency_ms": round(stats.latency_s * 1000, 1) if stats.latency_s is not None else None,
         "requests": stats.requests,
         "failures": stats.failures,
-        "last_error": health.last_error,
+        "probes": stats.probes,
+        "probe_failures": stats.probe_failures,
+        "recent": [{"at": _iso(wall_time(at)), "outcome": word} for at, word in stats.recent],
+        "transitions": [
+            {
+                "at": _iso(wall_time(t.at)),
+                "from": t.old.value,
+                "to": t.new.value,
+                "reason": t.reason,
+            }
+            for t in health.history
+        ],
     }
 
 

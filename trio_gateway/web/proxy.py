@@ -233,10 +233,7 @@ async def _proxy(
         route.limits,
         lambda: runtime.table.dispatchers.get(upstream_id),
     )
-    headers = result.headers
-    if result.status >= 400:  # nothing tried: no empty attempt trail
-        headers = [(n, v) for n, v in headers if v or n != "X-Gateway-Attempts"]
-    response = Response(result.body, status=result.status, headers=headers)
+    response = Response(result.body, status=result.status, headers=result.headers)
     if not isinstance(result.body, bytes):
         response.headers["Cache-Control"] = "no-cache"
         response.headers["X-Accel-Buffering"] = "no"

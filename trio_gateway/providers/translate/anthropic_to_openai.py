@@ -539,6 +539,8 @@ class AnthropicToOpenAIStream:
         self._done = False
         self.complete = False
         self.error: UpstreamError | None = None
+        #: Provider events that could not be read, skipped.
+        self.skipped = 0
 
     def feed(self, data: bytes) -> bytes:
         if self._done:
@@ -549,7 +551,13 @@ class AnthropicToOpenAIStream:
     def finish(self) -> bytes:
         if self._done:
             return b""
-        return self._handle(self._decoder.flush(), final=True)
+        out = self._handle(self._decoder.flush(), final=True)
+        if not self._done and self._finish is not None:
+            # Closed cleanly after its finish reason, without [DONE]: the answer is whole.
+            end: list[bytes] = []
+            self._end(end)
+            out += b"".join(end)
+        return out
 
     def fail(self, type: str, message: str) -> bytes:
         if self._done:
@@ -575,12 +583,14 @@ class AnthropicToOpenAIStream:
             except ValueError:
                 if final:  # the cut-off remains of a last event
                     break
-                self._protocol_error(out, f"OpenAI stream sent a non-JSON event: {data[:100]!r}")
-                break
+                self.skipped += 1  # an event that cannot be read is skipped, not fatal
+                continue
+            mark = len(out)
             try:
                 self._chunk(chunk, out)
-            except (KeyError, TypeError, AttributeError) as exc:
-                self._protocol_error(out, f"OpenAI stream sent a malformed chunk ({exc!r})")
+            except (KeyError, TypeError, AttributeError):
+                del out[mark:]
+                self.skipped += 1
             if self._done:
                 break
         return b"".join(out)
@@ -739,11 +749,6 @@ class AnthropicToOpenAIStream:
         out.append(b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
         self.complete = True
         self._done = True
-
-    def _protocol_error(self, out: list[bytes], message: str) -> None:
-        self.error = UpstreamProtocolError(message)
-        self._done = True
-        out.append(stream_error_event(ApiFormat.ANTHROPIC, self.error.type, message, status=502))
 
 
 _PING = b'event: ping\ndata: {"type":"ping"}\n\n'

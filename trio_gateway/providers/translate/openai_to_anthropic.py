@@ -749,6 +749,8 @@ class OpenAIToAnthropicStream:
         self._done = False
         self.complete = False
         self.error: UpstreamError | None = None
+        #: Provider events that could not be read, skipped.
+        self.skipped = 0
 
     def feed(self, data: bytes) -> bytes:
         if self._done:
@@ -760,6 +762,11 @@ class OpenAIToAnthropicStream:
         if self._done:
             return b""
         out = self._handle(self._decoder.flush(), final=True)
+        if not self._done and self._finished:
+            # Closed cleanly after its stop reason, without message_stop: the answer is whole.
+            end: list[bytes] = []
+            self._stop(end)
+            out += b"".join(end)
         return out
 
     def fail(self, type: str, message: str) -> bytes:
@@ -779,16 +786,14 @@ class OpenAIToAnthropicStream:
             except (ValueError, AttributeError):
                 if final:  # the cut-off remains of a last event: not a protocol error
                     break
-                self._protocol_error(
-                    out, f"Anthropic stream sent a non-JSON event: {ev.data[:100]!r}"
-                )
-                break
+                self.skipped += 1  # an event that cannot be read is skipped, not fatal
+                continue
+            mark = len(out)
             try:
                 self._event(kind, d, out)
-            except (KeyError, TypeError, AttributeError) as exc:
-                self._protocol_error(
-                    out, f"Anthropic stream sent a malformed {kind} event ({exc!r})"
-                )
+            except (KeyError, TypeError, AttributeError):
+                del out[mark:]
+                self.skipped += 1
             if self._done:
                 break
         return b"".join(out)
@@ -862,23 +867,7 @@ class OpenAIToAnthropicStream:
                 self._finished = True
                 out.append(self._finish(_finish(reason)))
         elif kind == "message_stop":
-            self._start(out)
-            if not self._finished:
-                self._finished = True
-                out.append(self._finish("tool_calls" if self._tools else "stop"))
-            if self._owner.include_usage:
-                out.append(
-                    b'data: {"id":%s,"object":"chat.completion.chunk","created":%d,"model":%s,"choices":[],"usage":%s}\n\n'
-                    % (
-                        dumpb(self._id),
-                        self._owner.created,
-                        dumpb(self._model),
-                        dumpb(openai_usage(self._usage)),
-                    )
-                )
-            out.append(b"data: [DONE]\n\n")
-            self.complete = True
-            self._done = True
+            self._stop(out)
         elif kind == "ping":
             out.append(b": ping\n\n")
         elif kind == "error":
@@ -891,6 +880,26 @@ class OpenAIToAnthropicStream:
                 )
             )
         # Unknown event types are ignored, as Anthropic's versioning policy asks.
+
+    def _stop(self, out: list[bytes]) -> None:
+        """The client's end: the finish chunk if not sent yet, usage if asked, ``[DONE]``."""
+        self._start(out)
+        if not self._finished:
+            self._finished = True
+            out.append(self._finish("tool_calls" if self._tools else "stop"))
+        if self._owner.include_usage:
+            out.append(
+                b'data: {"id":%s,"object":"chat.completion.chunk","created":%d,"model":%s,"choices":[],"usage":%s}\n\n'
+                % (
+                    dumpb(self._id),
+                    self._owner.created,
+                    dumpb(self._model),
+                    dumpb(openai_usage(self._usage)),
+                )
+            )
+        out.append(b"data: [DONE]\n\n")
+        self.complete = True
+        self._done = True
 
     def _start(self, out: list[bytes], msg_id: Any = None, model: Any = None) -> None:
         if self._head:
@@ -920,8 +929,3 @@ class OpenAIToAnthropicStream:
 
     def _finish(self, reason: str) -> bytes:
         return self._head + b'{},"logprobs":null,"finish_reason":"' + reason.encode() + b'"}]}\n\n'
-
-    def _protocol_error(self, out: list[bytes], message: str) -> None:
-        self.error = UpstreamProtocolError(message)
-        self._done = True
-        out.append(stream_error_event(ApiFormat.OPENAI, self.error.type, message, status=502))

@@ -310,6 +310,20 @@ class FakeProvider:
         """The requests received since the last reset (the latest ``keep_requests``)."""
         return list(self._requests)
 
+    def requests_since(self, index: int) -> list[RecordedRequest]:
+        """The requests after the one numbered ``index`` still in the log, oldest first.
+
+        Cheap when few are new (it reads the log from its end): for a watcher that
+        collects requests as they come, beyond what ``keep_requests`` keeps.
+        """
+        fresh = []
+        for record in reversed(self._requests):
+            if record.index <= index:
+                break
+            fresh.append(record)
+        fresh.reverse()
+        return fresh
+
     @property
     def faults(self) -> tuple[Fault, ...]:
         return self._plan.faults
