@@ -160,6 +160,17 @@ async def test_the_quickstart_gateway_answers_through_the_stand_ins(nursery):
                 )
                 assert response.status_code == 200, response.text
                 assert response.headers["x-selected-provider"] == provider
+            # Without a model: round-robin, each target sending its default_model (README).
+            seen = set()
+            for _ in range(2):
+                response = await client.post(
+                    "/v1/chat/completions",
+                    headers={"X-Api-Key": QUICKSTART_KEY},
+                    json={"messages": [{"role": "user", "content": "Hi"}]},
+                )
+                assert response.status_code == 200, response.text
+                seen.add((response.headers["x-selected-provider"], response.json()["model"]))
+            assert seen == {("openai", "gpt-4o-mini"), ("anthropic", "claude-3-5-sonnet-20241022")}
 
 
 async def test_without_the_override_a_target_goes_to_its_public_endpoint(nursery):
