@@ -165,3 +165,33 @@ def test_target_ids_and_keyless_api_keys_are_refused_in_files():
         == "is assigned by the gateway; leave it out"
     )
     assert "is required in a file" in found["gateways[0].api_keys[0].key"]
+
+
+def test_server_admin_hosts_and_base_url_overrides_are_checked():
+    raw = {
+        "server": {
+            "admin_hosts": ["admin.internal", "bad host", "x.example:8443"],
+            "base_url_overrides": {
+                "https://api.openai.com/": "fake-openai",
+                "https://api.anthropic.com": "nowhere",
+                "ftp://x": "http://127.0.0.1:1",
+            },
+        },
+        "fake_providers": [{"name": "fake-openai"}],
+    }
+    found = problems_of(raw)
+    assert found["server.admin_hosts[1]"] == "must be a host name, optionally with :port"
+    assert (
+        "must be an http(s) URL" in found["server.base_url_overrides['https://api.anthropic.com']"]
+    )
+    assert "must be an http(s) URL" in found["server.base_url_overrides['ftp://x']"]
+    assert len(found) == 3
+    raw["server"] = {
+        "admin_hosts": ["Admin.Internal"],
+        "base_url_overrides": {"https://api.openai.com/": "fake-openai"},
+    }
+    server = parse(raw, {}).server
+    assert server == {
+        "admin_hosts": ("admin.internal",),
+        "base_url_overrides": {"https://api.openai.com": "fake-openai"},
+    }
