@@ -98,6 +98,24 @@ async def test_a_target_url_the_client_refuses_is_a_422_and_nothing_freezes(url,
         await key_deletion_deactivation_and_new_key_take_effect_at_once(s)
 
 
+async def test_what_validation_misses_the_runtimes_own_preflight_refuses(monkeypatch):
+    """The write is checked by the code that builds it, so it is refused rather than stored."""
+    async with setup([{}], two_upstreams) as s:
+        monkeypatch.setattr(serde, "url_problem", lambda url: None)  # validation misses it
+        body = {"name": "bad", "targets": [{"provider": "openai", "base_url": BAD_URLS[0][0]}]}
+        created = await s.admin.post(f"/gateways/{s.gateway_id}/upstreams", json=body)
+        assert created.status_code == 422, created.text
+        assert created.json()["error"]["details"] == [
+            {
+                "loc": "targets[0]",
+                "msg": "cannot be served: the HTTP client refuses its URL "
+                "(Invalid IPv4 address: '999.999.999.999')",
+            }
+        ]
+        assert len(s.gateway.catalog.snapshot.upstreams) == 2
+        await key_deletion_deactivation_and_new_key_take_effect_at_once(s)
+
+
 async def test_an_upstream_the_runtime_cannot_build_is_isolated_and_the_write_says_so(
     monkeypatch, caplog
 ):
