@@ -8,12 +8,16 @@ STAMP := $(VENV)/.installed
 .PHONY: run test lint install bench clean
 
 $(BIN)/python:
+	@echo "Creating the virtual environment in $(VENV)..."
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@echo "Installing trio-gateway and its dependencies into $(VENV) (once; about a minute)..."
+	PYTHONWARNINGS="ignore:Editable installation:UserWarning" \
+		$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
+	@echo "Installed."
 
 install: $(STAMP)
 

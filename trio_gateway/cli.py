@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import signal
@@ -15,11 +16,11 @@ import attrs
 import trio
 import yaml
 
-from trio_gateway import __version__, logs
+from trio_gateway import __version__, logs, serde
 from trio_gateway.config import transfer
 from trio_gateway.config.catalog import Catalog
 from trio_gateway.config.file import Declarations, load_file, read_yaml, substitute
-from trio_gateway.config.models import Kind
+from trio_gateway.config.models import BaseUrl, Kind
 from trio_gateway.errors import GatewayError, ValidationFailed
 from trio_gateway.serve import Running, serve
 from trio_gateway.settings import (
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="A self-hosted AI gateway: one OpenAI- and Anthropic-compatible endpoint "
         "in front of many providers.",
     )
+    parser.add_argument("--version", action="version", version=f"trio-gateway {__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     p = sub.add_parser(
@@ -108,6 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
         "the SQLite store; this process keeps the admin API",
     )
     p.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--base-url-override",
+        action="append",
+        default=[],
+        metavar="URL=STAND_IN",
+        help="send what targets address to base URL URL (their provider's public one when "
+        "they set none) to STAND_IN instead; for offline demos and tests, like the "
+        "configuration file's server.base_url_overrides",
+    )
     p.add_argument(
         "--graceful-timeout",
         type=float,
@@ -367,6 +378,11 @@ def _serve(args: argparse.Namespace) -> int:
         explicit["store"] = args.store or os.environ[STORE_ENV]
     elif args.data_dir is not None or args.memory:
         explicit["store"] = None  # the command line chose: the file's server.store is ignored
+    if args.base_url_override:
+        overrides = _overrides(args.base_url_override)
+        if overrides is None:
+            return EXIT_USAGE
+        explicit["base_urls"] = overrides
     settings = Settings(
         data_dir=None if args.memory else (args.data_dir or Path("data")),
         config_file=args.config,
@@ -381,11 +397,17 @@ def _serve(args: argparse.Namespace) -> int:
     settings = attrs.evolve(settings, **explicit)
     try:
         settings.check()
-        if settings.workers > 1:
-            settings = attrs.evolve(settings, proxy_fd=_listen(settings.proxy_listen).detach())
     except SettingsError as exc:
         print(f"trio-gateway: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    # Before anything is touched (the store, the configuration file): an address in
+    # use is most often a gateway already running on the same data.
+    if (busy := _busy_address(settings, declarations)) is not None:
+        print(f"trio-gateway: cannot start: {busy}; nothing was changed", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        if settings.workers > 1:
+            settings = attrs.evolve(settings, proxy_fd=_listen(settings.proxy_listen).detach())
     except OSError as exc:
         print(f"trio-gateway: cannot start: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -400,11 +422,57 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _overrides(pairs: list[str]) -> dict[str, str] | None:
+    """``--base-url-override URL=STAND_IN`` flags as a mapping, or ``None`` (reported)."""
+    result = {}
+    for pair in pairs:
+        public, sep, stand_in = pair.partition("=")
+        try:
+            if not sep:
+                raise ValidationFailed.single("$", "expected URL=STAND_IN")
+            result[serde.structure(public, BaseUrl)] = serde.structure(stand_in, BaseUrl)
+        except ValidationFailed as exc:
+            print(
+                f"trio-gateway: --base-url-override {pair!r}: {exc.details[0].msg}",
+                file=sys.stderr,
+            )
+            return None
+    return result
+
+
+def _busy_address(settings: Settings, declarations: Declarations | None) -> str | None:
+    """The first address this process would listen on that is taken, said plainly."""
+    wanted = []
+    if not settings.worker:
+        wanted.append(("the admin API", settings.admin_listen, "--admin-listen"))
+    if settings.proxy_fd is None:
+        wanted.append(("the proxy", settings.proxy_listen, "--proxy-listen"))
+    for spec in declarations.fake_providers if declarations else ():
+        wanted.append((f"fake provider {spec.name!r}", spec.listen, "its listen in the file"))
+    for what, listen, option in wanted:
+        host, port = split_listen(listen)
+        if port == 0:
+            continue
+        try:
+            socket.create_server((host, port), family=_family(host)).close()
+        except OSError as exc:
+            reason = (
+                "is already in use (is trio-gateway already running? `make run` twice?)"
+                if exc.errno == errno.EADDRINUSE
+                else f"cannot be used ({exc.strerror})"
+            )
+            return f"{listen} ({what}) {reason}; choose another address with {option}"
+    return None
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def _listen(listen: str) -> socket.socket:
     """The proxy's listening socket, made before the workers start so they can share it."""
     host, port = split_listen(listen)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.create_server((host, port), family=family, backlog=1024)
+    sock = socket.create_server((host, port), family=_family(host), backlog=1024)
     sock.set_inheritable(True)
     return sock
 
@@ -437,8 +505,17 @@ async def _run_until_signalled(settings: Settings, declarations: Declarations | 
                 shutdown.set()
 
 
+GUIDE_GATEWAY = "guide"
+GUIDE_BODY = "examples/guide-upstream.json"
+GUIDE_UPSTREAM = "ai-providers-upstream"
+GUIDE_CHAT = '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]}'
+
+
 def banner(running: Running, settings: Settings, declarations: Declarations | None) -> str:
-    """What ``make run`` shows: where things are, and commands ready to paste."""
+    """What ``make run`` shows: where things are, and the guide's steps ready to paste.
+
+    Never a secret: a key the configuration file declares is shown by where it is.
+    """
     admin = running.admin_url
     lines = [
         f"trio-gateway {__version__} is ready.",
@@ -448,31 +525,27 @@ def banner(running: Running, settings: Settings, declarations: Declarations | No
         + (f"  ({settings.workers} worker processes)" if settings.workers > 1 else ""),
         f"  store:     {_store_line(running)}",
     ]
+    stands_for = {stand_in: public for public, stand_in in settings.base_urls.items()}
     for name, url in running.fake_providers.items():
-        lines.append(f"  fake provider {name!r}: {url}")
+        instead = stands_for.get(name) or stands_for.get(url)
+        lines.append(
+            f"  fake provider {name!r}: {url}" + (f"  (stands in for {instead})" if instead else "")
+        )
+    for public, stand_in in settings.base_urls.items():
+        if stand_in not in running.fake_providers:
+            lines.append(f"  base URL {public} is sent to {stand_in}")
     snapshot = running.catalog.snapshot
-    auth = ' -H "Authorization: Bearer $TRIO_GATEWAY_ADMIN_TOKEN"' if settings.admin_token else ""
-    for gateway in sorted(snapshot.gateways.values(), key=lambda g: g.created_at):
-        lines.append(f"  gateway {gateway.name!r}: {gateway.id}")
-    if snapshot.gateways:
-        gateway = min(snapshot.gateways.values(), key=lambda g: g.created_at)
-        base = f"{admin}/api/v1/gateways/{gateway.id}/upstreams"
-        lines += [
-            "",
-            "Create the upstream of the guide (examples/guide-upstream.json is its body, verbatim):",
-            f"  curl -X POST {base}{auth} \\",
-            '    -H "Content-Type: application/json" -d @examples/guide-upstream.json',
-            "Read it back with the id that call returns:",
-            f"  curl {base}/UPSTREAM_ID{auth}",
-        ]
-    key = _declared_key(declarations)
-    if key is not None:
-        body = '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]}'
-        lines += [
-            "Call the proxy with the file's API key (-i shows X-Selected-Provider and the attempt trail):",
-            f'  curl -i {running.proxy_url}/v1/chat/completions -H "X-Api-Key: {key}" \\',
-            f"    -H \"Content-Type: application/json\" -d '{body}'",
-        ]
+    gateways = sorted(snapshot.gateways.values(), key=lambda g: (g.created_at, g.id))
+    keys = _declared_keys(settings, declarations)
+    for gateway in gateways:
+        where = keys.get(gateway.name)
+        lines.append(
+            f"  gateway {gateway.name!r}: {gateway.id}"
+            + (f"  (its API key: {where})" if where else "")
+        )
+    guide = next((g for g in gateways if g.name == GUIDE_GATEWAY), None)
+    if guide is not None:
+        lines += guide_steps(running, settings, guide.id)
     return "\n".join(lines)
 
 
@@ -483,10 +556,65 @@ def _store_line(running: Running) -> str:
     return f"{stats.kind} {stats.location} (configuration version {running.catalog.version})"
 
 
-def _declared_key(declarations: Declarations | None) -> str | None:
-    """The first API key the configuration file spells out, to show a working call."""
-    for gateway in declarations.gateways if declarations else ():
-        for entry in gateway.entities[Kind.API_KEY]:
+def guide_steps(running: Running, settings: Settings, gateway_id: str) -> list[str]:
+    """The guide's steps in gateway ``gateway_id``, in an order that works end to end.
+
+    The guide ends with "Next steps: configure a service to use this upstream": until
+    then nothing routes to it, so those steps (a service, a rule, a key) come before
+    Step 4, whose ``X-Selected-Provider`` then names a provider of the guide's upstream.
+    What already exists (from an earlier run) is shown with its id.
+    """
+    snapshot = running.catalog.snapshot
+    auth = ' -H "Authorization: Bearer $TRIO_GATEWAY_ADMIN_TOKEN"' if settings.admin_token else ""
+    json = f'{auth} -H "Content-Type: application/json"'
+    base = f"{running.admin_url}/api/v1/gateways/{gateway_id}"
+
+    def existing(kind: Kind, name: str) -> str | None:
+        found = next((e for e in snapshot.in_gateway(kind, gateway_id) if e.name == name), None)
+        return found.id if found is not None else None
+
+    upstream_id = existing(Kind.UPSTREAM, GUIDE_UPSTREAM)
+    service_id = existing(Kind.SERVICE, "ai")
+    rule_id = existing(Kind.RULE, "v1")
+    key_id = existing(Kind.API_KEY, "my-app")
+
+    def done(entity_id: str | None) -> str:
+        return f"  (done: id {entity_id})" if entity_id else ""
+
+    upstream = upstream_id or "UPSTREAM_ID"
+    service = service_id or "SERVICE_ID"
+    return [
+        "",
+        f'The "Configure an Upstream" guide, end to end, in gateway {GUIDE_GATEWAY!r}:',
+        f"  export GATEWAY={base}",
+        f"Step 2: create the upstream ({GUIDE_BODY} is the guide's body, verbatim)"
+        + done(upstream_id),
+        f"  curl -X POST $GATEWAY/upstreams{json} -d @{GUIDE_BODY}",
+        'Step 3: verify it (UPSTREAM_ID: the "id" Step 2 answered)',
+        f"  curl $GATEWAY/upstreams/{upstream}{auth}",
+        "Next steps, taken now so that Step 4 reaches this upstream:",
+        "  a service on the upstream" + done(service_id),
+        f"  curl -X POST $GATEWAY/services{json} \\",
+        f'    -d \'{{"name": "ai", "type": "upstream", "upstream_id": "{upstream}"}}\'',
+        '  a rule sending /v1 to the service (SERVICE_ID: the "id" it answered)' + done(rule_id),
+        f"  curl -X POST $GATEWAY/rules{json} \\",
+        f'    -d \'{{"name": "v1", "path": "/v1", "service_id": "{service}"}}\'',
+        '  an API key (YOUR_API_KEY: the "key" it answers, shown only once)' + done(key_id),
+        f'  curl -X POST $GATEWAY/keys{json} -d \'{{"name": "my-app"}}\'',
+        "Step 4: test load balancing (X-Selected-Provider says which provider answered)",
+        f"  curl -i -X POST {running.proxy_url}/v1/chat/completions \\",
+        '    -H "Content-Type: application/json" -H "X-Api-Key: YOUR_API_KEY" \\',
+        f"    -d '{GUIDE_CHAT}'",
+    ]
+
+
+def _declared_keys(settings: Settings, declarations: Declarations | None) -> dict[str, str]:
+    """Where the configuration file declares each gateway's first API key, by gateway name."""
+    found = {}
+    source = settings.config_file or "the configuration file"
+    for i, gateway in enumerate(declarations.gateways if declarations else ()):
+        for j, entry in enumerate(gateway.entities[Kind.API_KEY]):
             if entry.get("key"):
-                return entry["key"]
-    return None
+                found[gateway.name] = f"{source}, gateways[{i}].api_keys[{j}].key"
+                break
+    return found

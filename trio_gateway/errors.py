@@ -359,3 +359,10 @@ class AttemptCrashed(AttemptError):
     type = "internal_error"
     outcome = "internal_error"
     retryable = True
+
+
+class UnsupportedMediaType(ClientError):
+    """A request body in a format the endpoint does not take (the admin API takes JSON only)."""
+
+    status = 415
+    type = "unsupported_media_type"

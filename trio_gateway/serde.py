@@ -5,8 +5,12 @@ Two converters, built by ``make_*`` functions:
 * :data:`API` structures what clients send (admin API, configuration file) strictly:
   a string is a string (``"models": "gpt-4"`` is an error, not four one-letter
   models), unknown fields are errors, constrained types (``Weight``, ``HeaderName``…)
-  are checked. It unstructures for clients: secrets masked, key hashes left out.
+  are checked. It unstructures for clients: secrets masked (see
+  :mod:`trio_gateway.config.secrets`), key hashes left out.
 * :data:`STORE` round-trips everything, secrets and hashes included, for the store.
+  It checks types but not values: what a store holds was valid when it was
+  written, and a limit tightened since (or a row edited by hand) must not stop the
+  gateway from starting. The runtime reports an entity it cannot serve instead.
 
 :func:`structure` turns cattrs' exception groups into one
 :class:`~trio_gateway.errors.ValidationFailed` naming each problem by path
@@ -19,20 +23,21 @@ import enum
 import functools
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar, get_args, get_origin
 from urllib.parse import urlsplit
 
 import attrs
 import cattrs
+import httpx2
 from cattrs.cols import homogenous_tuple_structure_factory, is_mapping
 from cattrs.errors import (
     ClassValidationError,
     ForbiddenExtraKeysError,
     IterableValidationError,
 )
-from cattrs.gen import make_mapping_structure_fn
+from cattrs.gen import make_dict_unstructure_fn, make_mapping_structure_fn
 
 from trio_gateway.config import secrets
 from trio_gateway.config.models import (
@@ -44,6 +49,9 @@ from trio_gateway.config.models import (
     Credentials,
     HeaderNameT,
     HeaderValueT,
+    HealthChecks,
+    SecretT,
+    Target,
     Text,
     UrlPathT,
 )
@@ -55,12 +63,24 @@ _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
 _NOT_FIELD_TEXT = re.compile("[^\t\x20-\x7e\u2026]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+#: Longest ``base_url``: with a path, far below the HTTP client's own limit (64 KiB).
+MAX_BASE_URL = 2048
 
 
 # --- strict scalars ------------------------------------------------------------
 
 
 def _str(value: Any, _: type) -> str:
+    if type(value) is not str:
+        raise TypeError(f"must be a string, not {_json_type(value)}")
+    if not value.isascii() and _SURROGATE.search(value):
+        raise ValueError("must be valid Unicode text (it holds a lone surrogate such as \\ud800)")
+    return value
+
+
+def _any_str(value: Any, _: type) -> str:
+    """The store's strings: a type check only."""
     if type(value) is not str:
         raise TypeError(f"must be a string, not {_json_type(value)}")
     return value
@@ -75,9 +95,15 @@ def _int(value: Any, _: type) -> int:
 
 
 def _float(value: Any, _: type) -> float:
-    if type(value) not in (int, float) or not math.isfinite(value):
+    if type(value) not in (int, float):
         raise TypeError(f"must be a number, not {_json_type(value)}")
-    return float(value)
+    try:
+        result = float(value)
+    except OverflowError:  # an integer beyond a double's range
+        raise ValueError("must be a number of a sensible size") from None
+    if not math.isfinite(result):
+        raise ValueError("must be a finite number")
+    return result
 
 
 def _bool(value: Any, _: type) -> bool:
@@ -157,6 +183,13 @@ def _header_name(value: Any, _: type) -> str:
     return name
 
 
+def _secret(value: Any, _: type) -> str:
+    text = _header_value(value, _)
+    if not text:
+        raise ValueError("must not be empty")
+    return text
+
+
 def _header_value(value: Any, _: type) -> str:
     """An RFC 9110 field value that every HTTP client can send.
 
@@ -188,6 +221,8 @@ def _url_path(value: Any, _: type) -> str:
 
 def _base_url(value: Any, _: type) -> str:
     url = _str(value, str)
+    if len(url) > MAX_BASE_URL:
+        raise ValueError(f"must be at most {MAX_BASE_URL} characters long")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018  (raises on a bad port)
@@ -197,12 +232,34 @@ def _base_url(value: Any, _: type) -> str:
         raise ValueError("must be an http(s) URL such as https://api.openai.com")
     if parts.query or parts.fragment:
         raise ValueError("must not have a query or a fragment")
+    if (problem := url_problem(url)) is not None:
+        raise ValueError(problem)
     return url.rstrip("/")
+
+
+def url_problem(url: str) -> str | None:
+    """Why the runtime's HTTP client would refuse ``url``, or ``None``.
+
+    The same parser, and so the same rules and limits, as every request sent to a
+    target: what the admin API accepts can be served.
+    """
+    try:
+        parsed = httpx2.URL(url)
+    except httpx2.InvalidURL as exc:
+        reason = str(exc)
+        userinfo = urlsplit(url).netloc.rpartition("@")[0]
+        if userinfo and userinfo in reason:
+            reason = "invalid URL"  # never echo a credential
+        return f"is not a URL the gateway's HTTP client accepts: {reason}"
+    if not parsed.host:
+        return "must name a host"
+    return None
 
 
 _MARKER_HOOKS: dict[type, Callable[[Any, type], str]] = {
     HeaderNameT: _header_name,
     HeaderValueT: _header_value,
+    SecretT: _secret,
     UrlPathT: _url_path,
     BaseUrlT: _base_url,
 }
@@ -224,6 +281,12 @@ def _constrained_hook(tp: Any) -> Callable[[Any, type], Any]:
     if isinstance(meta, Between):
         return _check_between(meta, get_args(tp)[0])
     return _MARKER_HOOKS[type(meta)]
+
+
+def _unconstrained_hook(tp: Any) -> Callable[[Any, type], Any]:
+    """The store's view of a constrained type: its base type, unchecked."""
+    base = get_args(tp)[0]
+    return {int: _int, float: _float}.get(base, _any_str)
 
 
 # --- containers and enums ------------------------------------------------------
@@ -297,9 +360,10 @@ def _number(value: float) -> float | int:
     return int(value) if float(value).is_integer() else value
 
 
-def _make_base() -> cattrs.Converter:
+def _make_base(*, check_values: bool = True) -> cattrs.Converter:
     converter = cattrs.Converter(forbid_extra_keys=True, omit_if_default=False)
-    for tp, hook in ((str, _str), (int, _int), (float, _float), (bool, _bool)):
+    strings = _str if check_values else _any_str
+    for tp, hook in ((str, strings), (int, _int), (float, _float), (bool, _bool)):
         converter.register_structure_hook(tp, hook)
     # cattrs dispatches on classes first, along the MRO: StrEnum comes before str
     # in a StrEnum's MRO, so these two catch every enum before the ``str`` hook does.
@@ -308,7 +372,8 @@ def _make_base() -> cattrs.Converter:
     converter.register_structure_hook_factory(attrs.has, _strict_attrs)
     converter.register_structure_hook(datetime, _datetime)
     converter.register_structure_hook_factory(
-        lambda tp: _constraint(tp) is not None, _constrained_hook
+        lambda tp: _constraint(tp) is not None,
+        _constrained_hook if check_values else _unconstrained_hook,
     )
     converter.register_structure_hook_factory(_is_homogeneous_tuple, _strict_tuple)
     converter.register_structure_hook_factory(is_mapping, _strict_mapping)
@@ -318,31 +383,46 @@ def _make_base() -> cattrs.Converter:
 
 
 def make_store_converter() -> cattrs.Converter:
-    """Everything, secrets and hashes included: for the store only."""
-    return _make_base()
+    """Everything, secrets and hashes included, types checked, values not: for the store only."""
+    return _make_base(check_values=False)
 
 
 def make_api_converter() -> cattrs.Converter:
-    """Strict input; output with secrets masked and key hashes left out."""
+    """Strict input; output with secrets masked and key hashes left out.
+
+    Masked by value, not by the look of a name: a credential, the userinfo of a
+    ``base_url`` and the value of every header a target or a probe adds, unless the
+    header is on :data:`~trio_gateway.config.secrets.PUBLIC_HEADERS`.
+    """
     converter = _make_base()
-    plain_headers = converter.get_unstructure_hook(dict[str, str])
 
     def credentials(value: Credentials) -> dict[str, str | None]:
         return {"header_name": value.header_name, "header_value": secrets.mask(value.header_value)}
 
-    def headers(value: Mapping[str, str]) -> dict[str, str]:
-        return {
-            name: secrets.mask(v) if secrets.is_sensitive_header(name) else v
-            for name, v in plain_headers(value).items()
-        }
+    converter.register_unstructure_hook(Credentials, credentials)
+    # Generated after the Credentials hook, which they use.
+    plain_target = make_dict_unstructure_fn(Target, converter)
+    plain_checks = make_dict_unstructure_fn(HealthChecks, converter)
+
+    def target(value: Target) -> dict[str, Any]:
+        data = plain_target(value)
+        data["headers"] = secrets.mask_headers(data["headers"])
+        if data["base_url"] is not None:
+            data["base_url"] = secrets.mask_url(data["base_url"])
+        return data
+
+    def health_checks(value: HealthChecks) -> dict[str, Any]:
+        data = plain_checks(value)
+        data["headers"] = secrets.mask_headers(data["headers"])
+        return data
 
     api_key_fields = [a.name for a in attrs.fields(ApiKey) if a.name != "key_hash"]
 
     def api_key(value: ApiKey) -> dict[str, Any]:
         return {name: converter.unstructure(getattr(value, name)) for name in api_key_fields}
 
-    converter.register_unstructure_hook(Credentials, credentials)
-    converter.register_unstructure_hook_func(is_mapping, headers)
+    converter.register_unstructure_hook(Target, target)
+    converter.register_unstructure_hook(HealthChecks, health_checks)
     converter.register_unstructure_hook(ApiKey, api_key)
     return converter
 

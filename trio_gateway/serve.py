@@ -55,7 +55,7 @@ from hypercorn.config import Config as HypercornConfig
 from trio_gateway.config import file
 from trio_gateway.config.catalog import Catalog
 from trio_gateway.config.file import ApplyReport, Declarations
-from trio_gateway.runtime.supervisor import Runtime
+from trio_gateway.runtime.supervisor import Runtime, preflight
 from trio_gateway.settings import STORE_ENV, Settings
 from trio_gateway.store import (
     CONFIG,
@@ -97,6 +97,8 @@ def hypercorn_config(listen: str, settings: Settings) -> HypercornConfig:
         listen,
         graceful_timeout=settings.graceful_timeout,
         keep_alive_timeout=settings.keep_alive_timeout,
+        # hypercorn logs "Running on ..." at INFO: under our name, not as an "error" log.
+        errorlog=logging.getLogger("trio_gateway.server"),
     )
 
 
@@ -120,7 +122,7 @@ async def serve(
     shutdown = shutdown if shutdown is not None else trio.Event()
     readiness = Readiness()
     async with open_store(settings.data_dir, settings.store) as store:
-        catalog = await Catalog.load(store)
+        catalog = await Catalog.load(store, preflight=preflight)
         readiness.details["store"] = partial(store_report, catalog)
         report = None
         if declarations is not None:
@@ -145,8 +147,21 @@ async def serve(
                 for spec in declarations.fake_providers:
                     fakes[spec.name] = await background.start(serve_fake_provider, spec)
 
-            runtime = await background.start(Runtime(catalog, transport=transport).run)
+            # Stand-ins may name a fake provider of the file: workers get its URL.
+            settings = attrs.evolve(
+                settings, base_urls=resolve_base_urls(settings.base_urls, fakes)
+            )
+            base_urls = settings.base_urls
+            for public, stand_in in base_urls.items():
+                log.warning(
+                    "base_url override: requests for one endpoint go to another",
+                    extra={"fields": {"base_url": public, "sent_to": stand_in}},
+                )
+            runtime = await background.start(
+                Runtime(catalog, transport=transport, base_urls=base_urls).run
+            )
             readiness.set("runtime")
+            readiness.problems = runtime.problems
             background.start_soon(
                 end_streams_before_grace_ends, shutdown, runtime, settings.graceful_timeout
             )
@@ -158,6 +173,8 @@ async def serve(
                     max_body=settings.admin_max_body,
                     upstream_health=runtime.upstream_health,
                     applied=runtime.wait_applied,
+                    build_failure=runtime.failure,
+                    allowed_hosts=settings.admin_hosts,
                 ),
                 server.ConnectionLimits(settings.admin_max_body, settings.body_timeout),
                 closing=shutdown.is_set,
@@ -208,6 +225,11 @@ async def serve(
                     )
                 )
             background.cancel_scope.cancel()
+
+
+def resolve_base_urls(base_urls: Mapping[str, str], fakes: Mapping[str, str]) -> dict[str, str]:
+    """``settings.base_urls`` with each stand-in that names a fake provider replaced by its URL."""
+    return {public: fakes.get(stand_in, stand_in) for public, stand_in in base_urls.items()}
 
 
 async def _terminate_on(event: trio.Event, process: trio.Process) -> None:
@@ -315,6 +337,8 @@ async def run_worker(settings: Settings, n: int, shutdown: trio.Event) -> None:
         "--keep-alive-timeout",
         str(settings.keep_alive_timeout),
     ]
+    for public, stand_in in settings.base_urls.items():
+        command += ["--base-url-override", f"{public}={stand_in}"]
     while not shutdown.is_set():
         process = await trio.lowlevel.open_process(command, pass_fds=[settings.proxy_fd], env=env)
         try:

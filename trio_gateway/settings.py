@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -53,6 +54,13 @@ class Settings:
     #: A worker child: proxy only (on ``proxy_fd``), no admin API, follow the store
     #: (the parent applies the file and takes the admin writes).
     worker: bool = False
+    #: Host names (``name`` or ``name:port``) the admin API answers to besides its own
+    #: address; their ``http(s)://`` origins are allowed too. See docs/admin-api.md.
+    admin_hosts: tuple[str, ...] = ()
+    #: Stand-ins for targets' base URLs: ``{"https://api.openai.com": "http://127.0.0.1:9101"}``.
+    #: A stand-in may name a fake provider of the configuration file. For offline
+    #: demos (``make run``): never set unless asked.
+    base_urls: Mapping[str, str] = attrs.field(factory=dict)
 
     def check(self) -> None:
         """Refuse what would be unsafe or cannot bind; see :class:`SettingsError`."""
@@ -84,9 +92,16 @@ class Settings:
                 "loopback address such as 127.0.0.1"
             )
 
-    def with_file(self, server: Mapping[str, str], explicit: set[str]) -> Settings:
+    def with_file(self, server: Mapping[str, Any], explicit: set[str]) -> Settings:
         """Fill what the command line did not set (``explicit``) from the file's ``server``."""
-        return attrs.evolve(self, **{k: v for k, v in server.items() if k not in explicit})
+        fields = {FILE_FIELDS.get(k, k): v for k, v in server.items()}
+        if "admin_hosts" in fields:
+            fields["admin_hosts"] = tuple(fields["admin_hosts"])
+        return attrs.evolve(self, **{k: v for k, v in fields.items() if k not in explicit})
+
+
+#: ``server`` fields of the configuration file whose setting has another name.
+FILE_FIELDS = {"base_url_overrides": "base_urls"}
 
 
 def split_listen(listen: str, what: str = "listen") -> tuple[str, int]:

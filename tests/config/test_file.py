@@ -39,7 +39,11 @@ def problems_of(raw: dict, environ: dict | None = None) -> dict[str, str]:
 
 def test_quickstart_example_is_valid():
     declarations = load_file(EXAMPLES / "quickstart.yaml", environ={})
-    assert [g.name for g in declarations.gateways] == ["quickstart"]
+    assert [g.name for g in declarations.gateways] == ["quickstart", "guide"]
+    assert declarations.server["base_url_overrides"] == {
+        "https://api.openai.com": "fake-openai",
+        "https://api.anthropic.com": "fake-anthropic",
+    }
 
 
 def test_errors_carry_the_path_of_the_file():
@@ -72,7 +76,7 @@ def test_duplicate_names_in_a_file():
     raw["gateways"].append({"name": "quickstart"})
     found = problems_of(raw)
     assert "gateways[0].upstreams[1].name" in found
-    assert "gateways[1].name" in found
+    assert found["gateways[2].name"] == "another gateway in this file has this name"
 
 
 def test_environment_substitution():
@@ -101,10 +105,10 @@ async def test_apply_creates_then_leaves_unchanged():
     catalog = Catalog(MemoryStore(), (await Catalog.load(MemoryStore())).snapshot)
     declarations = parse(quickstart(), {})
     first = await catalog.write(lambda d: apply(d, declarations))
-    assert len(first.created) == 5 and not first.updated
+    assert len(first.created) == 6 and not first.updated
     generation = catalog.snapshot.generation
     second = await catalog.write(lambda d: apply(d, declarations))
-    assert not second.created and not second.updated and second.unchanged == 5
+    assert not second.created and not second.updated and second.unchanged == 6
     assert catalog.snapshot.generation == generation  # nothing was written
 
 
@@ -116,7 +120,7 @@ async def test_apply_updates_by_name_and_keeps_ids():
     raw["gateways"][0]["upstreams"][0]["targets"][0]["weight"] = 70
     raw["gateways"][0]["api_keys"][0]["key"] = "tgk_a_brand_new_declared_key"
     report = await catalog.write(lambda d: apply(d, parse(raw, {})))
-    assert sorted(report.updated) == ["api key 'quickstart'", "upstream 'quickstart-upstream'"]
+    assert sorted(report.updated) == ["API key 'quickstart'", "upstream 'quickstart-upstream'"]
     after = catalog.snapshot.upstreams[before.id]
     assert after.targets[0].weight == 70
     assert [t.id for t in after.targets] == [t.id for t in before.targets]
@@ -161,3 +165,33 @@ def test_target_ids_and_keyless_api_keys_are_refused_in_files():
         == "is assigned by the gateway; leave it out"
     )
     assert "is required in a file" in found["gateways[0].api_keys[0].key"]
+
+
+def test_server_admin_hosts_and_base_url_overrides_are_checked():
+    raw = {
+        "server": {
+            "admin_hosts": ["admin.internal", "bad host", "x.example:8443"],
+            "base_url_overrides": {
+                "https://api.openai.com/": "fake-openai",
+                "https://api.anthropic.com": "nowhere",
+                "ftp://x": "http://127.0.0.1:1",
+            },
+        },
+        "fake_providers": [{"name": "fake-openai"}],
+    }
+    found = problems_of(raw)
+    assert found["server.admin_hosts[1]"] == "must be a host name, optionally with :port"
+    assert (
+        "must be an http(s) URL" in found["server.base_url_overrides['https://api.anthropic.com']"]
+    )
+    assert "must be an http(s) URL" in found["server.base_url_overrides['ftp://x']"]
+    assert len(found) == 3
+    raw["server"] = {
+        "admin_hosts": ["Admin.Internal"],
+        "base_url_overrides": {"https://api.openai.com/": "fake-openai"},
+    }
+    server = parse(raw, {}).server
+    assert server == {
+        "admin_hosts": ("admin.internal",),
+        "base_url_overrides": {"https://api.openai.com": "fake-openai"},
+    }

@@ -54,12 +54,11 @@ def test_integral_seconds_echo_as_integers():
     assert serde.API.unstructure(HealthChecks(interval=0.5))["interval"] == 0.5
 
 
-def test_sensitive_headers_are_masked_on_the_way_out():
-    target = serde.structure(
-        {"provider": "openai", "headers": {"api-key": "abcdefghijklmnop", "x-team": "blue"}}, Target
-    )
+def test_header_values_are_masked_unless_the_header_is_known_to_be_public():
+    headers = {"api-key": "abcdefghijklmnop", "x-team": "blue", "Anthropic-Version": "2023-06-01"}
+    target = serde.structure({"provider": "openai", "headers": headers}, Target)
     shown = serde.API.unstructure(target)["headers"]
-    assert shown == {"api-key": "…mnop", "x-team": "blue"}
+    assert shown == {"api-key": "…mnop", "x-team": "…", "Anthropic-Version": "2023-06-01"}
     assert serde.STORE.unstructure(target)["headers"]["api-key"] == "abcdefghijklmnop"
 
 

@@ -36,7 +36,7 @@ async def populated(store) -> tuple[Catalog, str]:
                         "header_name": "Authorization",
                         "header_value": f"Bearer {SECRET}",
                     },
-                    "headers": {"X-Api-Key": "hdr-secret-0123456789", "X-Team": "cost$center"},
+                    "headers": {"X-Api-Key": "hdr-secret-0123456789", "X-Title": "cost$center"},
                     "models": ["gpt-4o-mini"],
                 },
                 {

@@ -380,7 +380,11 @@ async def test_a_chunked_body_over_the_limit_is_refused_and_the_connection_close
     [
         (CHAT, WITH_KEY, "openai"),
         ("/v1/messages", WITH_KEY, "anthropic"),
-        ("/api/v1/gateways", [("Authorization", f"Bearer {ADMIN_TOKEN}")], "admin"),
+        (
+            "/api/v1/gateways",
+            [("Authorization", f"Bearer {ADMIN_TOKEN}"), ("Content-Type", "application/json")],
+            "admin",
+        ),
     ],
 )
 async def test_a_body_that_dribbles_past_the_body_timeout_gets_408_and_a_close(

@@ -253,7 +253,10 @@ async def test_default_model_must_be_served_and_targets_not_empty(
         (b'{"name": ', "invalid JSON: Expecting value at line 1 column 10"),
         (b"[1, 2]", "must be a JSON object"),
         (b"", "request body is empty; send a JSON object"),
-        (b"\xff\xfe", "request body is not UTF-8"),
+        (
+            b"\xff\xfe",
+            "invalid JSON: not UTF-8 text (invalid byte at position 0); JSON must be UTF-8",
+        ),
     ],
 )
 async def test_malformed_bodies(admin, raw, msg):
@@ -265,7 +268,11 @@ async def test_malformed_bodies(admin, raw, msg):
 
 
 async def test_body_over_the_limit_is_413(admin):
-    response = await admin.post("/gateways", content=b'{"name": "' + b"x" * (2 << 20) + b'"}')
+    response = await admin.post(
+        "/gateways",
+        content=b'{"name": "' + b"x" * (2 << 20) + b'"}',
+        headers={"Content-Type": "application/json"},
+    )
     assert response.status_code == 413
     assert response.json()["error"]["type"] == "payload_too_large"
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -60,6 +60,9 @@ from trio_gateway.errors import (
 from trio_gateway.store import Change, StaleVersion, Store
 
 T = TypeVar("T")
+
+#: The runtime's check that it can build an upstream: what would stop it, by field.
+Preflight = Callable[[Upstream], Sequence[Problem]]
 
 #: Fields the gateway sets. Clients may echo them back; the gateway ignores them.
 READ_ONLY = frozenset({"id", "gateway_id", "created_at", "updated_at"})
@@ -136,9 +139,10 @@ class Draft:
     :class:`NotFound` or :class:`Conflict` before touching the draft.
     """
 
-    def __init__(self, base: Snapshot, now: datetime) -> None:
+    def __init__(self, base: Snapshot, now: datetime, preflight: Preflight | None = None) -> None:
         self.base = base
         self.now = now
+        self.preflight = preflight
         self._entities = {kind: dict(by_id) for kind, by_id in base.entities.items()}
         self._puts: dict[tuple[Kind, str], Entity] = {}
         self._deletes: set[tuple[Kind, str]] = set()
@@ -307,7 +311,7 @@ class Draft:
         same_name = self.find(kind, entity.name, scope)
         if same_name is not None and same_name.id != entity.id:
             where = "" if scope is None else " in this gateway"
-            raise Conflict(f"a {kind.label} named {entity.name!r} already exists{where}")
+            raise Conflict(f"{kind.a_label} named {entity.name!r} already exists{where}")
         match entity:
             case Gateway(subdomain=str(sub)):
                 taken = next(
@@ -322,6 +326,8 @@ class Draft:
                     raise Conflict(f"gateway {taken.name!r} already uses subdomain {sub!r}")
             case Upstream():
                 if problems := check_upstream(entity):
+                    raise ValidationFailed.of(problems)
+                if self.preflight is not None and (problems := list(self.preflight(entity))):
                     raise ValidationFailed.of(problems)
             case Service():
                 target = self._entities[Kind.UPSTREAM].get(entity.upstream_id)
@@ -424,8 +430,14 @@ def _finish_upstream(upstream: Upstream, old: Upstream | None) -> Upstream:
     old_by_id = {t.id: t for t in old_targets}
     problems: list[Problem] = []
 
-    def restore(value: str, loc: str, preferred: list[str], others: list[str] = ()) -> str:
-        real = secrets.unmask(value, preferred, others)
+    def restore(
+        value: str,
+        loc: str,
+        preferred: list[str],
+        others: list[str] = (),
+        masker: Callable[[str], str] = secrets.mask,
+    ) -> str:
+        real = secrets.unmask(value, preferred, others, masker)
         if real is None:
             problems.append(
                 Problem(
@@ -436,9 +448,22 @@ def _finish_upstream(upstream: Upstream, old: Upstream | None) -> Upstream:
             return value
         return real
 
-    def restore_headers(headers: Mapping[str, str], loc: str, before: Mapping[str, str]) -> dict:
+    def restore_headers(
+        headers: Mapping[str, str],
+        loc: str,
+        before: Mapping[str, str],
+        elsewhere: Iterable[Mapping[str, str]] = (),
+    ) -> dict:
+        """Masked values back to their secrets: this target's own header of the same name,
+        else the one stored header of that name (a target sent without its id)."""
+        elsewhere = list(elsewhere)
         return {
-            name: restore(value, f"{loc}[{name!r}]", [before.get(name, "")])
+            name: restore(
+                value,
+                f"{loc}[{name!r}]",
+                [before[name]] if name in before else [],
+                [h[name] for h in elsewhere if name in h],
+            )
             if secrets.is_masked(value)
             else value
             for name, value in headers.items()
@@ -467,9 +492,20 @@ def _finish_upstream(upstream: Upstream, old: Upstream | None) -> Upstream:
                     same_header(target.credentials.header_name),
                 ),
             )
+        if target.base_url is not None and secrets.is_masked(target.base_url):
+            changes["base_url"] = restore(
+                target.base_url,
+                f"targets[{i}].base_url",
+                [previous.base_url] if previous and previous.base_url else [],
+                [t.base_url for t in old_targets if t.base_url],
+                secrets.mask_url,
+            )
         if any(secrets.is_masked(v) for v in target.headers.values()):
             changes["headers"] = restore_headers(
-                target.headers, f"targets[{i}].headers", previous.headers if previous else {}
+                target.headers,
+                f"targets[{i}].headers",
+                previous.headers if previous else {},
+                () if previous else (t.headers for t in old_targets),
             )
         targets.append(attrs.evolve(target, **changes) if changes else target)
 
@@ -535,18 +571,32 @@ class Catalog:
         snapshot: Snapshot,
         clock: Callable[[], datetime] = utcnow,
         version: int = 0,
+        *,
+        preflight: Preflight | None = None,
     ):
         self._store = store
         self._snapshot = snapshot
         self._version = version
         self._clock = clock
+        self._preflight = preflight
         self._lock = trio.Lock()
         self._changed = trio.Event()
 
     @classmethod
-    async def load(cls, store: Store, clock: Callable[[], datetime] = utcnow) -> Catalog:
+    async def load(
+        cls,
+        store: Store,
+        clock: Callable[[], datetime] = utcnow,
+        *,
+        preflight: Preflight | None = None,
+    ) -> Catalog:
+        """The store's content, as it is: an entity the runtime cannot serve is its to report.
+
+        ``preflight`` is the runtime's own check that it can build an upstream; every
+        write of an upstream passes it before anything is stored.
+        """
         loaded = await store.read()
-        return cls(store, Snapshot.of(loaded.puts), clock, loaded.version)
+        return cls(store, Snapshot.of(loaded.puts), clock, loaded.version, preflight=preflight)
 
     @property
     def snapshot(self) -> Snapshot:
@@ -564,7 +614,9 @@ class Catalog:
     # --- reads (synchronous: memory only) ----------------------------------------
 
     def get(self, kind: Kind, entity_id: str, gateway_id: str | None = None) -> Any:
-        return Draft(self._snapshot, self._clock()).get(kind, entity_id, gateway_id)
+        return Draft(self._snapshot, self._clock(), self._preflight).get(
+            kind, entity_id, gateway_id
+        )
 
     def list(self, kind: Kind, gateway_id: str | None = None) -> list[Any]:
         if kind is not Kind.GATEWAY:
@@ -584,7 +636,7 @@ class Catalog:
         """
         async with self._lock:
             for attempt in range(WRITE_ATTEMPTS):
-                draft = Draft(self._snapshot, self._clock())
+                draft = Draft(self._snapshot, self._clock(), self._preflight)
                 result = edit(draft)
                 change = draft.change()
                 if not change:

@@ -31,6 +31,7 @@ from trio_gateway import serde
 from trio_gateway.config.catalog import Draft
 from trio_gateway.config.models import (
     ApiKey,
+    BaseUrl,
     Gateway,
     Kind,
     Upstream,
@@ -41,6 +42,9 @@ from trio_gateway.errors import Problem, ValidationFailed
 _VAR = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\})")
 
 SERVER_FIELDS = frozenset({"admin_listen", "proxy_listen", "admin_token", "store"})
+#: ``server`` fields that are not strings: a list of host names, a URL mapping.
+SERVER_LISTS = frozenset({"admin_hosts"})
+SERVER_MAPPINGS = frozenset({"base_url_overrides"})
 GATEWAY_LISTS = {
     "upstreams": Kind.UPSTREAM,
     "services": Kind.SERVICE,
@@ -53,6 +57,7 @@ REFERENCES = {
     Kind.RULE: ("service", "service_id", Kind.SERVICE),
 }
 MIN_DECLARED_KEY = 16
+_KEY = re.compile(r"^[\x21-\x7e]+$")
 
 
 @attrs.frozen
@@ -69,7 +74,7 @@ class GatewayDecl:
 class Declarations:
     """A validated file: what to apply, and settings for the process."""
 
-    server: Mapping[str, str] = attrs.field(factory=dict)
+    server: Mapping[str, Any] = attrs.field(factory=dict)
     gateways: tuple[GatewayDecl, ...] = ()
     fake_providers: tuple[Any, ...] = ()
 
@@ -127,8 +132,13 @@ def parse(raw: Any, environ: Mapping[str, str]) -> Declarations:
     if not isinstance(server, dict):
         problems.append(Problem("server", "must be a mapping"))
         server = {}
+    fakes = tuple(_fake_providers(data, problems))
     for key, value in server.items():
-        if key not in SERVER_FIELDS:
+        if key in SERVER_LISTS:
+            server[key] = _host_names(value, f"server.{key}", problems)
+        elif key in SERVER_MAPPINGS:
+            server[key] = _stand_ins(value, {f.name for f in fakes}, problems)
+        elif key not in SERVER_FIELDS:
             problems.append(Problem(f"server.{key}", "unknown field"))
         elif value is not None and not isinstance(value, str):
             problems.append(Problem(f"server.{key}", "must be a string"))
@@ -146,7 +156,6 @@ def parse(raw: Any, environ: Mapping[str, str]) -> Declarations:
             )
         seen.add(decl.name)
 
-    fakes = tuple(_fake_providers(data, problems))
     if problems:
         raise ValidationFailed.of(problems)
     return Declarations(
@@ -154,6 +163,50 @@ def parse(raw: Any, environ: Mapping[str, str]) -> Declarations:
         gateways=gateways,
         fake_providers=fakes,
     )
+
+
+def _host_names(value: Any, loc: str, problems: list[Problem]) -> tuple[str, ...]:
+    """``server.admin_hosts``: host names (``name`` or ``name:port``) the admin API answers to."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        problems.append(Problem(loc, "must be a list of host names"))
+        return ()
+    names = []
+    for i, name in enumerate(value):
+        if not isinstance(name, str) or not _HOST.match(name):
+            problems.append(Problem(f"{loc}[{i}]", "must be a host name, optionally with :port"))
+        else:
+            names.append(name.lower())
+    return tuple(names)
+
+
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:[0-9]{1,5})?$")
+
+
+def _stand_ins(value: Any, fake_names: set[str], problems: list[Problem]) -> dict[str, str]:
+    """``server.base_url_overrides``: base URL -> stand-in base URL or fake provider name."""
+    loc = "server.base_url_overrides"
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        problems.append(Problem(loc, "must be a mapping of base URL to base URL"))
+        return {}
+    result = {}
+    for public, stand_in in value.items():
+        where = f"{loc}[{public!r}]"
+        try:
+            public = serde.structure(public, BaseUrl, loc=where)
+            if stand_in not in fake_names:
+                stand_in = serde.structure(stand_in, BaseUrl, loc=where)
+        except ValidationFailed as exc:
+            problems.extend(
+                attrs.evolve(p, msg=f"{p.msg} (or, as a stand-in, a fake provider's name)")
+                for p in exc.details
+            )
+            continue
+        result[public] = stand_in
+    return result
 
 
 def _gateway(item: Any, loc: str, problems: list[Problem]) -> GatewayDecl | None:
@@ -229,6 +282,12 @@ def _entity(kind: Kind, entry: Any, loc: str, problems: list[Problem]) -> dict[s
         elif not isinstance(key, str) or len(key) < MIN_DECLARED_KEY:
             problems.append(
                 Problem(f"{loc}.key", f"must be a string of at least {MIN_DECLARED_KEY} characters")
+            )
+        elif not _KEY.match(key):
+            problems.append(
+                Problem(
+                    f"{loc}.key", "must be printable ASCII without spaces (it is sent in a header)"
+                )
             )
     entity = _check(probe, kind.model, loc, problems)
     if isinstance(entity, Upstream):

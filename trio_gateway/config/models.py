@@ -51,6 +51,10 @@ class HeaderValueT:
     """An HTTP field value: visible characters, spaces and tabs only."""
 
 
+class SecretT:
+    """A credential: a non-empty HTTP field value."""
+
+
 class UrlPathT:
     """An absolute URL path (``/v1/chat/completions``)."""
 
@@ -59,15 +63,49 @@ class BaseUrlT:
     """An ``http`` or ``https`` URL with a host and an optional path prefix."""
 
 
+#: Durations, in seconds: every one has a floor (no spinning, no probe floods, no
+#: budget too short to be met) and a ceiling (no request held for days).
+REQUEST_TIMEOUT_S = Between(1, 86_400)
+ATTEMPT_TIMEOUT_S = Between(0.1, 86_400)
+#: ``interval`` and ``ejection_time`` pace the gateway's own checks of each target:
+#: at most one a second.
+CHECK_PERIOD_S = Between(1, 86_400)
+#: Targets per upstream: each is a task with its own queue and connections.
+MAX_TARGETS = 256
+#: Models a target may list, and headers a target or a probe may add.
+MAX_MODELS = 1000
+MAX_HEADERS = 64
+#: Header names a target or a probe may not set: the gateway frames every request
+#: itself (hop-by-hop headers, body framing, the Host it connects to).
+FORBIDDEN_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+        "content-type",
+        "content-encoding",
+    }
+)
+
 Name = Annotated[str, Text(1, 200)]
 ModelName = Annotated[str, Text(1, 256)]
 Description = Annotated[str, Text(0, 2000)]
 Weight = Annotated[int, Between(1, 100)]
 Priority = Annotated[int, Between(1, 1000)]
 Threshold = Annotated[int, Between(1, 1000)]
-Seconds = Annotated[float, Between(0, 86_400, lo_open=True)]
+RequestSeconds = Annotated[float, REQUEST_TIMEOUT_S]
+AttemptSeconds = Annotated[float, ATTEMPT_TIMEOUT_S]
+CheckSeconds = Annotated[float, CHECK_PERIOD_S]
 HeaderName = Annotated[str, HeaderNameT()]
 HeaderValue = Annotated[str, HeaderValueT()]
+Secret = Annotated[str, SecretT()]
 UrlPath = Annotated[str, UrlPathT()]
 BaseUrl = Annotated[str, BaseUrlT()]
 Headers = Mapping[HeaderName, HeaderValue]
@@ -142,7 +180,7 @@ class Credentials:
     """
 
     header_name: HeaderName | None = None
-    header_value: HeaderValue = attrs.field(repr=False)
+    header_value: Secret = attrs.field(repr=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -183,8 +221,8 @@ class HealthChecks:
 
     passive: bool = True
     threshold: Threshold = 3
-    interval: Seconds = 60.0
-    ejection_time: Seconds = 5.0
+    interval: CheckSeconds = 60.0
+    ejection_time: CheckSeconds = 5.0
     max_ejected_percent: Annotated[int, Between(1, 100)] = 100
     #: A recovery check also sends a minimal real request (one output token) once the
     #: model list answers; ``false``: the ``GET`` alone decides.
@@ -218,14 +256,14 @@ class Service:
     upstream_id: Annotated[str, Text(1, 64)]
     description: Description = ""
     #: One deadline per client request, shared by every attempt (until a stream starts).
-    request_timeout: Seconds = 120.0
+    request_timeout: RequestSeconds = 120.0
     #: Budget of one attempt until its first byte (a stream's first content); a silent
     #: target is then failed over.
-    first_byte_timeout: Seconds = 30.0
+    first_byte_timeout: AttemptSeconds = 30.0
     #: A whole answer whose body stops arriving for this long is failed over.
-    body_timeout: Seconds = 10.0
+    body_timeout: AttemptSeconds = 10.0
     #: Longest silence between two chunks of a started stream.
-    idle_timeout: Seconds = 60.0
+    idle_timeout: AttemptSeconds = 60.0
     #: Attempts per request, failovers included; ``None``: every target once.
     max_attempts: Annotated[int, Between(1, 100)] | None = None
     created_at: datetime | None = None
@@ -282,7 +320,12 @@ class Kind(enum.StrEnum):
 
     @property
     def label(self) -> str:
-        return self.value.replace("_", " ")
+        return "API key" if self is Kind.API_KEY else self.value
+
+    @property
+    def a_label(self) -> str:
+        """The label with its article: "an upstream", "a rule"."""
+        return f"{'an' if self.label[0] in 'aeiouAEIOU' else 'a'} {self.label}"
 
     @classmethod
     def of(cls, entity: Entity) -> Kind:
@@ -308,12 +351,25 @@ def rule_prefix(path: str) -> str:
 
 
 def check_upstream(upstream: Upstream) -> list[Problem]:
-    """Problems that no single field shows: ``default_model`` not served, duplicate ids."""
+    """Problems that no single field shows: ``default_model`` not served, duplicate ids,
+    headers the gateway sets itself, limits on counts."""
     problems = []
     if not upstream.targets:
         problems.append(Problem("targets", "must not be empty"))
+    if len(upstream.targets) > MAX_TARGETS:
+        problems.append(
+            Problem("targets", f"has {len(upstream.targets)} targets: at most {MAX_TARGETS}")
+        )
+    problems += check_headers(upstream.health_checks.headers, "health_checks.headers")
     seen_ids: set[str] = set()
     for i, target in enumerate(upstream.targets):
+        problems += check_headers(target.headers, f"targets[{i}].headers")
+        if len(target.models) > MAX_MODELS:
+            problems.append(Problem(f"targets[{i}].models", f"lists more than {MAX_MODELS} models"))
+        if target.credentials is not None and target.credentials.header_name is not None:
+            name = target.credentials.header_name
+            if name.lower() in FORBIDDEN_HEADERS:
+                problems.append(Problem(f"targets[{i}].credentials.header_name", _forbidden(name)))
         if target.base_url is None and target.provider in NEEDS_BASE_URL:
             problems.append(
                 Problem(
@@ -338,3 +394,29 @@ def check_upstream(upstream: Upstream) -> list[Problem]:
                 problems.append(Problem(f"targets[{i}].id", "another target has this id"))
             seen_ids.add(target.id)
     return problems
+
+
+def check_headers(headers: Mapping[str, str], loc: str) -> list[Problem]:
+    """Headers a target or a probe adds: not too many, none the gateway frames itself,
+    no name given twice (names are case-insensitive)."""
+    problems = []
+    if len(headers) > MAX_HEADERS:
+        problems.append(Problem(loc, f"has {len(headers)} headers: at most {MAX_HEADERS}"))
+    seen: set[str] = set()
+    for name in headers:
+        lower = name.lower()
+        if lower in FORBIDDEN_HEADERS:
+            problems.append(Problem(f"{loc}[{name!r}]", _forbidden(name)))
+        elif lower in seen:
+            problems.append(
+                Problem(f"{loc}[{name!r}]", "is given twice (header names ignore case)")
+            )
+        seen.add(lower)
+    return problems
+
+
+def _forbidden(name: str) -> str:
+    return (
+        f"{name!r} is set by the gateway for each request (hop-by-hop and framing "
+        "headers cannot be configured)"
+    )

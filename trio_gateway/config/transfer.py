@@ -78,7 +78,7 @@ def _escape(value: Any) -> Any:
 def _headers(headers: Mapping[str, str], hide: _Secrets, *where: str) -> dict[str, str]:
     return {
         name: hide(value, *where, "header", name)
-        if secrets.is_sensitive_header(name)
+        if secrets.is_secret_header(name)
         else _escape(value)
         for name, value in headers.items()
     }

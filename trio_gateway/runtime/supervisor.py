@@ -15,6 +15,14 @@ and after every catalog change it *reconciles*:
 * then a new :class:`RouteTable` is compiled (keys by hash, rules longest-first,
   services with their dispatcher and limits) and swapped in with one assignment.
 
+Each upstream is built on its own (:func:`plan_upstream`, then its actors): one
+that cannot be built keeps its previous runtime if it had one, or is left out, and
+is reported (:attr:`Runtime.failures`: a log line, ``/readyz``, its health
+endpoint; its services answer 503 saying why), while every other upstream and
+every gateway, key, service and rule change is applied. The admin API runs the same
+:func:`plan_upstream` (:func:`preflight`) before it stores a write, so an upstream
+the runtime cannot build is refused with the reason rather than stored.
+
 The request path only ever reads :attr:`Runtime.table`: no lock, no await, no store.
 """
 
@@ -30,10 +38,18 @@ import httpx2
 import trio
 
 from trio_gateway.config.catalog import Catalog, Snapshot
-from trio_gateway.config.models import ApiKey, Gateway, GatewayStatus, Service, Upstream
+from trio_gateway.config.models import (
+    ApiKey,
+    Gateway,
+    GatewayStatus,
+    Service,
+    Target,
+    Upstream,
+)
 from trio_gateway.core.attempt import Budgets
 from trio_gateway.core.routing import CompiledRule, compile_rules
-from trio_gateway.providers.endpoints import Endpoint
+from trio_gateway.errors import Problem
+from trio_gateway.providers.endpoints import PROVIDERS, Endpoint
 from trio_gateway.runtime.clients import ClientPool
 from trio_gateway.runtime.dispatcher import Dispatcher, Limits, health_policy
 from trio_gateway.runtime.ending import EndStreams
@@ -74,8 +90,6 @@ class KeyRoute:
 class GatewayRoute:
     gateway: Gateway
     rules: tuple[CompiledRule, ...]
-    #: ``(model, provider)`` reachable through the rules, sorted: ``GET /v1/models``.
-    models: tuple[tuple[str, str], ...] = ()
 
     @property
     def active(self) -> bool:
@@ -92,6 +106,8 @@ class RouteTable:
     subdomains: Mapping[str, str] = attrs.field(factory=dict)
     services: Mapping[str, ServiceRoute] = attrs.field(factory=dict)
     dispatchers: Mapping[str, Dispatcher] = attrs.field(factory=dict)
+    #: Services that cannot serve (their upstream could not be built): why, for a 503.
+    unservable: Mapping[str, str] = attrs.field(factory=dict)
 
     def key(self, key_hash: str, now: float) -> KeyRoute | None:
         """The key with this hash if it is usable at ``now`` (seconds since the epoch)."""
@@ -99,15 +115,134 @@ class RouteTable:
         return key if key is not None and key.active and now < key.expires else None
 
 
+@attrs.frozen
+class BuildFailure:
+    """An upstream the runtime could not build, as ``/readyz`` and its health endpoint say."""
+
+    upstream_id: str
+    gateway_id: str
+    name: str
+    error: str
+    #: Its previous configuration still serves (``False``: nothing does).
+    serving_previous: bool
+    #: The configuration that failed (to log a failure once, not at every change).
+    upstream: Upstream = attrs.field(eq=False, repr=False)
+
+    def describe(self) -> str:
+        still = (
+            "; its previous configuration still serves"
+            if self.serving_previous
+            else "; its services answer 503"
+        )
+        return f"upstream {self.name!r} cannot be served: {self.error}{still}"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "kind": "upstream",
+            "id": self.upstream_id,
+            "gateway_id": self.gateway_id,
+            "name": self.name,
+            "error": self.error,
+            "serving_previous": self.serving_previous,
+        }
+
+
+def effective_target(target: Target, base_urls: Mapping[str, str]) -> Target:
+    """``target`` as the runtime sends to it: ``base_urls`` maps a public endpoint to a stand-in.
+
+    A target without a ``base_url`` uses its provider's public one; either is looked
+    up in ``base_urls`` (``make run`` maps ``https://api.openai.com`` to a fake
+    provider). Empty ``base_urls``: the target as configured.
+    """
+    if not base_urls:
+        return target
+    base = target.base_url or PROVIDERS[target.provider].base_url
+    stand_in = base_urls.get(base) if base is not None else None
+    return target if stand_in is None else attrs.evolve(target, base_url=stand_in)
+
+
+@attrs.frozen
+class UpstreamBuild:
+    """What building an upstream needs, computed without side effects."""
+
+    targets: tuple[Target, ...]
+    endpoints: tuple[Endpoint, ...]
+
+
+def plan_upstream(upstream: Upstream, base_urls: Mapping[str, str] | None = None) -> UpstreamBuild:
+    """Resolve every target of ``upstream`` as the runtime will use it; raise if one cannot be.
+
+    Pure. :func:`preflight` turns what it raises into problems by field.
+    """
+    targets = []
+    endpoints = []
+    for i, configured in enumerate(upstream.targets):
+        target = effective_target(configured, base_urls or {})
+        try:
+            endpoint = Endpoint.of(target)
+            # The HTTP client parses these URLs for every request and probe.
+            httpx2.URL(endpoint.url_for("model"))
+            httpx2.URL(endpoint.probe_url(upstream.health_checks.path))
+            httpx2.Headers(endpoint.request_headers(()))
+        except Exception as exc:
+            raise _TargetUnbuildable(i, exc) from exc
+        targets.append(target)
+        endpoints.append(endpoint)
+    health_policy(upstream)
+    Dispatcher.build(upstream, ())  # compiles the tiers and balancers
+    return UpstreamBuild(tuple(targets), tuple(endpoints))
+
+
+class _TargetUnbuildable(Exception):
+    def __init__(self, index: int, cause: Exception) -> None:
+        super().__init__(f"targets[{index}]: {_reason(cause)}")
+        self.index = index
+        self.cause = cause
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, without echoing configuration values (they may be secrets)."""
+    if isinstance(exc, _TargetUnbuildable):
+        return str(exc)
+    if isinstance(exc, httpx2.InvalidURL):
+        return f"the HTTP client refuses its URL ({exc})"
+    if type(exc) is ValueError and str(exc):  # our own messages (Endpoint.of)
+        return str(exc)
+    return type(exc).__name__
+
+
+def preflight(upstream: Upstream) -> list[Problem]:
+    """What would stop the runtime from building ``upstream``, by field (the admin API's 422)."""
+    try:
+        plan_upstream(upstream)
+    except _TargetUnbuildable as exc:
+        return [Problem(f"targets[{exc.index}]", f"cannot be served: {_reason(exc.cause)}")]
+    except Exception as exc:
+        return [Problem("$", f"cannot be served: {_reason(exc)}")]
+    return []
+
+
 class Runtime:
-    """See the module docstring. Start with ``await nursery.start(runtime.run)``."""
+    """See the module docstring. Start with ``await nursery.start(runtime.run)``.
+
+    ``base_urls`` maps providers' public base URLs (or any ``base_url``) to stand-ins:
+    an explicit setting, for offline demos such as ``make run``.
+    """
 
     def __init__(
-        self, catalog: Catalog, *, transport: httpx2.AsyncBaseTransport | None = None
+        self,
+        catalog: Catalog,
+        *,
+        transport: httpx2.AsyncBaseTransport | None = None,
+        base_urls: Mapping[str, str] | None = None,
     ) -> None:
         self.catalog = catalog
         self.table = RouteTable()
         self._transport = transport
+        self._base_urls = dict(base_urls or {})
+        #: Upstreams that could not be built, by id (see :class:`BuildFailure`).
+        self.failures: dict[str, BuildFailure] = {}
+        self._orphans: dict[str, Service] = {}
         self._actors: dict[tuple[str, str], TargetActor] = {}
         self._nursery: trio.Nursery | None = None
         self._clients: ClientPool | None = None
@@ -157,8 +292,10 @@ class Runtime:
     def _reconcile(self, snapshot: Snapshot) -> None:
         """Plan everything first, without side effects; then start, retire and swap.
 
-        If planning raises, nothing has changed: the previous actors and table go on
-        serving (``run`` logs the error).
+        Each upstream is planned on its own: one that raises keeps its previous
+        actors and dispatcher (or has none) and is recorded in :attr:`failures`;
+        the rest, and the route table, go ahead. If compiling the table itself
+        raises, nothing has changed (``run`` logs the error).
         """
         assert self._nursery is not None
         # Actors are keyed by upstream and target: a target id is only unique in its upstream.
@@ -166,29 +303,18 @@ class Runtime:
         updates: list[Callable[[], None]] = []
         fresh: list[TargetActor] = []
         dispatchers: dict[str, Dispatcher] = {}
+        failures: dict[str, BuildFailure] = {}
         for upstream in snapshot.upstreams.values():
-            policy = health_policy(upstream)
-            members = []
-            for target in upstream.targets:
-                key = (upstream.id, target.id)
-                actor = self._actors.get(key)
-                endpoint = Endpoint.of(target)
-                if (
-                    actor is not None
-                    and actor.endpoint == endpoint
-                    and actor.target.max_in_flight == target.max_in_flight
-                ):
-                    updates.append(partial(actor.update, target, policy, upstream.health_checks))
-                else:
-                    new = TargetActor(target, policy, upstream.health_checks)
-                    if actor is not None and actor.endpoint.url == endpoint.url:
-                        # Same place, new credentials or headers: its health carries over.
-                        new.health, new.latency_estimate = actor.health, actor.latency_estimate
-                        updates.append(partial(setattr, new.health, "policy", policy))
-                    fresh.append(new)
-                    actor = new
-                actors[key] = actor
-                members.append(actor)
+            try:
+                planned = self._plan_actors(upstream)
+            except Exception as exc:
+                failures[upstream.id] = self._keep_previous(upstream, exc, actors, dispatchers)
+                continue
+            members, upstream_updates, upstream_fresh = planned
+            updates += upstream_updates
+            fresh += upstream_fresh
+            for actor in members:
+                actors[upstream.id, actor.target.id] = actor
             previous = self.table.dispatchers.get(upstream.id)
             if (
                 previous is not None
@@ -198,7 +324,7 @@ class Runtime:
                 dispatchers[upstream.id] = previous
             else:
                 dispatchers[upstream.id] = Dispatcher.build(upstream, members, self.end_streams)
-        table = _compile(snapshot, dispatchers)
+        table = _compile(snapshot, dispatchers, failures)
 
         for update in updates:
             update()
@@ -212,6 +338,82 @@ class Runtime:
                 actor.retire()
         self._actors = actors
         self.table = table
+        self._report(failures)
+        self._report_orphans(snapshot)
+
+    def _plan_actors(
+        self, upstream: Upstream
+    ) -> tuple[list[TargetActor], list[Callable[[], None]], list[TargetActor]]:
+        """The actors of ``upstream`` (kept, updated or new), with no side effect yet."""
+        plan = plan_upstream(upstream, self._base_urls)
+        policy = health_policy(upstream)
+        members: list[TargetActor] = []
+        updates: list[Callable[[], None]] = []
+        fresh: list[TargetActor] = []
+        for target, endpoint in zip(plan.targets, plan.endpoints, strict=True):
+            actor = self._actors.get((upstream.id, target.id))
+            if (
+                actor is not None
+                and actor.endpoint == endpoint
+                and actor.target.max_in_flight == target.max_in_flight
+            ):
+                updates.append(partial(actor.update, target, policy, upstream.health_checks))
+            else:
+                new = TargetActor(target, policy, upstream.health_checks)
+                if actor is not None and actor.endpoint.url == endpoint.url:
+                    # Same place, new credentials or headers: its health carries over.
+                    new.health, new.latency_estimate = actor.health, actor.latency_estimate
+                    updates.append(partial(setattr, new.health, "policy", policy))
+                fresh.append(new)
+                actor = new
+            members.append(actor)
+        return members, updates, fresh
+
+    def _keep_previous(
+        self,
+        upstream: Upstream,
+        exc: Exception,
+        actors: dict[tuple[str, str], TargetActor],
+        dispatchers: dict[str, Dispatcher],
+    ) -> BuildFailure:
+        """``upstream`` could not be built: its previous runtime, if any, goes on serving."""
+        previous = self.table.dispatchers.get(upstream.id)
+        if previous is not None:
+            dispatchers[upstream.id] = previous
+            for actor in previous.actors:
+                actors[upstream.id, actor.target.id] = actor
+        return BuildFailure(
+            upstream_id=upstream.id,
+            gateway_id=upstream.gateway_id,
+            name=upstream.name,
+            error=_reason(exc),
+            serving_previous=previous is not None,
+            upstream=upstream,
+        )
+
+    def _report(self, failures: dict[str, BuildFailure]) -> None:
+        """Log each new failure once, and each recovery."""
+        for upstream_id, failure in failures.items():
+            known = self.failures.get(upstream_id)
+            if known is None or known.upstream is not failure.upstream or known != failure:
+                log.error(
+                    failure.describe(),
+                    extra={
+                        "fields": {
+                            "upstream_id": upstream_id,
+                            "gateway_id": failure.gateway_id,
+                        }
+                    },
+                )
+        for upstream_id, known in self.failures.items():
+            if upstream_id not in failures:
+                log.info(
+                    "upstream can be served again"
+                    if upstream_id in self.table.dispatchers
+                    else "unservable upstream removed",
+                    extra={"fields": {"upstream_id": upstream_id, "name": known.name}},
+                )
+        self.failures = failures
 
     async def _supervise(self, actor: TargetActor) -> None:
         """Run ``actor`` until it is retired and drained; restart it when it crashes.
@@ -255,17 +457,64 @@ class Runtime:
             return None
         return [actor.statistics() for actor in dispatcher.actors]
 
+    def failure(self, upstream_id: str) -> BuildFailure | None:
+        """Why ``upstream_id`` could not be built at the last change, if it could not."""
+        return self.failures.get(upstream_id)
 
-def _compile(snapshot: Snapshot, dispatchers: Mapping[str, Dispatcher]) -> RouteTable:
+    def _report_orphans(self, snapshot: Snapshot) -> None:
+        """Services naming no existing upstream (only a store edited by hand has them)."""
+        orphans = {
+            s.id: s for s in snapshot.services.values() if s.upstream_id not in snapshot.upstreams
+        }
+        for service_id, service in orphans.items():
+            if service_id not in self._orphans:
+                log.error(
+                    f"service {service.name!r} cannot be served: it names no existing upstream",
+                    extra={"fields": {"service_id": service_id, "gateway_id": service.gateway_id}},
+                )
+        self._orphans = orphans
+
+    def problems(self) -> list[dict[str, object]]:
+        """What ``/readyz`` lists: every entity the runtime cannot serve as configured."""
+        return [failure.to_json() for failure in self.failures.values()] + [
+            {
+                "kind": "service",
+                "id": service.id,
+                "gateway_id": service.gateway_id,
+                "name": service.name,
+                "error": f"names no existing upstream ({service.upstream_id!r})",
+                "serving_previous": False,
+            }
+            for service in self._orphans.values()
+        ]
+
+
+def _compile(
+    snapshot: Snapshot,
+    dispatchers: Mapping[str, Dispatcher],
+    failures: Mapping[str, BuildFailure] | None = None,
+) -> RouteTable:
+    """The route table; references that lead nowhere (a store edited by hand) are skipped."""
+    failures = failures or {}
     rules_by_gateway: dict[str, list] = {gid: [] for gid in snapshot.gateways}
     for rule in snapshot.rules.values():
-        rules_by_gateway[rule.gateway_id].append(rule)
+        if rule.gateway_id in rules_by_gateway:
+            rules_by_gateway[rule.gateway_id].append(rule)
     services = {}
+    unservable = {}
     for service in snapshot.services.values():
-        upstream: Upstream = snapshot.upstreams[service.upstream_id]
+        dispatcher = dispatchers.get(service.upstream_id)
+        if dispatcher is None:
+            failure = failures.get(service.upstream_id)
+            unservable[service.id] = (
+                failure.describe()
+                if failure is not None
+                else f"service {service.name!r} names no existing upstream"
+            )
+            continue
         services[service.id] = ServiceRoute(
             service=service,
-            dispatcher=dispatchers[upstream.id],
+            dispatcher=dispatcher,
             limits=Limits(
                 request_timeout=service.request_timeout,
                 budgets=Budgets(
@@ -280,23 +529,11 @@ def _compile(snapshot: Snapshot, dispatchers: Mapping[str, Dispatcher]) -> Route
         generation=snapshot.generation,
         keys={k.key_hash: KeyRoute.of(k) for k in snapshot.api_keys.values()},
         gateways={
-            gid: _gateway_route(gateway, rules_by_gateway[gid], snapshot)
+            gid: GatewayRoute(gateway, compile_rules(rules_by_gateway[gid]))
             for gid, gateway in snapshot.gateways.items()
         },
         subdomains={g.subdomain: g.id for g in snapshot.gateways.values() if g.subdomain},
         services=services,
         dispatchers=dispatchers,
+        unservable=unservable,
     )
-
-
-def _gateway_route(gateway: Gateway, rules: list, snapshot: Snapshot) -> GatewayRoute:
-    compiled = compile_rules(rules)
-    models: dict[str, str] = {}
-    for rule in compiled:
-        service = snapshot.services.get(rule.service_id)
-        upstream = snapshot.upstreams.get(service.upstream_id) if service else None
-        for target in upstream.targets if upstream else ():
-            names = (*target.models, *((target.default_model,) if target.default_model else ()))
-            for name in names:
-                models.setdefault(name, target.provider.value)
-    return GatewayRoute(gateway, compiled, tuple(sorted(models.items())))

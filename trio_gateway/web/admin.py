@@ -5,15 +5,27 @@ parse the body, call the catalog, serialize the result with the API converter
 (which masks secrets). Errors are :class:`~trio_gateway.errors.GatewayError`
 rendered once, by :func:`render_error`, as
 ``{"error": {"type", "message", "details"}}``.
+
+A write is answered once the proxy uses it (:func:`create_admin_app`'s
+``applied``); an upstream the runtime could not build is refused before it is
+stored (the catalog's preflight), so a ``2xx`` means "serving now".
+
+Cross-site requests (see :class:`CrossSiteGuard`): without an admin token the API
+needs no credential, so a web page the operator visits must not be able to use
+it. Writes need ``Content-Type: application/json`` (a page can only send "simple"
+``text/plain`` or form bodies without a CORS preflight, which this API never
+grants), a foreign ``Origin`` or ``Sec-Fetch-Site`` is refused, and so is a
+``Host`` that is not the listener's own address or on ``admin_hosts`` (DNS
+rebinding). Paths are matched as sent: no redirect is ever built from ``Host``.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -21,7 +33,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from trio_gateway import serde
+from trio_gateway import __version__, serde
 from trio_gateway.config.catalog import Catalog
 from trio_gateway.config.models import Entity, Kind
 from trio_gateway.errors import (
@@ -29,7 +41,10 @@ from trio_gateway.errors import (
     GatewayError,
     InternalError,
     NotFound,
+    PermissionDenied,
     Problem,
+    ServiceUnavailable,
+    UnsupportedMediaType,
     ValidationFailed,
 )
 from trio_gateway.runtime.target import TargetStatistics, wall_time
@@ -56,12 +71,14 @@ COLLECTIONS: dict[str, Kind] = {
 
 @attrs.define
 class Readiness:
-    """What ``/readyz`` reports: each part of the process that must be up to serve."""
+    """What ``/readyz`` reports: each part of the process that must be up to serve, and
+    the entities the runtime cannot serve (the rest serves: the process stays ready)."""
 
     parts: dict[str, bool] = attrs.field(factory=dict)
     #: More entries of the ``/readyz`` body, computed when asked; they do not decide
     #: readiness (``store``: an unreachable store refuses writes, the proxy still serves).
     details: dict[str, Callable[[], Any]] = attrs.field(factory=dict)
+    problems: Callable[[], list[dict[str, Any]]] = list
 
     def set(self, part: str, ready: bool = True) -> None:
         self.parts[part] = ready
@@ -69,6 +86,85 @@ class Readiness:
     @property
     def ready(self) -> bool:
         return bool(self.parts) and all(self.parts.values())
+
+
+class _BuildFailure(Protocol):
+    def describe(self) -> str: ...
+
+
+@attrs.frozen
+class CrossSiteGuard:
+    """Refuses what a web page could make a browser send to the admin API.
+
+    ``check_host``: the ``Host`` header must be the address the request came in on
+    (a loopback listener also answers to ``localhost``, ``127.0.0.1`` and ``[::1]``
+    on its port) or one of ``allowed_hosts`` (``name`` for any port, or
+    ``name:port``). Always on without an admin token; with one, only when
+    ``allowed_hosts`` is set (the token already proves the caller is no web page).
+    """
+
+    check_host: bool
+    allowed_hosts: frozenset[str] = frozenset()
+
+    def check(self, method: str, headers: Any, server: tuple[str, int] | None) -> None:
+        host = headers.get("Host", "").strip().lower()
+        if self.check_host and not self.host_allowed(host, server):
+            shown = host[:100] or "(none)"
+            raise PermissionDenied(
+                f"Host {shown!r} is not this admin API's address; add it to "
+                "server.admin_hosts to allow it"
+            )
+        origin = headers.get("Origin")
+        if origin is not None and origin.strip().lower() not in (
+            f"http://{host}",
+            f"https://{host}",
+        ):
+            raise PermissionDenied(
+                f"cross-origin requests are refused (Origin {origin[:100]!r}, Host {host[:100]!r})"
+            )
+        if headers.get("Sec-Fetch-Site", "same-origin").lower() not in ("same-origin", "none"):
+            raise PermissionDenied("cross-site requests are refused (Sec-Fetch-Site)")
+        if method in ("POST", "PUT", "PATCH"):
+            mimetype = headers.get("Content-Type", "").partition(";")[0].strip().lower()
+            if mimetype != "application/json":
+                raise UnsupportedMediaType(
+                    "send the body as JSON, with 'Content-Type: application/json'"
+                    + (f" (not {mimetype!r})" if mimetype else "")
+                )
+
+    def host_allowed(self, host: str, server: tuple[str, int] | None) -> bool:
+        name, port = _split_host(host)
+        if name is None:
+            return False
+        if name in self.allowed_hosts or f"{name}:{port}" in self.allowed_hosts:
+            return True
+        if server is None:
+            return False
+        own, own_port = server[0].lower(), server[1]
+        if port != own_port:
+            return False
+        names = {own.strip("[]")}
+        if _is_loopback(own):
+            names |= {"localhost", "127.0.0.1", "::1"}
+        return name.strip("[]") in names
+
+
+def _split_host(host: str) -> tuple[str | None, int]:
+    """``name:port`` (``[v6]:port``) -> name and port (80 when absent); ``None`` if malformed."""
+    if not host or any(c in host for c in "/@ \t,"):
+        return None, 0
+    name, sep, port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
+    if not sep:
+        name, port = host, "80"
+    if not name or not port.isdigit() or len(port) > 5:
+        return None, 0
+    return name, int(port)
+
+
+def _is_loopback(host: str) -> bool:
+    from trio_gateway.settings import is_loopback
+
+    return is_loopback(host.strip("[]"))
 
 
 def render_error(error: GatewayError) -> Response:
@@ -88,7 +184,13 @@ def add_health_routes(app: QuartTrio, readiness: Readiness) -> None:
         status = 200 if readiness.ready else 503
         details = {name: report() for name, report in readiness.details.items()}
         return json_response(
-            {"ready": readiness.ready, "parts": readiness.parts, **details}, status
+            {
+                "ready": readiness.ready,
+                "parts": readiness.parts,
+                "problems": readiness.problems(),
+                **details,
+            },
+            status,
         )
 
 
@@ -100,35 +202,58 @@ def create_admin_app(
     max_body: int = DEFAULT_MAX_BODY,
     upstream_health: Callable[[str], list[TargetStatistics] | None] | None = None,
     applied: Callable[[int], Awaitable[None]] | None = None,
+    build_failure: Callable[[str], _BuildFailure | None] | None = None,
+    allowed_hosts: Iterable[str] = (),
 ) -> QuartTrio:
-    """The admin app. ``admin_token`` set: every ``/api`` call needs ``Authorization: Bearer``."""
+    """The admin app. ``admin_token`` set: every ``/api`` call needs ``Authorization: Bearer``.
+
+    ``applied(generation)`` returns once the proxy uses that catalog generation;
+    ``build_failure(upstream_id)`` says why the runtime could not build an upstream.
+    ``allowed_hosts``: see :class:`CrossSiteGuard`.
+    """
     app = QuartTrio("trio_gateway.admin")
     app.config["MAX_CONTENT_LENGTH"] = max_body
+    # "/api//v1/x" and "/x/" are not redirected: werkzeug would build the
+    # redirect's URL from the Host header.
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
     add_health_routes(app, readiness)
     token = admin_token.encode() if admin_token else None
+    allowed = frozenset(h.lower() for h in allowed_hosts)
+    guard = CrossSiteGuard(check_host=token is None or bool(allowed), allowed_hosts=allowed)
 
     @app.before_request
     async def authenticate() -> None:
-        if token is None or not request.path.startswith(API):
+        if not request.path.startswith(API):
             return
-        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.encode(), token):
-            raise AuthenticationFailed(
-                "this admin API needs 'Authorization: Bearer <admin token>'",
-                headers={"WWW-Authenticate": 'Bearer realm="trio-gateway admin"'},
-            )
+        if token is not None:  # who asks comes first: a stranger learns nothing else
+            scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(presented.encode(), token):
+                raise AuthenticationFailed(
+                    "this admin API needs 'Authorization: Bearer <admin token>'",
+                    headers={"WWW-Authenticate": 'Bearer realm="trio-gateway admin"'},
+                )
+        server = request.scope.get("server")
+        guard.check(request.method, request.headers, tuple(server) if server else None)
 
-    @app.after_request
-    async def settle(response: Response) -> Response:
-        """After a write, answer once the proxy uses the new configuration (bounded)."""
-        if (
-            applied is not None
-            and request.method in ("POST", "PUT", "DELETE")
-            and response.status_code < 300
-        ):
-            with trio.move_on_after(APPLY_WAIT_S):
-                await applied(catalog.snapshot.generation)
-        return response
+    async def settle(upstream_id: str | None = None) -> None:
+        """Return once the proxy uses what was just stored; raise if it cannot.
+
+        The catalog's preflight refused every upstream the runtime cannot build, so a
+        failure here is a bug of ours: the client is told, and so is ``/readyz``.
+        """
+        if applied is None:
+            return
+        with trio.move_on_after(APPLY_WAIT_S) as timer:
+            await applied(catalog.snapshot.generation)
+        if timer.cancelled_caught:
+            raise ServiceUnavailable(
+                f"the change is stored, but the proxy has not applied it within "
+                f"{APPLY_WAIT_S:g} s; see the gateway log"
+            )
+        failure = build_failure(upstream_id) if build_failure and upstream_id else None
+        if failure is not None:
+            raise InternalError(f"the change is stored, but {failure.describe()}")
 
     @app.errorhandler(GatewayError)
     async def gateway_error(error: GatewayError) -> Response:
@@ -166,7 +291,18 @@ def create_admin_app(
         _log_write("created", entity)
         return json_response({**show(entity), **(extra or {})}, 201, {"Location": location})
 
-    # --- gateways -----------------------------------------------------------------
+    # --- index and gateways ------------------------------------------------------------
+
+    @app.get(API)
+    async def index() -> Response:
+        return json_response(
+            {
+                "name": "trio-gateway",
+                "version": __version__,
+                "gateways": f"{API}/gateways",
+                "collections": sorted(f"{API}/gateways/{{gateway_id}}/{c}" for c in COLLECTIONS),
+            }
+        )
 
     @app.get(f"{API}/gateways")
     async def list_gateways() -> Response:
@@ -175,6 +311,7 @@ def create_admin_app(
     @app.post(f"{API}/gateways")
     async def create_gateway() -> Response:
         gateway = await catalog.create(Kind.GATEWAY, await read_json(max_body))
+        await settle()
         return created(gateway, f"{API}/gateways/{gateway.id}")
 
     @app.get(f"{API}/gateways/<gateway_id>")
@@ -185,6 +322,7 @@ def create_admin_app(
     async def replace_gateway(gateway_id: str) -> Response:
         gateway = await catalog.replace(Kind.GATEWAY, gateway_id, await read_json(max_body))
         _log_write("updated", gateway)
+        await settle()
         return json_response(show(gateway))
 
     @app.delete(f"{API}/gateways/<gateway_id>")
@@ -192,6 +330,7 @@ def create_admin_app(
         gateway = catalog.get(Kind.GATEWAY, gateway_id)
         await catalog.delete(Kind.GATEWAY, gateway_id)
         _log_write("deleted", gateway)
+        await settle()
         return Response(b"", 204)
 
     # --- entities under a gateway -----------------------------------------------
@@ -213,8 +352,10 @@ def create_admin_app(
         base = f"{API}/gateways/{gateway_id}/{collection}"
         if kind is Kind.API_KEY:
             key, plain = await catalog.create_api_key(gateway_id, data)
+            await settle()
             return created(key, f"{base}/{key.id}", {"key": plain})
         entity = await catalog.create(kind, data, gateway_id)
+        await settle(entity.id if kind is Kind.UPSTREAM else None)
         return created(entity, f"{base}/{entity.id}")
 
     @app.get(f"{API}/gateways/<gateway_id>/<collection>/<entity_id>")
@@ -226,6 +367,7 @@ def create_admin_app(
         kind = kind_of(collection)
         entity = await catalog.replace(kind, entity_id, await read_json(max_body), gateway_id)
         _log_write("updated", entity)
+        await settle(entity.id if kind is Kind.UPSTREAM else None)
         return json_response(show(entity))
 
     @app.delete(f"{API}/gateways/<gateway_id>/<collection>/<entity_id>")
@@ -234,19 +376,23 @@ def create_admin_app(
         entity = catalog.get(kind, entity_id, gateway_id)
         await catalog.delete(kind, entity_id, gateway_id)
         _log_write("deleted", entity)
+        await settle()
         return Response(b"", 204)
 
     @app.get(f"{API}/gateways/<gateway_id>/upstreams/<upstream_id>/health")
     async def health(gateway_id: str, upstream_id: str) -> Response:
         upstream = catalog.get(Kind.UPSTREAM, upstream_id, gateway_id)
         targets = upstream_health(upstream.id) if upstream_health is not None else None
-        if targets is None:
+        failure = build_failure(upstream.id) if build_failure is not None else None
+        if targets is None and failure is None:
             raise NotFound("this upstream is not running yet; try again in a moment")
         return json_response(
             {
                 "upstream_id": upstream.id,
                 "name": upstream.name,
-                "targets": [_health(t) for t in targets],
+                "serving": targets is not None,
+                "problem": failure.describe() if failure is not None else None,
+                "targets": [_health(t) for t in targets or ()],
             }
         )
 

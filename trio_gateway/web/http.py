@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from quart import Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from trio_gateway import jsonio
 from trio_gateway.errors import (
     ClientError,
     GatewayError,
@@ -21,8 +21,8 @@ JSON = "application/json"
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-    return Response(data, status=status, content_type=JSON, headers=headers)
+    """``body`` as JSON. Never fails on what :func:`read_json` accepted (lone surrogates...)."""
+    return Response(jsonio.dumpb(body), status=status, content_type=JSON, headers=headers)
 
 
 async def read_json(limit: int) -> Any:
@@ -36,13 +36,9 @@ async def read_json(limit: int) -> Any:
     if not raw.strip():
         raise ValidationFailed.single("$", "request body is empty; send a JSON object")
     try:
-        return json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ValidationFailed.single("$", "request body is not UTF-8") from exc
-    except json.JSONDecodeError as exc:
-        raise ValidationFailed.single(
-            "$", f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from exc
+        return jsonio.loads(raw)
+    except jsonio.JSONError as exc:
+        raise ValidationFailed.single("$", f"invalid JSON: {exc}") from exc
 
 
 def from_http_exception(exc: HTTPException) -> GatewayError:

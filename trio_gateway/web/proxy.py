@@ -1,19 +1,21 @@
 """The proxy front end: ``POST /v1/chat/completions``, ``POST /v1/messages``, ``GET /v1/models``.
 
-Per request, in order: the API dialect from the path, the caller's key (``X-Api-Key``
-or ``Authorization: Bearer``) naming its gateway, the gateway's longest matching
-rule, its service, and the service's dispatcher, which does the rest. Every error
-is answered in the caller's dialect with an ``X-Request-Id``.
+Per request, in order: the method (``405`` with ``Allow`` for a wrong one on an API
+path), the caller's key (``X-Api-Key`` or ``Authorization: Bearer``) naming its
+gateway, the gateway's longest matching rule, the endpoint (the path with the
+rule's prefix removed when the rule says ``strip_path``), its service, and the
+service's dispatcher, which does the rest. Every error is answered in the
+caller's dialect with an ``X-Request-Id``.
 
 Only lookups happen here: the route table was compiled when the configuration
 changed, the body is parsed once and forwarded as the bytes it came as unless
-the model or the dialect changes.
+the model or the dialect changes. Of the client's headers only an explicit set
+per dialect is forwarded (:data:`FORWARDED`).
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
 import re
@@ -32,15 +34,24 @@ from trio_gateway.errors import (
     ClientError,
     GatewayError,
     InternalError,
+    MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
     PermissionDenied,
+    ServiceUnavailable,
+    UnsupportedMediaType,
 )
 from trio_gateway.providers.formats import ApiFormat, error_body
 from trio_gateway.runtime.dispatcher import ClientRequest
-from trio_gateway.runtime.supervisor import GatewayRoute, KeyRoute, RouteTable, Runtime
+from trio_gateway.runtime.supervisor import (
+    GatewayRoute,
+    KeyRoute,
+    RouteTable,
+    Runtime,
+    ServiceRoute,
+)
 from trio_gateway.web.admin import Readiness, add_health_routes
-from trio_gateway.web.http import from_http_exception
+from trio_gateway.web.http import from_http_exception, json_response
 
 log = logging.getLogger("trio_gateway.proxy")
 
@@ -48,45 +59,44 @@ DEFAULT_MAX_BODY = 32 << 20
 MAX_MODEL_NAME = 256
 NO_KEY = "invalid or missing API key: send it as 'X-Api-Key' or 'Authorization: Bearer'"
 
-#: Client headers never sent upstream: hop-by-hop, the gateway's own key, what
-#: the gateway sets itself, and what describes the client's connection.
-NOT_FORWARDED = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-        "content-type",
-        "accept-encoding",
-        "authorization",
-        "x-api-key",
-        "api-key",
-        "x-gateway-id",
-        "cookie",
-        "x-request-id",
-        "x-forwarded-for",
-        "x-forwarded-host",
-        "x-forwarded-proto",
-        "forwarded",
-        "expect",
-        "remote-addr",
-    }
-)
+#: The endpoints, as the path reads once a ``strip_path`` rule's prefix is removed:
+#: the client's dialect (``None``: the model list) and the one method each takes.
+ENDPOINTS: dict[str, tuple[ApiFormat | None, str]] = {
+    "/v1/chat/completions": (ApiFormat.OPENAI, "POST"),
+    "/v1/messages": (ApiFormat.ANTHROPIC, "POST"),
+    "/v1/models": (None, "GET"),
+}
+#: The method each kind of API path takes, by its last segments (before the rules).
+_METHODS = (("/chat/completions", "POST"), ("/messages", "POST"), ("/models", "GET"))
+#: The client headers sent on to providers, by the client's dialect; nothing else is
+#: (the gateway sets its own framing, credentials and content type). A header of
+#: the client's dialect is not sent to a provider of the other one.
+FORWARDED: dict[ApiFormat, frozenset[str]] = {
+    ApiFormat.OPENAI: frozenset(
+        {"openai-organization", "openai-project", "openai-beta", "traceparent", "tracestate"}
+    ),
+    ApiFormat.ANTHROPIC: frozenset(
+        {"anthropic-version", "anthropic-beta", "traceparent", "tracestate"}
+    ),
+}
+_FORWARDABLE = frozenset().union(*FORWARDED.values())
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def client_format(path: str) -> ApiFormat | None:
+    """The dialect a path's last segments suggest (for errors before the endpoint is known)."""
     if path.endswith("/chat/completions"):
         return ApiFormat.OPENAI
     if path.endswith("/messages"):
         return ApiFormat.ANTHROPIC
+    return None
+
+
+def allowed_method(path: str) -> str | None:
+    """The one method an API path takes, or ``None`` if the path is no API path."""
+    for suffix, method in _METHODS:
+        if path.endswith(suffix):
+            return method
     return None
 
 
@@ -95,6 +105,9 @@ def create_proxy_app(
 ) -> QuartTrio:
     app = QuartTrio("trio_gateway.proxy")
     app.config["MAX_CONTENT_LENGTH"] = max_body
+    # No redirect built from the Host header for "//v1/..." or a trailing slash.
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
     # Quart's default 60 s response timeout would cut long streams: the dispatcher
     # owns every time budget.
     app.config["RESPONSE_TIMEOUT"] = None
@@ -105,15 +118,19 @@ def create_proxy_app(
         wanted, _ = _headers()
         return render(_dialect(wanted), from_http_exception(error), _request_id(wanted))
 
-    @app.route("/<path:path>", methods=["POST", "GET"])
+    @app.route(
+        "/",
+        defaults={"path": ""},
+        methods=ALL_METHODS,
+        provide_automatic_options=False,
+    )
+    @app.route("/<path:path>", methods=ALL_METHODS, provide_automatic_options=False)
     async def proxy(path: str) -> Response:
         fmt = client_format(request.path)
-        wanted, forwarded = _headers()
+        wanted, candidates = _headers()
         request_id = _request_id(wanted)
         try:
-            if request.method == "GET" and request.path.endswith("/models"):
-                return _models(runtime.table, wanted, request_id)
-            return await _proxy(runtime, fmt, wanted, forwarded, request_id, max_body)
+            return await _proxy(runtime, wanted, candidates, request_id, max_body)
         except GatewayError as error:
             return render(fmt or _dialect(wanted), error, request_id)
         except Exception as error:
@@ -131,14 +148,23 @@ def create_proxy_app(
     return app
 
 
+ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
 async def _proxy(
     runtime: Runtime,
-    fmt: ApiFormat | None,
     wanted: dict[str, str],
-    forwarded: list[tuple[str, str]],
+    candidates: list[tuple[str, str]],
     request_id: str,
     max_body: int,
 ) -> Response:
+    method = request.method
+    allowed = allowed_method(request.path)
+    if allowed is not None and method != allowed:
+        raise MethodNotAllowed(
+            f"{method} is not allowed on {request.path}; use {allowed}",
+            headers={"Allow": allowed},
+        )
     table = runtime.table
     presented = _presented_key(wanted)
     key = _key(table, presented)
@@ -157,12 +183,25 @@ async def _proxy(
         raise NotFound(
             f"no route for {request.method} {request.path} in gateway {gateway.gateway.name!r}"
         )
-    if fmt is None:
-        raise NotFound(
-            f"{request.path} is not an API endpoint: use /v1/chat/completions or /v1/messages"
+    endpoint = rule.endpoint_path(request.path)
+    known = ENDPOINTS.get(endpoint)
+    if known is None:
+        stripped = (
+            f" ({endpoint} once rule {rule.name!r} strips its path)" if rule.strip_path else ""
         )
-    if rule.service_id not in table.services:
-        raise NotFound("the rule's service no longer exists")
+        raise NotFound(
+            f"{request.path}{stripped} is not an API endpoint: use /v1/chat/completions, "
+            "/v1/messages or /v1/models"
+        )
+    fmt, _ = known
+    _service_route(table, rule.service_id)  # before reading a body for nothing
+    if fmt is None:
+        return _models(_service_route(table, rule.service_id), wanted, request_id)
+    encoding = wanted.get("content-encoding", "identity").strip().lower()
+    if encoding != "identity":
+        raise UnsupportedMediaType(
+            f"compressed request bodies are not accepted (Content-Encoding: {encoding[:40]})"
+        )
 
     raw = await _read_body(max_body)
     body = _parse(raw)
@@ -175,11 +214,11 @@ async def _proxy(
         raise ClientError(
             f"'model' must be a string of at most {MAX_MODEL_NAME} printable ASCII characters"
         )
-    stream = body.get("stream") is True
+    stream = body.get("stream")
+    if stream is not None and type(stream) is not bool:
+        raise ClientError("'stream' must be true or false")
     # Reading the body took time: follow the configuration as it is now.
-    route = runtime.table.services.get(rule.service_id)
-    if route is None:
-        raise NotFound("the rule's service no longer exists")
+    route = _service_route(runtime.table, rule.service_id)
     upstream_id = route.service.upstream_id
     result = await route.dispatcher.exchange(
         ClientRequest(
@@ -187,8 +226,8 @@ async def _proxy(
             body=body,
             raw=raw,
             model=model or None,
-            stream=stream,
-            headers=forwarded,
+            stream=stream is True,
+            headers=[(n, v) for n, v in candidates if n in FORWARDED[fmt]],
             request_id=request_id,
         ),
         route.limits,
@@ -201,28 +240,45 @@ async def _proxy(
     return response
 
 
+def _service_route(table: RouteTable, service_id: str) -> ServiceRoute:
+    route = table.services.get(service_id)
+    if route is not None:
+        return route
+    why = table.unservable.get(service_id)
+    if why is not None:
+        raise ServiceUnavailable(why, headers={"Retry-After": "30"})
+    raise NotFound("the rule's service no longer exists")
+
+
 #: The request headers the proxy reads itself (as ASGI gives them: lower-case).
 WANTED = frozenset(
-    {"x-api-key", "authorization", "x-request-id", "x-gateway-id", "host", "anthropic-version"}
+    {
+        "x-api-key",
+        "authorization",
+        "x-request-id",
+        "x-gateway-id",
+        "host",
+        "anthropic-version",
+        "content-encoding",
+    }
 )
 
 
 def _headers() -> tuple[dict[str, str], list[tuple[str, str]]]:
-    """One pass over the raw request headers: those the proxy reads, those it forwards.
+    """One pass over the raw request headers: those the proxy reads, those it may forward.
 
     Straight from the ASGI scope: werkzeug's case-insensitive lookups cost a scan
     per lookup, and the proxy needs half a dozen.
     """
     wanted: dict[str, str] = {}
-    forwarded: list[tuple[str, str]] = []
+    candidates: list[tuple[str, str]] = []
     for raw_name, raw_value in request.scope["headers"]:
         name = raw_name.decode("latin-1").lower()
-        value = raw_value.decode("latin-1")
         if name in WANTED:
-            wanted[name] = value
-        if name not in NOT_FORWARDED:
-            forwarded.append((name, value))
-    return wanted, forwarded
+            wanted[name] = raw_value.decode("latin-1")
+        if name in _FORWARDABLE:
+            candidates.append((name, raw_value.decode("latin-1")))
+    return wanted, candidates
 
 
 def _presented_key(wanted: dict[str, str]) -> str | None:
@@ -259,6 +315,8 @@ async def _read_body(limit: int) -> bytes:
 
 
 def _parse(raw: bytes) -> dict[str, Any]:
+    if not raw:
+        raise ClientError("the request body is empty: send a JSON object")
     try:
         body = jsonio.loads(raw)
     except ValueError as exc:
@@ -316,15 +374,14 @@ def render(fmt: ApiFormat, error: GatewayError, request_id: str) -> Response:
     )
 
 
-def _models(table: RouteTable, wanted: dict[str, str], request_id: str) -> Response:
-    """The models reachable with the caller's key, in the caller's dialect."""
-    key = _key(table, _presented_key(wanted))
-    gateway = table.gateways.get(key.gateway_id) if key else None
-    if gateway is None:
-        raise AuthenticationFailed(NO_KEY)
-    if not gateway.active:
-        raise PermissionDenied(f"gateway {gateway.gateway.name!r} is inactive")
-    names = [name for name, _ in gateway.models]
+def _models(route: ServiceRoute, wanted: dict[str, str], request_id: str) -> Response:
+    """The models of the service the rule routes ``GET /v1/models`` to, in the caller's dialect."""
+    providers: dict[str, str] = {}
+    for target in route.dispatcher.upstream.targets:
+        for name in (*target.models, *((target.default_model,) if target.default_model else ())):
+            providers.setdefault(name, target.provider.value)
+    models = sorted(providers.items())
+    names = [name for name, _ in models]
     if _dialect(wanted) is ApiFormat.ANTHROPIC:
         body: dict[str, Any] = {
             "data": [
@@ -340,9 +397,7 @@ def _models(table: RouteTable, wanted: dict[str, str], request_id: str) -> Respo
             "object": "list",
             "data": [
                 {"id": m, "object": "model", "created": 0, "owned_by": provider}
-                for m, provider in gateway.models
+                for m, provider in models
             ],
         }
-    return Response(
-        json.dumps(body), headers={"X-Request-Id": request_id}, content_type="application/json"
-    )
+    return json_response(body, headers={"X-Request-Id": request_id})

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import collections
 import enum
-import json
 import logging
 import math
 import re
@@ -58,6 +57,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from trio_gateway import jsonio
 from trio_gateway.errors import GatewayError, NotFound, ValidationFailed
 from trio_gateway.testing.fake import anthropic, openai, responses
 from trio_gateway.testing.fake.content import (
@@ -481,8 +481,8 @@ class FakeProvider:
         except RequestEntityTooLarge:
             body, too_large = b"", True
         try:
-            parsed: Any = json.loads(body) if body else None
-        except ValueError:
+            parsed: Any = jsonio.loads(body) if body else None
+        except ValueError:  # jsonio: also for nesting too deep to read
             parsed = None
         record = self._record(body, parsed)
         connection = self._connections.get(record.connection)
