@@ -22,7 +22,7 @@ from trio_gateway.config.catalog import Catalog
 from trio_gateway.config.file import Declarations, load_file, read_yaml, substitute
 from trio_gateway.config.models import BaseUrl, Kind
 from trio_gateway.errors import GatewayError, ValidationFailed
-from trio_gateway.serve import Running, serve
+from trio_gateway.serve import Running, reload_config, serve
 from trio_gateway.settings import (
     DEFAULT_ADMIN_LISTEN,
     DEFAULT_PROXY_LISTEN,
@@ -34,6 +34,7 @@ from trio_gateway.settings import (
 )
 from trio_gateway.store import Store, StoreCorrupt, StoreUnavailable, open_store
 from trio_gateway.store.base import is_postgres_url
+from trio_gateway.telemetry import metrics
 
 log = logging.getLogger("trio_gateway")
 
@@ -63,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="run the gateway (admin API and proxy)",
         description="Run the gateway. The admin API and the proxy listen separately. "
-        "SIGINT/SIGTERM stop it cleanly: in-flight requests get --graceful-timeout seconds.",
+        "SIGINT/SIGTERM stop it cleanly: in-flight requests get --graceful-timeout seconds. "
+        "SIGHUP applies the --config file again (docs/operations.md).",
     )
     p.add_argument(
         "--config",
@@ -138,6 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long an idle client connection is kept open (default 75; docs/http.md)",
     )
     _add_log_arguments(p)
+    p.add_argument(
+        "--access-log",
+        choices=["on", "off"],
+        default="on",
+        help="one line per proxied request, whatever --log-level says (default on)",
+    )
+    p.add_argument(
+        "--metrics",
+        choices=["on", "off"],
+        default="on",
+        help="Prometheus metrics at /metrics on the admin listener (default on)",
+    )
     p.set_defaults(run=_serve)
 
     p = sub.add_parser(
@@ -391,6 +405,8 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         proxy_fd=args.worker_fd,
         worker=args.worker_fd is not None,
+        metrics=args.metrics == "on",
+        access_log=args.access_log == "on",
     )
     if declarations is not None:
         settings = settings.with_file(declarations.server, set(explicit))
@@ -411,6 +427,11 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"trio-gateway: cannot start: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    shared_metrics = None
+    if settings.workers > 1 and settings.metrics:
+        # Every worker writes its metrics where this process's /metrics adds them up.
+        given = os.environ.get(metrics.MULTIPROC_ENV) or None
+        shared_metrics = (metrics.prepare_multiprocess(given), given is None)
     try:
         trio.run(_run_until_signalled, settings, declarations)
     except Exception as exc:
@@ -419,6 +440,9 @@ def _serve(args: argparse.Namespace) -> int:
         prefix = "cannot start: " if isinstance(found, OSError) else ""
         print(f"trio-gateway: {prefix}{found}", file=sys.stderr)
         return EXIT_FAILED
+    finally:
+        if shared_metrics is not None:
+            metrics.cleanup_multiprocess(shared_metrics[0], remove=shared_metrics[1])
     return 0
 
 
@@ -486,7 +510,7 @@ def _find(exc: BaseException, types: tuple[type[BaseException], ...]) -> BaseExc
 
 async def _run_until_signalled(settings: Settings, declarations: Declarations | None) -> None:
     shutdown = trio.Event()
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
 
             async def run_server(*, task_status: trio.TaskStatus[Running]) -> None:
@@ -496,13 +520,42 @@ async def _run_until_signalled(settings: Settings, declarations: Declarations | 
             running = await nursery.start(run_server)
             if not settings.worker:
                 print(banner(running, settings, declarations), flush=True)
+            reloads = _Reloads(running, settings, declarations)
+            nursery.start_soon(reloads.run)
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    reloads.request()
+                    continue
                 if shutdown.is_set():
                     log.warning("second signal: stopping now")
                     nursery.cancel_scope.cancel()
                     break
                 log.info("shutting down", extra={"fields": {"signal": signal.Signals(signum).name}})
                 shutdown.set()
+
+
+class _Reloads:
+    """SIGHUP: one reload at a time; signals during one make one more after it."""
+
+    def __init__(
+        self, running: Running, settings: Settings, declarations: Declarations | None
+    ) -> None:
+        self._running, self._settings, self._started = running, settings, declarations
+        self._wanted = trio.Event()
+
+    def request(self) -> None:
+        self._wanted.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wanted.wait()
+            self._wanted = trio.Event()
+            if self._settings.worker:
+                log.info("SIGHUP ignored: the main process reloads the configuration")
+            elif self._settings.config_file is None:
+                log.warning("SIGHUP: there is no --config file to reload")
+            else:
+                await reload_config(self._running, self._settings.config_file, self._started)
 
 
 GUIDE_GATEWAY = "guide"

@@ -45,6 +45,8 @@ import os
 import sys
 from collections.abc import Mapping
 from functools import partial
+from pathlib import Path
+from typing import Any
 
 import attrs
 import httpx2
@@ -55,6 +57,7 @@ from hypercorn.config import Config as HypercornConfig
 from trio_gateway.config import file
 from trio_gateway.config.catalog import Catalog
 from trio_gateway.config.file import ApplyReport, Declarations
+from trio_gateway.errors import GatewayError, ValidationFailed
 from trio_gateway.runtime.supervisor import Runtime, preflight
 from trio_gateway.settings import STORE_ENV, Settings
 from trio_gateway.store import (
@@ -65,8 +68,12 @@ from trio_gateway.store import (
     StoreUnavailable,
     open_store,
 )
+from trio_gateway.telemetry import Metrics, Telemetry, Tracing
+from trio_gateway.telemetry.metrics import worker_exited
+from trio_gateway.telemetry.tracing import TracingUnavailable
 from trio_gateway.web import server
 from trio_gateway.web.admin import Readiness, create_admin_app
+from trio_gateway.web.explain import explain
 from trio_gateway.web.proxy import create_proxy_app
 
 log = logging.getLogger("trio_gateway")
@@ -77,6 +84,10 @@ WORKER_RESTART_BACKOFF_S = 1.0
 #: How long before the grace period runs out the streams still running are ended
 #: (at most half the grace period), so their error event is written in time.
 STREAM_END_MARGIN_S = 0.5
+#: How often a worker process writes its target gauges for the main process's scrape.
+GAUGE_REFRESH_S = 1.0
+#: How long the traces still buffered at shutdown may take to go out.
+TRACES_FLUSH_S = 5.0
 
 
 @attrs.frozen
@@ -90,6 +101,7 @@ class Running:
     readiness: Readiness
     report: ApplyReport | None = None
     fake_providers: Mapping[str, str] = attrs.field(factory=dict)
+    telemetry: Telemetry | None = None
 
 
 def hypercorn_config(listen: str, settings: Settings) -> HypercornConfig:
@@ -117,10 +129,48 @@ async def serve(
     *,
     shutdown: trio.Event | None = None,
     transport: httpx2.AsyncBaseTransport | None = None,
+    tracing: Tracing | None = None,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Run the gateway until cancelled or ``shutdown``; see the module docstring.
+
+    ``tracing``: where spans go; ``None`` reads the ``OTEL_*`` variables
+    (:meth:`Tracing.from_environment`).
+    """
     shutdown = shutdown if shutdown is not None else trio.Event()
     readiness = Readiness()
+    telemetry = make_telemetry(settings, tracing)
+    try:
+        await _serve(settings, declarations, shutdown, transport, telemetry, readiness, task_status)
+    finally:
+        if telemetry.tracing is not None and telemetry.tracing.owned:
+            with trio.move_on_after(TRACES_FLUSH_S, shield=True):
+                await trio.to_thread.run_sync(telemetry.tracing.shutdown, abandon_on_cancel=True)
+
+
+def make_telemetry(settings: Settings, tracing: Tracing | None = None) -> Telemetry:
+    """Metrics, access log and tracing as the settings and the environment ask."""
+    if tracing is None:
+        try:
+            tracing = Tracing.from_environment()
+        except TracingUnavailable as exc:
+            log.error(f"traces are off: {exc}")
+    return Telemetry(
+        metrics=Metrics() if settings.metrics else None,
+        access=settings.access_log,
+        tracing=tracing,
+    )
+
+
+async def _serve(
+    settings: Settings,
+    declarations: Declarations | None,
+    shutdown: trio.Event,
+    transport: httpx2.AsyncBaseTransport | None,
+    telemetry: Telemetry,
+    readiness: Readiness,
+    task_status: trio.TaskStatus[Running],
+) -> None:
     async with open_store(settings.data_dir, settings.store) as store:
         catalog = await Catalog.load(store, preflight=preflight)
         readiness.details["store"] = partial(store_report, catalog)
@@ -158,8 +208,10 @@ async def serve(
                     extra={"fields": {"base_url": public, "sent_to": stand_in}},
                 )
             runtime = await background.start(
-                Runtime(catalog, transport=transport, base_urls=base_urls).run
+                Runtime(catalog, transport=transport, base_urls=base_urls, telemetry=telemetry).run
             )
+            if telemetry.metrics is not None and telemetry.metrics.multiprocess and settings.worker:
+                background.start_soon(refresh_gauges, telemetry, runtime)
             readiness.set("runtime")
             readiness.problems = runtime.problems
             background.start_soon(
@@ -175,15 +227,25 @@ async def serve(
                     applied=runtime.wait_applied,
                     build_failure=runtime.failure,
                     allowed_hosts=settings.admin_hosts,
+                    metrics=partial(scrape, telemetry, runtime)
+                    if telemetry.metrics is not None
+                    else None,
+                    explain=partial(explain, runtime, settings.proxy_max_body),
                 ),
                 server.ConnectionLimits(settings.admin_max_body, settings.body_timeout),
                 closing=shutdown.is_set,
             )
             proxy_app = server.guard(
-                create_proxy_app(runtime, readiness=readiness, max_body=settings.proxy_max_body),
+                create_proxy_app(
+                    runtime,
+                    readiness=readiness,
+                    max_body=settings.proxy_max_body,
+                    telemetry=telemetry,
+                ),
                 server.ConnectionLimits(settings.proxy_max_body, settings.body_timeout),
                 error_body=server.proxy_error_body,
                 closing=shutdown.is_set,
+                refused=partial(refused, telemetry) if telemetry.enabled else None,
             )
 
             async with trio.open_nursery() as servers:
@@ -222,9 +284,108 @@ async def serve(
                         readiness=readiness,
                         report=report,
                         fake_providers=fakes,
+                        telemetry=telemetry,
                     )
                 )
             background.cancel_scope.cancel()
+
+
+def scrape(telemetry: Telemetry, runtime: Runtime) -> bytes:
+    """``GET /metrics``: the gauges brought up to date, then every family."""
+    assert telemetry.metrics is not None
+    telemetry.refresh(runtime.table.dispatchers.values())
+    return telemetry.metrics.render()
+
+
+async def refresh_gauges(telemetry: Telemetry, runtime: Runtime) -> None:
+    """A worker's target gauges, written every :data:`GAUGE_REFRESH_S` for the main
+    process's scrape (multiprocess mode)."""
+    while True:
+        telemetry.refresh(runtime.table.dispatchers.values())
+        await trio.sleep(GAUGE_REFRESH_S)
+
+
+def refused(telemetry: Telemetry, scope: Mapping, error: GatewayError) -> None:
+    """A request the connection guard answered without the proxy (a head too large)."""
+    from trio_gateway.web.proxy import client_format
+
+    record = telemetry.begin(
+        "-",
+        scope.get("method", "-"),
+        scope.get("path", "-"),
+        scope,
+        client_format(scope.get("path", "")) or "openai",
+    )
+    if record is not None:
+        record.error = error.type
+        record.finish(error.status, 0)
+
+
+#: How long a reload waits for the proxy to use what it applied before it says so.
+RELOAD_APPLY_S = 10.0
+
+
+async def reload_config(running: Running, path: Path, started: Declarations | None) -> bool:
+    """SIGHUP: apply the configuration file again, as at start; log the result.
+
+    The file is read and validated first: a file with problems changes nothing (each
+    problem is logged). A valid one is applied by name, like at start, through the
+    same catalog write as an admin API change: actors whose target did not change keep
+    running, retired ones finish what they hold, so no connection or stream is
+    dropped. ``server`` settings and ``fake_providers`` are read at start only; a
+    change to them is logged as needing a restart. Returns whether it was applied.
+    """
+    metrics = running.telemetry.metrics if running.telemetry is not None else None
+
+    def failed(message: str, **fields: Any) -> bool:
+        log.error(message, extra={"fields": {"file": str(path), **fields}})
+        if metrics is not None:
+            metrics.reloads.labels("failed").inc()
+        return False
+
+    try:
+        declarations = await trio.to_thread.run_sync(file.load_file, path)
+    except ValidationFailed as exc:
+        problems = [f"{p.loc}: {p.msg}" for p in exc.details] or [exc.message]
+        return failed(
+            f"configuration file not reloaded: {len(problems)} problem(s); nothing changed",
+            problems=problems,
+        )
+    try:
+        report = await running.catalog.write(lambda draft: file.apply(draft, declarations))
+    except GatewayError as exc:
+        problems = [f"{p.loc}: {p.msg}" for p in exc.details] or [exc.message]
+        return failed(
+            "configuration file not reloaded: the store refused it; nothing changed",
+            problems=problems,
+        )
+    except (StoreUnavailable, StoreCorrupt) as exc:
+        return failed(f"configuration file not reloaded: {exc}")
+    with trio.move_on_after(RELOAD_APPLY_S):
+        await running.runtime.wait_applied(running.catalog.snapshot.generation)
+    log.info(
+        "configuration file reloaded",
+        extra={
+            "fields": {
+                "file": str(path),
+                "created": len(report.created),
+                "updated": len(report.updated),
+                "unchanged": report.unchanged,
+                "problems": running.runtime.problems() or None,
+            }
+        },
+    )
+    if metrics is not None:
+        metrics.reloads.labels("applied").inc()
+    if started is not None and (
+        declarations.server != started.server
+        or declarations.fake_providers != started.fake_providers
+    ):
+        log.warning(
+            "the file's server settings or fake providers changed: they apply at the next start",
+            extra={"fields": {"file": str(path)}},
+        )
+    return True
 
 
 def resolve_base_urls(base_urls: Mapping[str, str], fakes: Mapping[str, str]) -> dict[str, str]:
@@ -336,6 +497,10 @@ async def run_worker(settings: Settings, n: int, shutdown: trio.Event) -> None:
         str(settings.body_timeout),
         "--keep-alive-timeout",
         str(settings.keep_alive_timeout),
+        "--metrics",
+        "on" if settings.metrics else "off",
+        "--access-log",
+        "on" if settings.access_log else "off",
     ]
     for public, stand_in in settings.base_urls.items():
         command += ["--base-url-override", f"{public}={stand_in}"]
@@ -353,6 +518,7 @@ async def run_worker(settings: Settings, n: int, shutdown: trio.Event) -> None:
                     await process.wait()
                 if process.returncode is None:
                     process.kill()
+        worker_exited(process.pid)
         if shutdown.is_set():
             return
         log.error("worker exited; restarting", extra={"fields": {"worker": n, "code": code}})

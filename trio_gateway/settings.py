@@ -57,6 +57,10 @@ class Settings:
     #: Host names (``name`` or ``name:port``) the admin API answers to besides its own
     #: address; their ``http(s)://`` origins are allowed too. See docs/admin-api.md.
     admin_hosts: tuple[str, ...] = ()
+    #: Prometheus metrics (``GET /metrics`` on the admin listener) and their counting.
+    metrics: bool = True
+    #: One access log line per proxied request (docs/operations.md).
+    access_log: bool = True
     #: Stand-ins for targets' base URLs: ``{"https://api.openai.com": "http://127.0.0.1:9101"}``.
     #: A stand-in may name a fake provider of the configuration file. For offline
     #: demos (``make run``): never set unless asked.

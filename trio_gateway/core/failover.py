@@ -57,6 +57,8 @@ class AttemptRecord:
     ms: float
     #: Tried although out of rotation (every target able to serve was out or tried).
     last_resort: bool = False
+    #: When the attempt started (the caller's clock), for traces.
+    started: float = 0.0
 
     def render(self) -> str:
         return f"{self.target_id};outcome={self.outcome};ms={self.ms:.0f}"

@@ -108,12 +108,26 @@ class HealthPolicy:
         return min(self.ejection_time * 2 ** min(level, 32), longest)
 
 
+#: Why a target was ejected, as a bounded word (metrics' ``reason`` label): the
+#: transitions out of rotation that count as ejections.
+EJECTION_CAUSES = frozenset({"consecutive_failures", "probation", "active_probes"})
+
+
 @attrs.frozen
 class Transition:
     at: float
     old: State
     new: State
+    #: What happened, for people: ``3 failures in a row (503, 503, first_byte_timeout)``.
     reason: str
+    #: The same as one bounded word, for metrics: ``consecutive_failures``, ``probation``,
+    #: ``active_probes`` (ejections), ``rate_limited``, ``park_over``, ``check_started``,
+    #: ``check_passed``, ``check_failed``, ``last_resort_succeeded``.
+    cause: str = ""
+    #: For an ejection: the failures that caused it (outcome words), oldest first.
+    failures: tuple[str, ...] = ()
+    #: For a park: the ``Retry-After`` it honours (``None``: none was sent, a backoff).
+    retry_after: float | None = None
 
 
 @attrs.frozen
@@ -178,7 +192,7 @@ class Health:
         if self.state is State.PARKED:
             if now < self.until:
                 raise RuntimeError("admit() on a parked target")
-            self._move(now, State.HEALTHY, "the rate limit's time is over")
+            self._move(now, State.HEALTHY, "the rate limit's time is over", "park_over")
         elif self.state is not State.HEALTHY or self.trial_in_flight:
             raise RuntimeError(f"admit() on a target that is {self.state}, or on trial")
         if self.probation:
@@ -204,7 +218,9 @@ class Health:
         self.rate_limits = 0
         self.recent.clear()
         if ticket is Ticket.PANIC and self.state in OUT:
-            self._restore(now, "a last-resort request succeeded", probation=False)
+            self._restore(
+                now, "a last-resort request succeeded", "last_resort_succeeded", probation=False
+            )
         elif self.state is State.HEALTHY:
             self.probation = False
 
@@ -219,10 +235,13 @@ class Health:
         if not self.policy.passive:
             return
         if self.probation:
-            self._eject(now, f"failed on probation ({error})")
+            self._eject(now, f"failed on probation ({error})", "probation", (error,))
         elif self.consecutive_failures >= self.policy.threshold:
             self._eject(
-                now, f"{self.consecutive_failures} failures in a row ({', '.join(self.recent)})"
+                now,
+                f"{self.consecutive_failures} failures in a row ({', '.join(self.recent)})",
+                "consecutive_failures",
+                tuple(self.recent),
             )
 
     def rate_limited(self, now: float, ticket: Ticket, retry_after: float | None) -> None:
@@ -242,7 +261,7 @@ class Health:
             why = f"rate limited (429, Retry-After {retry_after:g} s)"
         self.last_error = "HTTP 429"
         self.until = now + seconds
-        self._move(now, State.PARKED, why)
+        self._move(now, State.PARKED, why, "rate_limited", retry_after=retry_after)
 
     # --- probes --------------------------------------------------------------------
 
@@ -251,7 +270,7 @@ class Health:
         return self.state is State.EJECTED and now >= self.until
 
     def start_check(self, now: float) -> None:
-        self._move(now, State.CHECKING, "checking whether the target recovered")
+        self._move(now, State.CHECKING, "checking whether the target recovered", "check_started")
 
     def checked(
         self, now: float, result: Check, error: str = "", retry_after: float | None = None
@@ -260,13 +279,19 @@ class Health:
         if self.state is not State.CHECKING:
             return
         if result is Check.OK:
-            self._restore(now, "the recovery check passed", probation=True)
+            self._restore(now, "the recovery check passed", "check_passed", probation=True)
         elif result is Check.RATE_LIMITED:
             self.rate_limited(now, Ticket.PANIC, retry_after)
         else:
             self.last_error = f"check: {error}"
             self.until = now + self.policy.ejection_time
-            self._move(now, State.EJECTED, f"the recovery check failed ({error})")
+            self._move(
+                now,
+                State.EJECTED,
+                f"the recovery check failed ({error})",
+                "check_failed",
+                failures=(f"check: {error}",),
+            )
 
     def probed(
         self, now: float, result: Check, error: str = "", retry_after: float | None = None
@@ -287,11 +312,16 @@ class Health:
             self.last_error = f"probe: {error}"
             self.probe_failures += 1
             if self.probe_failures >= self.policy.threshold:
-                self._eject(now, f"{self.probe_failures} active probes failed in a row ({error})")
+                self._eject(
+                    now,
+                    f"{self.probe_failures} active probes failed in a row ({error})",
+                    "active_probes",
+                    (f"probe: {error}",),
+                )
 
     # --- transitions ---------------------------------------------------------------
 
-    def _eject(self, now: float, reason: str) -> None:
+    def _eject(self, now: float, reason: str, cause: str, failures: tuple[str, ...]) -> None:
         if not self.may_eject():
             self.reason = (
                 f"would be ejected ({reason}), but too many targets of its upstream are out"
@@ -309,19 +339,28 @@ class Health:
         self.trial_in_flight = False
         self.probe_failures = 0
         self.recent.clear()
-        self._move(now, State.EJECTED, reason)
+        self._move(now, State.EJECTED, reason, cause, failures=failures)
 
-    def _restore(self, now: float, reason: str, *, probation: bool) -> None:
+    def _restore(self, now: float, reason: str, cause: str, *, probation: bool) -> None:
         self.restored_at = now
         self.probation = probation
         self.trial_in_flight = False
         self.consecutive_failures = 0
         self.probe_failures = 0
         self.recent.clear()
-        self._move(now, State.HEALTHY, reason)
+        self._move(now, State.HEALTHY, reason, cause)
 
-    def _move(self, now: float, new: State, reason: str) -> None:
-        transition = Transition(now, self.state, new, reason)
+    def _move(
+        self,
+        now: float,
+        new: State,
+        reason: str,
+        cause: str,
+        *,
+        failures: tuple[str, ...] = (),
+        retry_after: float | None = None,
+    ) -> None:
+        transition = Transition(now, self.state, new, reason, cause, failures, retry_after)
         self.state = new
         self.since = now
         self.reason = reason

@@ -23,6 +23,9 @@ Target choice (:meth:`UpstreamPlan.choose`), in order:
    is most likely to have recovered (the soonest back, by ``rank``), the model's
    targets before a fallback, and says so (``last_resort``). Envoy calls this panic
    routing.
+
+``choose(..., peek=True)`` answers the same without moving any balancer: what the
+next request would get when nothing changes in between (``explain``).
 """
 
 from __future__ import annotations
@@ -164,15 +167,16 @@ class UpstreamPlan:
         loads: Sequence[Load],
         now: float,
         rank: Callable[[int], float] | None = None,
+        peek: bool = False,
     ) -> Choice | None:
         """The target and model for this attempt, or ``None`` when none can serve.
 
         ``excluded`` targets (tried, retired) are never chosen. Targets not excluded
         that ``admits`` refuses are the last resort, best ``rank`` first, when ``rank``
         is given. Raises :class:`ModelNotServed` when ``model`` is listed by no target
-        and the upstream rejects unknown models.
+        and the upstream rejects unknown models. ``peek``: change no balancer's state.
         """
-        choice = self._choose(model, admits, excluded, loads, now)
+        choice = self._choose(model, admits, excluded, loads, now, peek)
         if choice is None and rank is not None:
             choice = self._last_resort(model, excluded, rank)
         return choice
@@ -184,6 +188,7 @@ class UpstreamPlan:
         excluded: Callable[[int], bool],
         loads: Sequence[Load],
         now: float,
+        peek: bool = False,
     ) -> Choice | None:
         targets = self.targets
 
@@ -192,9 +197,15 @@ class UpstreamPlan:
 
         if model is None:
             return self._pick(
-                lambda i: eligible(i) and targets[i].default_model is not None, None, loads, now
+                lambda i: eligible(i) and targets[i].default_model is not None,
+                None,
+                loads,
+                now,
+                peek,
             )
-        choice = self._pick(lambda i: eligible(i) and targets[i].serves(model), model, loads, now)
+        choice = self._pick(
+            lambda i: eligible(i) and targets[i].serves(model), model, loads, now, peek
+        )
         if choice is not None:
             return choice
         if self.reject_unknown_models:
@@ -205,18 +216,26 @@ class UpstreamPlan:
                 )
             return None
         choice = self._pick(
-            lambda i: eligible(i) and targets[i].default_model is not None, None, loads, now
+            lambda i: eligible(i) and targets[i].default_model is not None, None, loads, now, peek
         )
         return attrs.evolve(choice, fallback=True) if choice is not None else None
 
     def _pick(
-        self, candidate: Callable[[int], bool], model: str | None, loads: Sequence[Load], now: float
+        self,
+        candidate: Callable[[int], bool],
+        model: str | None,
+        loads: Sequence[Load],
+        now: float,
+        peek: bool = False,
     ) -> Choice | None:
         for tier in self.tiers:
             eligible = [i for i in tier.members if candidate(i)]
             if eligible:
+                balancer = tier.balancer
                 index = (
-                    eligible[0] if len(eligible) == 1 else tier.balancer.pick(eligible, loads, now)
+                    eligible[0]
+                    if len(eligible) == 1
+                    else (balancer.peek if peek else balancer.pick)(eligible, loads, now)
                 )
                 return Choice(
                     index, model if model is not None else self.targets[index].default_model

@@ -42,7 +42,15 @@ their ``type``:
 * errors: ``response.failed`` (its ``response.error.code``) and ``error``.
 
 Every data event is parsed once (orjson, about 0.4 µs for a token chunk): that is
-how a malformed event is caught.
+how a malformed event is caught, and where the provider's token usage and model are
+read (:meth:`StreamWatch.usage`; :mod:`trio_gateway.providers.usage`).
+
+**Usage the client did not ask for** (``hide_usage``, chat completions only): the
+gateway asks an OpenAI-dialect provider for its usage (``stream_options.include_usage``)
+even when the client did not, to count tokens. The provider then adds ``"usage": null``
+to every chunk and a last chunk with no choices and the usage; with ``hide_usage`` the
+watch releases neither (the chunks without their ``usage`` member, the usage chunk not
+at all), so the client gets the stream it would have got without the gateway.
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ from typing import Any
 
 from trio_gateway import jsonio
 from trio_gateway.providers.formats import Api, ApiFormat
+from trio_gateway.providers.usage import Usage, tokens
 
 MALFORMED = "malformed_event"
 #: An event this long without its blank line is not an event: the stream is broken.
@@ -62,6 +71,9 @@ MAX_EVENT = 1 << 20
 #: read as a blank line.
 _EOL = rb"(?:\r\n|\r(?!\n)|\n)"
 _BOUNDARY = re.compile(_EOL + _EOL)
+#: A ``"usage": null`` member of a chat chunk (as a member after another, or as the
+#: first one). Inside a JSON string a quote is escaped, so this matches members only.
+_USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null|"usage"\s*:\s*null\s*,?')
 _OPENAI_CONTENT = (
     "content",
     "tool_calls",
@@ -81,11 +93,15 @@ class StreamWatch:
     ``finished``: a finish reason did. ``malformed``: malformed events passed on after
     the first content. ``error``: the provider's error type, or :data:`MALFORMED` (a
     malformed event before any content); once set, ``feed`` releases nothing more (an
-    error event itself is released, a malformed one not).
+    error event itself is released, a malformed one not). ``input_tokens``,
+    ``output_tokens``, ``model``: what the provider reported so far (:meth:`usage`).
     """
 
-    def __init__(self, fmt: ApiFormat | Api) -> None:
-        """``fmt``: the provider's dialect (chat completions or Messages), or an :class:`Api`."""
+    def __init__(self, fmt: ApiFormat | Api, *, hide_usage: bool = False) -> None:
+        """``fmt``: the provider's dialect (chat completions or Messages), or an :class:`Api`.
+
+        ``hide_usage``: see the module docstring (chat completions only).
+        """
         self._classify = _CLASSIFIERS[fmt]
         self._pending = b""
         self.started = False
@@ -93,6 +109,23 @@ class StreamWatch:
         self.finished = False
         self.malformed = 0
         self.error: str | None = None
+        self.hide_usage = hide_usage and self._classify is _openai
+        self.input_tokens: int | None = None
+        self.output_tokens: int | None = None
+        self.model: str | None = None
+
+    def usage(self) -> Usage | None:
+        """The provider's usage and model as far as the stream went (``None``: nothing)."""
+        if self.input_tokens is None and self.output_tokens is None and self.model is None:
+            return None
+        return Usage(self.input_tokens, self.output_tokens, self.model)
+
+    def _tokens(self, usage: Any) -> None:
+        given, taken = tokens(usage)
+        if given is not None:
+            self.input_tokens = given
+        if taken is not None:
+            self.output_tokens = taken
 
     def feed(self, data: bytes) -> tuple[bytes, bool]:
         """The whole events ``data`` completes, and whether any of them carries content.
@@ -115,7 +148,7 @@ class StreamWatch:
             start = boundary.end()
             released, has_content = self._block(block)
             if released:
-                out.append(block)
+                out.append(_strip_usage(block) if self.hide_usage else block)
                 content = content or has_content
             if self.error is not None or self.complete:
                 self._pending = b""
@@ -134,6 +167,8 @@ class StreamWatch:
         released, content = self._block(block)
         if not released:
             return b"", False
+        if self.hide_usage:
+            block = _strip_usage(block)
         ended = any(
             m.end() == len(block) for m in _BOUNDARY.finditer(block, max(0, len(block) - 4))
         )
@@ -143,9 +178,13 @@ class StreamWatch:
         """Classify one event; returns (release it, it carries content)."""
         event, data = _fields(block)
         try:
-            kind, detail = self._classify(event, data)
+            kind, detail = self._classify(self, event, data)
         except (TypeError, AttributeError, KeyError, ValueError):
             kind, detail = "malformed", None  # valid JSON, but not the shape of an event
+        if kind == "usage":
+            if self.hide_usage:
+                return False, False  # asked for by the gateway, not the client
+            kind = "content"
         if kind == "malformed":
             if self.started:
                 self.malformed += 1
@@ -191,7 +230,11 @@ def _json(data: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _openai(event: bytes | None, data: bytes | None) -> tuple[str, str | None]:
+def _strip_usage(block: bytes) -> bytes:
+    return _USAGE_NULL.sub(b"", block) if b'"usage"' in block else block
+
+
+def _openai(watch: StreamWatch, event: bytes | None, data: bytes | None) -> tuple[str, str | None]:
     if data is None:
         return "meta", None
     if data == b"[DONE]":
@@ -203,7 +246,14 @@ def _openai(event: bytes | None, data: bytes | None) -> tuple[str, str | None]:
     if error:
         kind = error.get("type") if isinstance(error, dict) else None
         return "error", kind or "error"
-    kind = "content" if chunk.get("usage") else "meta"
+    if watch.model is None and isinstance(model := chunk.get("model"), str):
+        watch.model = model
+    kind = "meta"
+    if usage := chunk.get("usage"):
+        watch._tokens(usage)
+        if not chunk.get("choices"):
+            return "usage", None
+        kind = "content"
     for choice in chunk.get("choices") or ():
         if not isinstance(choice, dict):
             continue
@@ -215,7 +265,9 @@ def _openai(event: bytes | None, data: bytes | None) -> tuple[str, str | None]:
     return kind, None
 
 
-def _anthropic(event: bytes | None, data: bytes | None) -> tuple[str, str | None]:
+def _anthropic(
+    watch: StreamWatch, event: bytes | None, data: bytes | None
+) -> tuple[str, str | None]:
     payload = None
     if data is not None:
         payload = _json(data)
@@ -230,7 +282,16 @@ def _anthropic(event: bytes | None, data: bytes | None) -> tuple[str, str | None
     if name == "message_delta":
         delta = (payload or {}).get("delta")
         stop = delta.get("stop_reason") if isinstance(delta, dict) else None
+        if payload and "usage" in payload:
+            watch._tokens(payload["usage"])
         return "content", ("finish" if stop else None)
+    if name == "message_start":
+        message = (payload or {}).get("message")
+        if isinstance(message, dict):
+            watch._tokens(message.get("usage"))
+            if isinstance(model := message.get("model"), str):
+                watch.model = model
+        return "meta", None
     if name in _ANTHROPIC_CONTENT:
         return "content", None
     if name == "content_block_start":
@@ -244,7 +305,9 @@ _QUIET_ITEMS = frozenset({"message", "reasoning"})
 _RESPONSES_DONE = frozenset({"response.completed", "response.incomplete"})
 
 
-def _responses(event: bytes | None, data: bytes | None) -> tuple[str, str | None]:
+def _responses(
+    watch: StreamWatch, event: bytes | None, data: bytes | None
+) -> tuple[str, str | None]:
     if data is None:
         return "meta", None
     if data == b"[DONE]":
@@ -263,6 +326,11 @@ def _responses(event: bytes | None, data: bytes | None) -> tuple[str, str | None
     if kind.endswith(".delta"):
         return ("content" if payload.get("delta") else "meta"), None
     if kind in _RESPONSES_DONE:
+        response = payload.get("response")
+        if isinstance(response, dict):
+            watch._tokens(response.get("usage"))
+            if isinstance(model := response.get("model"), str):
+                watch.model = model
         return "done", None
     if kind == "response.output_item.added":
         item = payload["item"]

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -44,7 +44,7 @@ import trio
 from trio_gateway import jsonio
 from trio_gateway.config.models import ModelFallback, Upstream
 from trio_gateway.core.attempt import Budgets
-from trio_gateway.core.failover import AttemptRecord, Exchange, render_trail
+from trio_gateway.core.failover import AttemptRecord, Conclusion, Exchange, render_trail
 from trio_gateway.core.health import HealthPolicy, State
 from trio_gateway.core.routing import Choice, ModelNotServed, TargetRoute, UpstreamPlan
 from trio_gateway.errors import (
@@ -58,8 +58,12 @@ from trio_gateway.errors import (
 )
 from trio_gateway.providers import translate
 from trio_gateway.providers.formats import ApiFormat, error_body, stream_error_event
+from trio_gateway.providers.usage import Usage
 from trio_gateway.runtime.ending import EndStreams
 from trio_gateway.runtime.target import Committed, Ended, Failed, Job, Reply, TargetActor, Whole
+
+if TYPE_CHECKING:
+    from trio_gateway.telemetry import RequestRecord
 
 log = logging.getLogger("trio_gateway.dispatch")
 
@@ -99,11 +103,27 @@ class Limits:
     max_attempts: int | None = None
 
 
+@attrs.frozen
+class Explanation:
+    """What the next request would meet, without calling any provider (:meth:`Dispatcher.explain`)."""
+
+    #: The target and model it would be sent to (``None``: none).
+    choice: Choice | None
+    #: Targets it would skip before ``choice``, and why (``untranslatable``, ``overloaded``).
+    skipped: tuple[tuple[TargetActor, AttemptError], ...]
+    #: For each target (in configuration order): whether it is eligible, and why not.
+    verdicts: tuple[tuple[TargetActor, bool, str], ...]
+    #: The answer when no target would be tried.
+    conclusion: Conclusion | None
+
+
 @attrs.define
 class ProxyResponse:
     status: int
     headers: list[tuple[str, str]]
     body: bytes | AsyncIterator[bytes]
+    #: The provider's usage of a whole answer (a stream's comes with its end).
+    usage: Usage | None = None
 
 
 def health_policy(upstream: Upstream) -> HealthPolicy:
@@ -140,6 +160,8 @@ class Dispatcher:
         #: Targets that may be ejected at once: the share allowed, at least one, and
         #: never all of them (when there are several).
         self.max_ejected = max(1, min(n * percent // 100, n - 1))
+        #: This upstream's metric children (:mod:`trio_gateway.telemetry`), when on.
+        self.metrics: Any = None
 
     @classmethod
     def build(
@@ -173,7 +195,10 @@ class Dispatcher:
 
     # --- choosing -------------------------------------------------------------------
 
-    def choose(self, model: str | None, tried: set[str], now: float) -> Choice | None:
+    def choose(
+        self, model: str | None, tried: set[str], now: float, *, peek: bool = False
+    ) -> Choice | None:
+        """The next attempt's target; ``peek``: what it would be, moving no balancer."""
         actors = self.actors
         return self.plan.choose(
             model,
@@ -182,7 +207,97 @@ class Dispatcher:
             loads=actors,
             now=now,
             rank=lambda i: actors[i].health.out_until(now),
+            peek=peek,
         )
+
+    # --- explain: the next request, without calling anyone ---------------------------------
+
+    def explain(self, request: ClientRequest, limits: Limits, now: float) -> Explanation:
+        """What :meth:`exchange` would do first with ``request`` if it came now.
+
+        The same loop as :meth:`exchange`, with the balancers peeked at rather than
+        moved and nothing submitted: targets it would skip before sending (the
+        request does not translate for them, their queue is full) are skipped here
+        too. Raises what :meth:`exchange` raises (:class:`ModelNotServed`).
+        """
+        exchange = Exchange(
+            deadline=now + limits.request_timeout,
+            max_attempts=limits.max_attempts or len(self.actors),
+        )
+        skipped: list[tuple[TargetActor, AttemptError]] = []
+        choice = None
+        while exchange.may_try(now):
+            choice = self.choose(request.model, exchange.tried, now, peek=True)
+            if choice is None:
+                break
+            actor = self.actors[choice.index]
+            problem = self._blocked(request, actor, choice)
+            if problem is None:
+                break
+            skipped.append((actor, problem))
+            exchange.record(
+                AttemptRecord(actor.target.id, actor.target.provider.value, choice.model, "", 0),
+                problem,
+            )
+            choice = None
+        verdicts = tuple(self._verdict(i, request, choice, now) for i in range(len(self.actors)))
+        conclusion = exchange.conclude(request.model) if choice is None else None
+        return Explanation(choice, tuple(skipped), verdicts, conclusion)
+
+    def _blocked(
+        self, request: ClientRequest, actor: TargetActor, choice: Choice
+    ) -> AttemptError | None:
+        """What would stop an attempt before it is sent (as :meth:`_attempt` finds it)."""
+        if request.format is not actor.format:
+            translator = translate.translator(
+                request.format,
+                actor.target.provider.value,
+                default_max_tokens=self.upstream.default_max_tokens,
+                request_id=request.request_id,
+            )
+            try:
+                _provider_body(request, choice.model, translator)
+            except ClientError as exc:
+                return Untranslatable(exc)
+        if not actor.has_room():
+            return TargetBusy("the target's queue is full")
+        return None
+
+    def _verdict(
+        self, index: int, request: ClientRequest, choice: Choice | None, now: float
+    ) -> tuple[TargetActor, bool, str]:
+        """Is target ``index`` eligible for the next request, and if not, why not."""
+        actor = self.actors[index]
+        route = self.plan.targets[index]
+        model = request.model
+        if actor.retired:
+            return actor, False, "retired: a newer configuration replaced it"
+        if actor.restarting:
+            return actor, False, "restarting after a crash"
+        health = actor.health
+        if not health.admits(now):
+            return actor, False, _health_reason(health, now)
+        if model is None or (choice is not None and choice.fallback and not choice.last_resort):
+            if route.default_model is None:
+                why = (
+                    "the request names no model, and it has no default_model"
+                    if model is None
+                    else f"no eligible target serves {model!r}, and it has no default_model"
+                )
+                return actor, False, f"model: {why}"
+        elif not route.serves(model):
+            return actor, False, f"model: it does not serve {model!r}"
+        if choice is not None and not choice.last_resort:
+            serving = self.plan.targets[choice.index].priority
+            if route.priority > serving:
+                return actor, False, f"tier: priority {route.priority}; tier {serving} serves first"
+        if not actor.has_room():
+            return actor, False, "capacity: its queue is full"
+        if request.format is not actor.format and choice is not None:
+            problem = self._blocked(request, actor, attrs.evolve(choice, index=index))
+            if isinstance(problem, Untranslatable):
+                return actor, False, f"translation: {problem.message}"
+        return actor, True, "eligible"
 
     # --- one client request ------------------------------------------------------------
 
@@ -191,18 +306,22 @@ class Dispatcher:
         request: ClientRequest,
         limits: Limits,
         current: Callable[[], Dispatcher | None] | None = None,
+        record: RequestRecord | None = None,
     ) -> ProxyResponse:
         """Serve ``request``: attempts, failover, and the response (maybe a stream).
 
         ``current`` returns the upstream's dispatcher now: the configuration may
         change between two attempts, and the next attempt follows it (targets
-        already tried, by id, are not tried again).
+        already tried, by id, are not tried again). ``record`` (telemetry) gets the
+        trail, the answering attempt and its usage; a stream's body finishes it.
         """
         now = trio.current_time()
         exchange = Exchange(
             deadline=now + limits.request_timeout,
             max_attempts=limits.max_attempts or len(self.actors),
         )
+        if record is not None:
+            record.trail = exchange.trail
         dispatcher: Dispatcher = self
         while exchange.may_try(now):
             if exchange.trail and current is not None:
@@ -216,8 +335,10 @@ class Dispatcher:
             if choice is None:
                 break
             actor = dispatcher.actors[choice.index]
-            response = await dispatcher._attempt(request, limits, actor, choice, exchange)
+            response = await dispatcher._attempt(request, limits, actor, choice, exchange, record)
             if response is not None:
+                if record is not None:
+                    record.answer(exchange.trail[-1], response.usage, response.status)
                 return dispatcher._decorate(response, request, actor, choice, exchange.trail)
             now = trio.current_time()
         return self._give_up(request, exchange)
@@ -229,6 +350,7 @@ class Dispatcher:
         actor: TargetActor,
         choice: Choice,
         exchange: Exchange,
+        observe: RequestRecord | None = None,
     ) -> ProxyResponse | None:
         """One attempt; its outcome goes to ``exchange``. A response means it answered."""
         started = trio.current_time()
@@ -242,6 +364,7 @@ class Dispatcher:
                     outcome,
                     (trio.current_time() - started) * 1000,
                     choice.last_resort,
+                    started,
                 ),
                 error,
             )
@@ -256,8 +379,9 @@ class Dispatcher:
                 request_id=request.request_id,
             )
         )
+        hide_usage = translator is None and _usage_unasked(request, actor.format)
         try:
-            body = _provider_body(request, choice.model, translator)
+            body = _provider_body(request, choice.model, translator, hide_usage)
         except ClientError as exc:
             error: AttemptError = Untranslatable(exc)
             record(error.word, error)
@@ -275,6 +399,7 @@ class Dispatcher:
             reply=reply_send,
             translator=translator,
             last_resort=choice.last_resort,
+            hide_usage=hide_usage,
         )
         if not actor.submit(job, started):
             reply_send.close()
@@ -291,7 +416,9 @@ class Dispatcher:
             if isinstance(message, Whole):
                 answer = message.answer
                 record(str(answer.status))
-                return ProxyResponse(answer.status, list(answer.headers), answer.body)
+                return ProxyResponse(
+                    answer.status, list(answer.headers), answer.body, message.usage
+                )
             if isinstance(message, Committed):
                 record(str(message.status))
                 committed = True
@@ -303,9 +430,11 @@ class Dispatcher:
                         request.format,
                         limits.budgets.idle_timeout + STREAM_GRACE_S,
                         self.end_streams,
+                        observe,
                     ),
                     job,
                     reply_receive,
+                    observe,
                 )
                 return ProxyResponse(message.status, list(message.headers), body_stream)
             if isinstance(message, Failed):
@@ -388,6 +517,13 @@ async def _receive(channel: trio.MemoryReceiveChannel[Reply]) -> Reply | None:
         return None
 
 
+def _health_reason(health: Any, now: float) -> str:
+    stats = health.statistics(now)
+    if stats.state is State.HEALTHY and health.trial_in_flight:
+        return "health: on probation, and its one trial request is in flight"
+    return f"health: {stats.state.value} ({stats.reason})"
+
+
 def _foreign(request: ClientRequest) -> list[tuple[str, str]]:
     """The client's headers for a provider of the other dialect."""
     own = DIALECT_PREFIXES[request.format]
@@ -406,18 +542,49 @@ def _selection_headers(
     ]
 
 
+def _usage_unasked(request: ClientRequest, provider: ApiFormat) -> bool:
+    """An OpenAI-dialect stream whose client did not ask for usage: the gateway asks."""
+    if not request.stream or request.format is not ApiFormat.OPENAI:
+        return False
+    if provider is not ApiFormat.OPENAI:
+        return False
+    options = request.body.get("stream_options")
+    if options is None:
+        return True
+    return isinstance(options, dict) and options.get("include_usage") is not True
+
+
+#: What asks an OpenAI-dialect provider for a stream's usage, as a body's first member.
+_INCLUDE_USAGE = b'"stream_options":{"include_usage":true},'
+
+
 def _provider_body(
-    request: ClientRequest, model: str, translator: translate.Translator | None
+    request: ClientRequest,
+    model: str,
+    translator: translate.Translator | None,
+    ask_usage: bool = False,
 ) -> bytes:
-    """The bytes to send: the client's own when nothing changes, else re-encoded once."""
+    """The bytes to send: the client's own when nothing changes, else re-encoded once.
+
+    ``ask_usage``: add ``stream_options.include_usage`` (:func:`_usage_unasked`); to
+    the client's own bytes it is spliced in as the object's first member, which
+    cannot collide with another (the body has no ``stream_options`` then).
+    """
     if translator is not None:
         body = dict(request.body)
         body["model"] = model
         return jsonio.dumpb(translator.request(body))
     if request.model == model:
-        return request.raw
+        if not ask_usage:
+            return request.raw
+        if "stream_options" not in request.body:
+            raw = request.raw
+            at = raw.index(b"{") + 1
+            return raw[:at] + _INCLUDE_USAGE + raw[at:]
     body = dict(request.body)
     body["model"] = model
+    if ask_usage:
+        body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
     return jsonio.dumpb(body)
 
 
@@ -430,12 +597,17 @@ class _StreamBody:
     (CPython frees it at once) abandons the job and closes the reply channel instead.
     """
 
-    __slots__ = ("_body", "_channel", "_job")
+    __slots__ = ("_body", "_channel", "_job", "_record")
 
     def __init__(
-        self, body: AsyncIterator[bytes], job: Job, channel: trio.MemoryReceiveChannel[Reply]
+        self,
+        body: AsyncIterator[bytes],
+        job: Job,
+        channel: trio.MemoryReceiveChannel[Reply],
+        record: RequestRecord | None = None,
     ) -> None:
         self._body, self._job, self._channel = body, job, channel
+        self._record = record
 
     def __aiter__(self) -> _StreamBody:
         return self
@@ -449,6 +621,10 @@ class _StreamBody:
     def __del__(self) -> None:
         self._job.abandon()
         self._channel.close()
+        record = self._record
+        if record is not None and not record.done:
+            record.stream_end = "client_left"
+            record.finish(sent=0)
 
 
 async def _stream_body(
@@ -458,6 +634,7 @@ async def _stream_body(
     fmt: ApiFormat,
     safety_s: float,
     end: EndStreams,
+    record: RequestRecord | None = None,
 ) -> AsyncIterator[bytes]:
     """The committed stream: the actor's client bytes as they come, until it ends.
 
@@ -465,8 +642,11 @@ async def _stream_body(
     carries bytes. No cancel scope is held across a ``yield``. If the actor vanishes
     (it crashed) or stays silent past its own idle budget, the stream still ends with
     an error event; so it does when ``end`` is set (shutdown), waiting or not.
-    Leaving (client gone, generator closed) abandons the job.
+    Leaving (client gone, generator closed) abandons the job. ``record`` (telemetry)
+    is finished when the stream is over, with how it ended.
     """
+    sent = len(first)
+    how = "client_left"
     try:
         yield first
         while True:
@@ -479,13 +659,20 @@ async def _stream_body(
             except trio.EndOfChannel:
                 message = None
             if end.is_set():
+                how = "shutdown"
                 yield stream_error_event(fmt, "service_unavailable", SHUTTING_DOWN)
                 return
             if isinstance(message, bytes):
+                sent += len(message)
                 yield message
             elif isinstance(message, Ended):
+                how = "complete" if message.error is None else message.error.word
+                if record is not None:
+                    record.usage = message.usage or record.usage
+                    record.malformed = message.malformed
                 return
             else:
+                how = "internal_error"
                 yield stream_error_event(
                     fmt, "upstream_error", "the provider's stream ended unexpectedly"
                 )
@@ -493,3 +680,6 @@ async def _stream_body(
     finally:
         job.abandon()
         channel.close()
+        if record is not None:
+            record.stream_end = how
+            record.finish(sent=sent)

@@ -54,6 +54,7 @@ from trio_gateway.runtime.clients import ClientPool
 from trio_gateway.runtime.dispatcher import Dispatcher, Limits, health_policy
 from trio_gateway.runtime.ending import EndStreams
 from trio_gateway.runtime.target import TargetActor, TargetStatistics
+from trio_gateway.telemetry import Telemetry
 
 log = logging.getLogger("trio_gateway.runtime")
 
@@ -79,11 +80,13 @@ class KeyRoute:
     active: bool
     #: Seconds since the epoch; infinity when the key never expires.
     expires: float
+    #: The key's name: what the access log and the metrics call it.
+    name: str = ""
 
     @classmethod
     def of(cls, key: ApiKey) -> KeyRoute:
         expires = key.expires_at.timestamp() if key.expires_at else math.inf
-        return cls(key.id, key.gateway_id, key.active, expires)
+        return cls(key.id, key.gateway_id, key.active, expires, key.name)
 
 
 @attrs.frozen
@@ -235,8 +238,11 @@ class Runtime:
         *,
         transport: httpx2.AsyncBaseTransport | None = None,
         base_urls: Mapping[str, str] | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.catalog = catalog
+        #: Told of every new configuration (to bind metric children to its entities).
+        self.telemetry = telemetry
         self.table = RouteTable()
         self._transport = transport
         self._base_urls = dict(base_urls or {})
@@ -338,6 +344,10 @@ class Runtime:
                 actor.retire()
         self._actors = actors
         self.table = table
+        if self.telemetry is not None:
+            self.telemetry.configured(
+                {g.id: g.name for g in snapshot.gateways.values()}, dispatchers.values()
+            )
         self._report(failures)
         self._report_orphans(snapshot)
 

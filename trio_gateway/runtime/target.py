@@ -52,6 +52,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 import httpx2
@@ -89,6 +90,7 @@ from trio_gateway.providers.endpoints import Endpoint
 from trio_gateway.providers.formats import ApiFormat
 from trio_gateway.providers.passthrough import PassthroughStream
 from trio_gateway.providers.translate import Translator
+from trio_gateway.providers.usage import Usage, usage_of
 from trio_gateway.providers.watch import MALFORMED, StreamWatch
 
 log = logging.getLogger("trio_gateway.target")
@@ -127,6 +129,8 @@ class Whole:
     """A whole answer for the client: a success, or the client's own error."""
 
     answer: Answer
+    #: The provider's token usage and model, for a success that reported them.
+    usage: Usage | None = None
 
 
 @attrs.frozen
@@ -150,6 +154,8 @@ class Ended:
     error: AttemptError | None
     #: Provider events passed on unread (same dialect) or skipped (translated).
     malformed: int = 0
+    #: The provider's token usage and model, as far as the stream reported them.
+    usage: Usage | None = None
 
 
 Reply = Whole | Failed | Committed | Ended | bytes
@@ -175,6 +181,9 @@ class Job:
     translator: Translator | None = None
     #: Tried although out of rotation (nothing in rotation could serve).
     last_resort: bool = False
+    #: The gateway asked the provider for the stream's usage, not the client: keep it
+    #: from the client (:class:`~trio_gateway.providers.watch.StreamWatch`).
+    hide_usage: bool = False
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     ticket: Ticket = Ticket.NORMAL
     dequeued: bool = False
@@ -233,6 +242,9 @@ class TargetActor:
         self.recent: collections.deque[tuple[float, str]] = collections.deque(maxlen=RECENT)
         #: Set by the supervisor while a crashed :meth:`run` waits to restart.
         self.restarting = False
+        #: Told of each health transition (:class:`~trio_gateway.telemetry.metrics.TargetMetrics`),
+        #: bound by the runtime when metrics are on.
+        self.observer: Any = None
         #: At most this many requests at once; as many more may wait in the queue.
         self.max_in_flight = target.max_in_flight or MAX_IN_FLIGHT
         self._send, self._receive = trio.open_memory_channel[Job](
@@ -254,6 +266,11 @@ class TargetActor:
 
     def admits(self, now: float) -> bool:
         return self.usable and self.health.admits(now)
+
+    def has_room(self) -> bool:
+        """Would :meth:`submit` find room in the queue now?"""
+        stats = self._send.statistics()
+        return stats.current_buffer_used < stats.max_buffer_size
 
     def submit(self, job: Job, now: float) -> bool:
         """Admit and queue ``job`` without waiting; ``False`` if it cannot be taken now."""
@@ -515,19 +532,19 @@ class TargetActor:
         translator = job.translator
         if meaning is Meaning.SUCCESS:
             if translator is not None:
-                client_body = _translate_answer(translator, body)
+                client_body, usage = _translate_answer(translator, body)
                 if client_body is None:
                     return await self._failed(
                         job, UpstreamProtocolError("the provider's answer is not valid")
                     )
                 headers = passed_headers(response.headers, JSON_TYPE)
             else:
-                client_body = body
+                client_body, usage = body, _usage_of_bytes(body)
                 headers = passed_headers(
                     response.headers, response.headers.get("content-type", JSON_TYPE)
                 )
             self._observe_first_byte(budget)
-            await self._last(job, Whole(Answer(status, headers, client_body)))
+            await self._last(job, Whole(Answer(status, headers, client_body), usage))
             return None
         if meaning is Meaning.CREDENTIAL:
             return await self._failed(job, CredentialRejected(status, self.target.id))
@@ -564,7 +581,7 @@ class TargetActor:
         Returns how the attempt ended and whether the provider's body was read to its
         end (its connection can then be reused).
         """
-        watch = StreamWatch(self.format)
+        watch = StreamWatch(self.format, hide_usage=job.hide_usage)
         stream = (
             job.translator.stream()
             if job.translator is not None
@@ -629,7 +646,7 @@ class TargetActor:
                 await self._commit(job, budget, response.status_code, headers, held)
             elif tail:
                 await self._deliver(job, tail)
-            await self._last(job, Ended(None, malformed))
+            await self._last(job, Ended(None, malformed, watch.usage()))
             complete = closed or await _drain(chunks)
             return None, complete
         if error is None:
@@ -643,7 +660,7 @@ class TargetActor:
             )
             if tail:
                 await self._deliver(job, tail)
-        await self._last(job, Ended(error, malformed))
+        await self._last(job, Ended(error, malformed, watch.usage()))
         return error, False
 
     async def _commit(
@@ -713,6 +730,8 @@ class TargetActor:
         transition = self.health.take_transition()
         if transition is None:
             return
+        if self.observer is not None:
+            self.observer.transitioned(transition)
         if transition.new is State.EJECTED:
             self._sleep.deadline = min(self._sleep.deadline, self.health.until)
         level = logging.WARNING if transition.new is State.EJECTED else logging.INFO
@@ -726,6 +745,7 @@ class TargetActor:
                         "provider": self.target.provider.value,
                         "from": transition.old.value,
                         "reason": transition.reason,
+                        "cause": transition.cause,
                     }
                 },
             )
@@ -780,14 +800,24 @@ async def _discard(channel: trio.MemoryReceiveChannel[Reply]) -> None:
             pass
 
 
-def _translate_answer(translator: Translator, body: bytes) -> bytes | None:
-    """A whole success in the client's dialect, or ``None`` when it is not a valid answer."""
+def _translate_answer(translator: Translator, body: bytes) -> tuple[bytes | None, Usage | None]:
+    """A whole success in the client's dialect (``None`` when it is not a valid answer),
+    and the provider's usage."""
     try:
         parsed = jsonio.loads(body)
         if not isinstance(parsed, dict):
-            return None
-        return jsonio.dumpb(translator.response(parsed))
+            return None, None
+        usage = usage_of(parsed)  # before the translator, which may reuse the dict
+        return jsonio.dumpb(translator.response(parsed)), usage
     except (ValueError, TypeError, KeyError, AttributeError, GatewayError):
+        return None, None
+
+
+def _usage_of_bytes(body: bytes) -> Usage | None:
+    """The usage of a whole answer passed on as it came (parsed here for that alone)."""
+    try:
+        return usage_of(jsonio.loads(body))
+    except ValueError:
         return None
 
 

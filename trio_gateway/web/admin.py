@@ -53,6 +53,9 @@ from trio_gateway.web.http import from_http_exception, json_response, read_json
 log = logging.getLogger("trio_gateway.admin")
 
 API = "/api/v1"
+METRICS = "/metrics"
+#: Prometheus' text exposition format.
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 DEFAULT_MAX_BODY = 1 << 20
@@ -204,12 +207,16 @@ def create_admin_app(
     applied: Callable[[int], Awaitable[None]] | None = None,
     build_failure: Callable[[str], _BuildFailure | None] | None = None,
     allowed_hosts: Iterable[str] = (),
+    metrics: Callable[[], bytes] | None = None,
+    explain: Callable[[str, Any], Awaitable[dict[str, Any]]] | None = None,
 ) -> QuartTrio:
     """The admin app. ``admin_token`` set: every ``/api`` call needs ``Authorization: Bearer``.
 
     ``applied(generation)`` returns once the proxy uses that catalog generation;
     ``build_failure(upstream_id)`` says why the runtime could not build an upstream.
-    ``allowed_hosts``: see :class:`CrossSiteGuard`.
+    ``allowed_hosts``: see :class:`CrossSiteGuard`. ``metrics()``: the Prometheus
+    exposition served at ``/metrics`` (behind the token too); ``explain(gateway_id,
+    data)``: the explanation of a request (:mod:`trio_gateway.web.explain`).
     """
     app = QuartTrio("trio_gateway.admin")
     app.config["MAX_CONTENT_LENGTH"] = max_body
@@ -224,7 +231,7 @@ def create_admin_app(
 
     @app.before_request
     async def authenticate() -> None:
-        if not request.path.startswith(API):
+        if not (request.path.startswith(API) or request.path == METRICS):
             return
         if token is not None:  # who asks comes first: a stranger learns nothing else
             scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
@@ -379,6 +386,19 @@ def create_admin_app(
         await settle()
         return Response(b"", 204)
 
+    @app.get(METRICS)
+    async def scrape() -> Response:
+        if metrics is None:
+            raise NotFound("metrics are off (--metrics off)")
+        return Response(metrics(), 200, {"Content-Type": METRICS_TYPE})
+
+    @app.post(f"{API}/gateways/<gateway_id>/explain")
+    async def explain_request(gateway_id: str) -> Response:
+        catalog.get(Kind.GATEWAY, gateway_id)
+        if explain is None:
+            raise NotFound("explain is not available here")
+        return json_response(await explain(gateway_id, await read_json(max_body)))
+
     @app.get(f"{API}/gateways/<gateway_id>/upstreams/<upstream_id>/health")
     async def health(gateway_id: str, upstream_id: str) -> Response:
         upstream = catalog.get(Kind.UPSTREAM, upstream_id, gateway_id)
@@ -402,6 +422,7 @@ def create_admin_app(
 def _health(stats: TargetStatistics) -> dict[str, Any]:
     """One target's health as the endpoint shows it: state, since and until when, why."""
     health = stats.health
+    why = _why(health)
     return {
         "id": stats.id,
         "provider": stats.provider,
@@ -409,6 +430,7 @@ def _health(stats: TargetStatistics) -> dict[str, Any]:
         "since": _iso(wall_time(health.since)),
         "until": _iso(wall_time(health.until)) if health.until is not None else None,
         "reason": health.reason,
+        **why,
         "probation": health.probation,
         "consecutive_failures": health.consecutive_failures,
         "ejections": health.ejections,
@@ -432,6 +454,21 @@ def _health(stats: TargetStatistics) -> dict[str, Any]:
             for t in health.history
         ],
     }
+
+
+def _why(health: Any) -> dict[str, Any]:
+    """Why an out target is out, as data: the failures that ejected it, or the
+    ``Retry-After`` that parked it (``cause``: the bounded word the metrics use)."""
+    history = health.history
+    last = history[-1] if history else None
+    why: dict[str, Any] = {"cause": last.cause if last is not None else None}
+    if health.state.value in ("ejected", "half_open"):
+        ejection = next((t for t in reversed(history) if t.new.value == "ejected"), None)
+        if ejection is not None:
+            why["ejected_by"] = list(ejection.failures)
+    elif health.state.value == "parked" and last is not None and last.cause == "rate_limited":
+        why["retry_after_s"] = last.retry_after
+    return why
 
 
 def _iso(epoch: float) -> str:

@@ -20,9 +20,11 @@ import logging
 import os
 import re
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from quart import Response, request
+from quart.wrappers.response import DataBody
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -50,6 +52,7 @@ from trio_gateway.runtime.supervisor import (
     Runtime,
     ServiceRoute,
 )
+from trio_gateway.telemetry import RequestRecord, Telemetry
 from trio_gateway.web.admin import Readiness, add_health_routes
 from trio_gateway.web.http import from_http_exception, json_response
 
@@ -101,9 +104,17 @@ def allowed_method(path: str) -> str | None:
 
 
 def create_proxy_app(
-    runtime: Runtime, *, readiness: Readiness, max_body: int = DEFAULT_MAX_BODY
+    runtime: Runtime,
+    *,
+    readiness: Readiness,
+    max_body: int = DEFAULT_MAX_BODY,
+    telemetry: Telemetry | None = None,
 ) -> QuartTrio:
+    """The proxy app; ``telemetry`` (metrics, access log, traces) sees every request."""
     app = QuartTrio("trio_gateway.proxy")
+    telemetry = telemetry if telemetry is not None else Telemetry(access=False)
+    tracing = telemetry.tracing is not None
+    observed = telemetry.enabled
     app.config["MAX_CONTENT_LENGTH"] = max_body
     # No redirect built from the Host header for "//v1/..." or a trailing slash.
     app.url_map.merge_slashes = False
@@ -129,26 +140,56 @@ def create_proxy_app(
         fmt = client_format(request.path)
         wanted, candidates = _headers()
         request_id = _request_id(wanted)
+        record = (
+            telemetry.begin(
+                request_id, request.method, request.path, request.scope, fmt or _dialect(wanted)
+            )
+            if observed
+            else None
+        )
+        if record is not None and tracing:
+            record.traceparent = next((v for n, v in candidates if n == "traceparent"), None)
         try:
-            return await _proxy(runtime, wanted, candidates, request_id, max_body)
+            response = await _proxy(runtime, wanted, candidates, request_id, max_body, record)
         except GatewayError as error:
-            return render(fmt or _dialect(wanted), error, request_id)
+            response = render(fmt or _dialect(wanted), error, request_id)
+            if record is not None:
+                record.error = error.type
         except Exception as error:
             log.error(
                 "proxy request failed",
                 exc_info=error,
                 extra={"fields": {"request_id": request_id, "path": request.path}},
             )
-            return render(
+            response = render(
                 fmt or _dialect(wanted),
                 InternalError("internal error; see the gateway log"),
                 request_id,
             )
+            if record is not None:
+                record.error = InternalError.type
+        if record is not None and isinstance(response.response, DataBody):
+            record.finish(response.status_code, len(response.response.data))
+        return response
 
     return app
 
 
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+class Resolution:
+    """What :func:`prepare` found, as it found it (a :class:`RequestRecord` is one too)."""
+
+    __slots__ = ("gateway", "key", "model", "route", "rule", "stream")
+
+    def __init__(self) -> None:
+        self.gateway: GatewayRoute | None = None
+        self.key: KeyRoute | None = None
+        self.rule: Any = None
+        self.route: ServiceRoute | None = None
+        self.model: str | None = None
+        self.stream: bool | None = None
 
 
 async def _proxy(
@@ -157,12 +198,58 @@ async def _proxy(
     candidates: list[tuple[str, str]],
     request_id: str,
     max_body: int,
+    record: RequestRecord | None = None,
 ) -> Response:
-    method = request.method
-    allowed = allowed_method(request.path)
+    found: Any = record if record is not None else Resolution()
+    client_request = await prepare(
+        runtime,
+        request.method,
+        request.path,
+        wanted,
+        candidates,
+        request_id,
+        lambda: _read_body(max_body),
+        found,
+    )
+    route = found.route
+    if client_request is None:
+        return _models(route, wanted, request_id)
+    upstream_id = route.service.upstream_id
+    result = await route.dispatcher.exchange(
+        client_request,
+        route.limits,
+        lambda: runtime.table.dispatchers.get(upstream_id),
+        record,
+    )
+    response = Response(result.body, status=result.status, headers=result.headers)
+    if not isinstance(result.body, bytes):
+        response.headers["Cache-Control"] = "no-cache"
+        response.headers["X-Accel-Buffering"] = "no"
+    return response
+
+
+async def prepare(
+    runtime: Runtime,
+    method: str,
+    path: str,
+    wanted: dict[str, str],
+    candidates: list[tuple[str, str]],
+    request_id: str,
+    read_body: Callable[[], Awaitable[bytes]],
+    found: Any,
+) -> ClientRequest | None:
+    """Every check the proxy makes before the dispatcher, in the order it makes them.
+
+    Raises the :class:`GatewayError` the client gets; fills ``found`` (gateway, key,
+    rule, service route, model, stream) as it resolves them. Returns the request for
+    the dispatcher, or ``None`` for the model list (``found.route`` answers it). The
+    proxy and ``explain`` (the admin API) both use it, so that what ``explain`` says
+    is what the proxy does.
+    """
+    allowed = allowed_method(path)
     if allowed is not None and method != allowed:
         raise MethodNotAllowed(
-            f"{method} is not allowed on {request.path}; use {allowed}",
+            f"{method} is not allowed on {path}; use {allowed}",
             headers={"Allow": allowed},
         )
     table = runtime.table
@@ -173,37 +260,37 @@ async def _proxy(
     gateway = (
         table.gateways.get(key.gateway_id) if key is not None else _named_gateway(table, wanted)
     )
-    rule = match_rule(gateway.rules, request.method, request.path) if gateway else None
+    rule = match_rule(gateway.rules, method, path) if gateway else None
     if gateway is None or (key is None and (rule is None or not rule.public)):
         # Without a key, nothing is told apart: no gateway, no route, not public.
         raise AuthenticationFailed(NO_KEY)
+    found.gateway, found.key = gateway, key
     if not gateway.active:
         raise PermissionDenied(f"gateway {gateway.gateway.name!r} is inactive")
     if rule is None:
-        raise NotFound(
-            f"no route for {request.method} {request.path} in gateway {gateway.gateway.name!r}"
-        )
-    endpoint = rule.endpoint_path(request.path)
+        raise NotFound(f"no route for {method} {path} in gateway {gateway.gateway.name!r}")
+    found.rule = rule
+    endpoint = rule.endpoint_path(path)
     known = ENDPOINTS.get(endpoint)
     if known is None:
         stripped = (
             f" ({endpoint} once rule {rule.name!r} strips its path)" if rule.strip_path else ""
         )
         raise NotFound(
-            f"{request.path}{stripped} is not an API endpoint: use /v1/chat/completions, "
+            f"{path}{stripped} is not an API endpoint: use /v1/chat/completions, "
             "/v1/messages or /v1/models"
         )
     fmt, _ = known
-    _service_route(table, rule.service_id)  # before reading a body for nothing
+    found.route = _service_route(table, rule.service_id)  # before reading a body for nothing
     if fmt is None:
-        return _models(_service_route(table, rule.service_id), wanted, request_id)
+        return None
     encoding = wanted.get("content-encoding", "identity").strip().lower()
     if encoding != "identity":
         raise UnsupportedMediaType(
             f"compressed request bodies are not accepted (Content-Encoding: {encoding[:40]})"
         )
 
-    raw = await _read_body(max_body)
+    raw = await read_body()
     body = _parse(raw)
     model = body.get("model")
     if model is not None and (
@@ -214,30 +301,22 @@ async def _proxy(
         raise ClientError(
             f"'model' must be a string of at most {MAX_MODEL_NAME} printable ASCII characters"
         )
+    found.model = model or None
     stream = body.get("stream")
     if stream is not None and type(stream) is not bool:
         raise ClientError("'stream' must be true or false")
+    found.stream = stream is True
     # Reading the body took time: follow the configuration as it is now.
-    route = _service_route(runtime.table, rule.service_id)
-    upstream_id = route.service.upstream_id
-    result = await route.dispatcher.exchange(
-        ClientRequest(
-            format=fmt,
-            body=body,
-            raw=raw,
-            model=model or None,
-            stream=stream is True,
-            headers=[(n, v) for n, v in candidates if n in FORWARDED[fmt]],
-            request_id=request_id,
-        ),
-        route.limits,
-        lambda: runtime.table.dispatchers.get(upstream_id),
+    found.route = _service_route(runtime.table, rule.service_id)
+    return ClientRequest(
+        format=fmt,
+        body=body,
+        raw=raw,
+        model=model or None,
+        stream=stream is True,
+        headers=[(n, v) for n, v in candidates if n in FORWARDED[fmt]],
+        request_id=request_id,
     )
-    response = Response(result.body, status=result.status, headers=result.headers)
-    if not isinstance(result.body, bytes):
-        response.headers["Cache-Control"] = "no-cache"
-        response.headers["X-Accel-Buffering"] = "no"
-    return response
 
 
 def _service_route(table: RouteTable, service_id: str) -> ServiceRoute:

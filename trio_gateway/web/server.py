@@ -150,11 +150,19 @@ def guard(
     *,
     error_body: ErrorBody | None = None,
     closing: Callable[[], bool] | None = None,
+    refused: Callable[[Scope, GatewayError], None] | None = None,
 ) -> ConnectionGuard:
-    """``app`` behind a :class:`ConnectionGuard`; the guard takes over its body timeout."""
+    """``app`` behind a :class:`ConnectionGuard`; the guard takes over its body timeout.
+
+    ``refused`` hears of each request the guard answers without the app (telemetry).
+    """
     app.config["BODY_TIMEOUT"] = None
     return ConnectionGuard(
-        app, limits, error_body=error_body or json_error_body, closing=closing or _never
+        app,
+        limits,
+        error_body=error_body or json_error_body,
+        closing=closing or _never,
+        refused=refused,
     )
 
 
@@ -190,11 +198,13 @@ class ConnectionGuard:
         *,
         error_body: ErrorBody,
         closing: Callable[[], bool],
+        refused: Callable[[Scope, GatewayError], None] | None = None,
     ) -> None:
         self.app = app
         self.limits = limits
         self.error_body = error_body
         self.closing = closing
+        self.refused = refused
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -210,6 +220,8 @@ class ConnectionGuard:
             nursery.start_soon(exchange.discard_body)
             await exchange.answer(problem)
             nursery.cancel_scope.cancel()
+        if self.refused is not None:
+            self.refused(scope, problem)
 
 
 class _Exchange:

@@ -6,6 +6,10 @@ eligible for this request (healthy, not yet tried, serving the model) and the
 live load of every member; it returns one of the eligible indexes and updates
 its own state (rotation, smooth-weight counters). It never sees a member that is
 not eligible, so ejection and failover need nothing from it.
+
+:meth:`Balancer.peek` answers what ``pick`` would answer for the same arguments,
+without changing any state (``explain`` shows the next target with it): ``peek``
+then ``pick`` give the same member.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ class Load(Protocol):
 
 class Balancer(Protocol):
     def pick(self, eligible: Sequence[int], loads: Sequence[Load], now: float) -> int: ...
+
+    def peek(self, eligible: Sequence[int], loads: Sequence[Load], now: float) -> int: ...
 
 
 def make_balancer(

@@ -16,9 +16,12 @@ class LeastConnections:
         self._next = 0
 
     def pick(self, eligible: Sequence[int], loads: Sequence[Any], now: float = 0.0) -> int:
+        chosen = self.peek(eligible, loads)
+        self._next = (chosen + 1) % len(self._weights)
+        return chosen
+
+    def peek(self, eligible: Sequence[int], loads: Sequence[Any], now: float = 0.0) -> int:
         weights = self._weights
         best_cost = min((loads[i].in_flight + 1) / weights[i] for i in eligible)
         tied = [i for i in eligible if (loads[i].in_flight + 1) / weights[i] == best_cost]
-        chosen = next_in_rotation(tied, self._next)
-        self._next = (chosen + 1) % len(weights)
-        return chosen
+        return next_in_rotation(tied, self._next)

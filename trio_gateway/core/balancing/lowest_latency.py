@@ -29,6 +29,11 @@ class LowestLatency:
         self._next = 0
 
     def pick(self, eligible: Sequence[int], loads: Sequence[Any], now: float) -> int:
+        chosen = self.peek(eligible, loads, now)
+        self._next = (chosen + 1) % self._size
+        return chosen
+
+    def peek(self, eligible: Sequence[int], loads: Sequence[Any], now: float) -> int:
         estimates = {i: loads[i].latency(now) for i in eligible}
         known = [e for e in estimates.values() if e is not None]
         fallback = max(known) if known else UNKNOWN_S
@@ -40,6 +45,4 @@ class LowestLatency:
             else:
                 costs[index] = estimate * (in_flight + 1)
         best = min(costs.values())
-        chosen = next_in_rotation([i for i in eligible if costs[i] == best], self._next)
-        self._next = (chosen + 1) % self._size
-        return chosen
+        return next_in_rotation([i for i in eligible if costs[i] == best], self._next)

@@ -18,9 +18,12 @@ class RoundRobin:
         self._next = 0
 
     def pick(self, eligible: Sequence[int], loads: Sequence[Any] = (), now: float = 0.0) -> int:
-        chosen = next_in_rotation(eligible, self._next)
+        chosen = self.peek(eligible)
         self._next = (chosen + 1) % self._size
         return chosen
+
+    def peek(self, eligible: Sequence[int], loads: Sequence[Any] = (), now: float = 0.0) -> int:
+        return next_in_rotation(eligible, self._next)
 
 
 def next_in_rotation(eligible: Sequence[int], cursor: int) -> int:

@@ -19,6 +19,16 @@ class SmoothWeighted:
         self._weights = list(weights)
         self._scores = [0] * len(weights)
 
+    def peek(self, eligible: Sequence[int], loads: Sequence[Any] = (), now: float = 0.0) -> int:
+        weights, scores = self._weights, self._scores
+        best = eligible[0]
+        best_score = None
+        for index in eligible:
+            score = scores[index] + weights[index]
+            if best_score is None or score > best_score:
+                best, best_score = index, score
+        return best
+
     def pick(self, eligible: Sequence[int], loads: Sequence[Any] = (), now: float = 0.0) -> int:
         weights, scores = self._weights, self._scores
         total = 0
