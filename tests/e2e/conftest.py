@@ -118,11 +118,13 @@ async def setup(
     make_config: Any,
     *,
     timeout: float = TIMEOUT,
+    **gateway: Any,
 ) -> AsyncIterator[Setup]:
     """Start fakes (one per spec dict), then a gateway configured by ``make_config(fakes)``.
 
     ``timeout`` bounds the whole test and each client call; in virtual time
     (``autojump_clock``) make it longer than the budgets the test runs into.
+    ``gateway``: more arguments of :func:`open_gateway` (settings, ``tracing``).
     """
     with trio.fail_after(timeout):
         async with AsyncExitStack() as stack:
@@ -132,7 +134,7 @@ async def setup(
                 )
                 for i, spec in enumerate(fake_specs)
             ]
-            running = await stack.enter_async_context(open_gateway(make_config(fakes)))
+            running = await stack.enter_async_context(open_gateway(make_config(fakes), **gateway))
             client = await stack.enter_async_context(
                 httpx2.AsyncClient(
                     base_url=running.proxy_url, headers={"X-Api-Key": KEY}, timeout=timeout

@@ -49,12 +49,15 @@ async def open_gateway(
     settings: Settings = TEST_SETTINGS,
     environ: Mapping[str, str] | None = None,
     transport: httpx2.AsyncBaseTransport | None = None,
+    tracing: Any = None,
     **overrides: Any,
 ) -> AsyncIterator[Running]:
     """Start a gateway (memory store unless ``data_dir=`` is given) and yield it running.
 
     ``transport`` replaces every target's HTTP transport (``httpx2.MockTransport``
-    scripts a provider byte by byte, for what no fake provider does).
+    scripts a provider byte by byte, for what no fake provider does). ``tracing``: a
+    :class:`~trio_gateway.telemetry.Tracing` to send spans to (an in-memory exporter's
+    provider, in tests); ``None``: the ``OTEL_*`` variables decide.
     """
     settings = attrs.evolve(settings, **overrides)
     declarations = None
@@ -63,6 +66,8 @@ async def open_gateway(
     elif config is not None:
         declarations = parse(config, environ or {})
     async with trio.open_nursery() as nursery:
-        running = await nursery.start(partial(serve, settings, declarations, transport=transport))
+        running = await nursery.start(
+            partial(serve, settings, declarations, transport=transport, tracing=tracing)
+        )
         yield running
         nursery.cancel_scope.cancel()
