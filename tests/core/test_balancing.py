@@ -100,3 +100,39 @@ def test_lowest_latency_explores_a_new_target_one_request_at_a_time():
     loads = [FakeLoad(estimate=0.1), FakeLoad(estimate=None, in_flight=1)]
     # The new target's first request is out: the measured one is cheaper now.
     assert picks(Algorithm.LOWEST_LATENCY, [1, 1], 1, loads=loads) == [0]
+
+
+# --- peek: what the next pick will be, without moving anything (explain) -----------------------
+
+_loads = st.lists(
+    st.tuples(st.integers(0, 4), st.one_of(st.none(), st.floats(0.001, 5.0))),
+    min_size=6,
+    max_size=6,
+)
+
+
+@given(
+    algorithm=st.sampled_from(list(Algorithm)),
+    weights=st.lists(st.integers(1, 10), min_size=1, max_size=6),
+    steps=st.lists(
+        st.tuples(st.lists(st.integers(0, 5), min_size=1, unique=True), _loads, st.integers(0, 3)),
+        min_size=1,
+        max_size=30,
+    ),
+    seed=st.integers(0, 2**32),
+)
+def test_peek_answers_what_pick_will_answer_and_changes_nothing(algorithm, weights, steps, seed):
+    """Any algorithm, any eligible sets and loads: peeking (any number of times) before a
+    pick gives that pick's answer, and a sequence of picks is the same with or without
+    peeks in between."""
+    peeked = make_balancer(algorithm, weights, random.Random(seed))
+    plain = make_balancer(algorithm, weights, random.Random(seed))
+    for eligible, raw_loads, peeks in steps:
+        eligible = sorted(i for i in eligible if i < len(weights)) or [0]
+        loads = [FakeLoad(n, estimate) for n, estimate in raw_loads]
+        now = float(len(eligible))
+        ahead = [peeked.peek(eligible, loads, now) for _ in range(peeks + 1)]
+        picked = peeked.pick(eligible, loads, now)
+        assert ahead == [picked] * len(ahead)
+        assert picked in eligible
+        assert plain.pick(eligible, loads, now) == picked

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import attrs
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from trio_gateway.config.models import Algorithm, Method, Rule
 from trio_gateway.core.routing import (
@@ -165,3 +167,52 @@ def test_with_model_fallback_reject_the_last_resort_keeps_to_the_model():
     )
     assert last_resort(plan, "m", down={0, 1}).index == 0
     assert last_resort(plan, "m", down={0, 1}, tried={0}) is None
+
+
+# --- peek (explain): the next choice, without moving a balancer ----------------------------------
+
+
+@given(
+    algorithm=st.sampled_from(list(Algorithm)),
+    targets=st.lists(
+        st.tuples(
+            st.integers(1, 3),  # priority
+            st.integers(1, 5),  # weight
+            st.sets(st.sampled_from(["a", "b"])),  # models (empty: any)
+            st.sampled_from([None, "a", "b"]),  # default model
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+    requests=st.lists(
+        st.tuples(st.sampled_from([None, "a", "b", "c"]), st.sets(st.integers(0, 4))),
+        min_size=1,
+        max_size=20,
+    ),
+    reject=st.booleans(),
+)
+def test_a_peeked_choice_is_the_next_real_choice(algorithm, targets, requests, reject):
+    routes = []
+    for i, (priority, weight, models, default) in enumerate(targets):
+        if models and default is not None and default not in models:
+            default = None
+        routes.append(route(i, priority, models, default, weight))
+    plan = UpstreamPlan.compile(routes, algorithm, reject_unknown_models=reject)
+    loads = [Idle()] * len(routes)
+
+    def pick(model, down, peek):
+        try:
+            return plan.choose(
+                model,
+                admits=lambda i: i not in down,
+                excluded=lambda i: False,
+                loads=loads,
+                now=0.0,
+                rank=lambda i: float(i),
+                peek=peek,
+            )
+        except ModelNotServed as exc:
+            return exc.message
+
+    for model, down in requests:
+        assert pick(model, down, True) == pick(model, down, True) == pick(model, down, False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -111,3 +112,91 @@ async def test_two_workers_serve_one_port_and_follow_admin_writes(tmp_path, stor
                 await process.wait()
             assert process.returncode == 0
             assert children_of(process.pid) == []
+
+
+async def test_one_scrape_shows_the_metrics_of_every_worker(tmp_path):
+    """``--workers 2``: the main process's ``/metrics`` adds up both processes' counters
+    (prometheus-client's multiprocess mode), and shows each one's target gauges."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    (shared / "counter_1.db").write_bytes(b"left over by an earlier run")
+    with trio.fail_after(60):
+        async with open_fake_provider(name="f", api_key="sk-fake-0") as fake:
+            path = tmp_path / "gateway.yaml"
+            path.write_text(yaml.safe_dump(config([target(fake, default_model="gpt-4o-mini")])))
+            process = await trio.lowlevel.open_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "trio_gateway",
+                    "serve",
+                    "--workers",
+                    "2",
+                    "--data-dir",
+                    str(tmp_path / "data"),
+                    "--config",
+                    str(path),
+                    "--admin-listen",
+                    "127.0.0.1:0",
+                    "--proxy-listen",
+                    "127.0.0.1:0",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(shared)},
+            )
+            try:
+                text = ""
+                while "gateway 'e2e'" not in text:
+                    text += (await process.stdout.receive_some()).decode()
+                admin = re.search(r"admin API: (\S+)/api/v1", text).group(1)
+                proxy = re.search(r"proxy: +(\S+)", text).group(1)
+                while not children_of(process.pid):  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+                await trio.sleep(1.5)  # the child loads the store and starts serving
+                (child,) = children_of(process.pid)
+
+                limits = httpx2.Limits(max_keepalive_connections=0)
+                body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}
+                async with httpx2.AsyncClient(
+                    base_url=proxy, headers={"X-Api-Key": KEY}, limits=limits
+                ) as client:
+
+                    async def call() -> None:
+                        assert (
+                            await client.post("/v1/chat/completions", json=body)
+                        ).status_code == 200
+
+                    async with trio.open_nursery() as nursery:
+                        for _ in range(60):
+                            nursery.start_soon(call)
+                await trio.sleep(1.5)  # the child writes its gauges every second
+                async with httpx2.AsyncClient(base_url=admin) as scraper:
+                    scraped = (await scraper.get("/metrics")).text
+                samples = [s for f in text_string_to_metric_families(scraped) for s in f.samples]
+                served = sum(
+                    s.value
+                    for s in samples
+                    if s.name == "trio_gateway_requests_total" and s.labels["status"] == "200"
+                )
+                assert served == 60  # both processes' requests, once each
+                pids = {s.labels["pid"] for s in samples if s.name == "trio_gateway_target_state"}
+                assert pids == {str(process.pid), str(child)}
+                from prometheus_client.mmap_dict import MmapedDict
+
+                for pid in (process.pid, child):  # each counted its own share
+                    own = sum(
+                        value
+                        for key, value, _, _ in MmapedDict.read_all_values_from_file(
+                            str(shared / f"counter_{pid}.db")
+                        )
+                        if key.startswith('["trio_gateway_requests"')
+                    )
+                    assert 0 < own < 60
+                assert not (shared / "counter_1.db").exists()  # an earlier run's: wiped
+            finally:
+                process.terminate()
+                await process.wait()
+            assert process.returncode == 0

@@ -54,7 +54,8 @@ def _parse(data: Any) -> tuple[str, str, dict[str, str], list[tuple[str, str]], 
     path = data.get("path")
     if not isinstance(path, str) or not path.startswith("/") or len(path) > 2048:
         problems.append(Problem("path", "is required: the request's path, such as /v1/messages"))
-    headers = data.get("headers") or {}
+    headers = data.get("headers")
+    headers = {} if headers is None else headers
     if not isinstance(headers, dict) or len(headers) > MAX_HEADERS:
         problems.append(Problem("headers", f"must be an object of at most {MAX_HEADERS} headers"))
         headers = {}
