@@ -13,7 +13,10 @@ Starts, and stops at the end:
 Floor and gateway are pinned to core 0; nginx, wrk and this script to core 1. Each case
 (non-streaming at 1/32/64 concurrent, streaming at 1/32, OpenAI client on an Anthropic
 target at 1/32, whole and streamed) runs against the direct mock, the floor and the
-gateway one after the other, with a warm-up before each measurement. Then: two workers,
+gateway one after the other, with a warm-up before each measurement; at 32 concurrent
+(whole and streamed), also a ``gateway-quiet`` with ``--metrics off --access-log off``,
+whose difference to the gateway is what metrics and the access log cost (issue 11's
+target: at most 5 %). Then: two workers,
 1,000 slow streams open at once, start-to-ready time, and (``--profile``) a py-spy profile
 of the gateway at 32 concurrent. Writes the tables into docs/benchmarks.md (between the
 ``results`` markers), raw numbers into benchmarks/results/latest.json, and prints
@@ -79,6 +82,11 @@ STREAM_CPU_MAX = 1.3
 TRANSLATED_CPU_MAX = 2.0
 SLOW_RSS_MAX_MB = 250.0
 READY_MAX_S = 1.5
+# Target of issue 11: metrics + access log cost at most this share of the gateway's CPU.
+TELEMETRY_COST_MAX = 0.05
+#: Cases measured with the telemetry off too (the gateway-quiet rows).
+QUIET_CASES = ("nonstream-c32", "stream-c32")
+QUIET_FLAGS = ["--metrics", "off", "--access-log", "off"]
 
 
 def gateway_key(gateway: str) -> str:
@@ -403,10 +411,26 @@ def gateway_workers_flag(env: Env) -> bool:
     return "--workers" in out
 
 
+def gateway_quiet_flags(env: Env) -> bool:
+    """Does this gateway have ``--metrics`` and ``--access-log`` (issue 11)?"""
+    out = subprocess.run(
+        [env.gateway_bin, "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env.gateway_env,
+    ).stdout
+    return "--access-log" in out and "--metrics" in out
+
+
 def start_gateway(
-    env: Env, *, workers: int = 1, name: str | None = None
+    env: Env, *, workers: int = 1, name: str | None = None, extra: list[str] | None = None
 ) -> tuple[Proc, int, float]:
-    """Start it; return it, its proxy port and seconds from spawn to ``/readyz`` 200."""
+    """Start it; return it, its proxy port and seconds from spawn to ``/readyz`` 200.
+
+    The access log (on unless ``extra`` says ``--access-log off``) goes to the
+    process's log file, like any log line: the cost of writing it is measured.
+    """
     port, admin = free_port(), free_port()
     cores = SERVER_CORE if workers == 1 else ALL_CORES
     argv = ["taskset", "-c", cores, env.gateway_bin, "serve"]
@@ -417,7 +441,7 @@ def start_gateway(
         data = env.tmp / f"gateway-data-{free_port()}"
         argv += ["--data-dir", str(data)]
     argv += ["--admin-listen", f"127.0.0.1:{admin}", "--proxy-listen", f"127.0.0.1:{port}"]
-    argv += ["--log-level", "WARNING"]
+    argv += ["--log-level", "WARNING", *(extra or [])]
     if workers != 1:
         argv += ["--workers", str(workers)]
     proc_env = env.gateway_env
@@ -881,6 +905,17 @@ def targets(rows: list[dict], slow: list[dict], startup: dict) -> list[dict]:
             lambda v: v <= ADDED_P50_MAX,
             f"gateway +{added_g:.3f} ms, floor +{added_f:.3f} ms over direct {d['p50_ms']:.3f} ms",
         )
+    for case in QUIET_CASES:
+        g, q = find(rows, case, "gateway"), find(rows, case, "gateway-quiet")
+        if g and q:
+            check(
+                f"{case}: metrics + access log, share of the gateway's CPU per request",
+                g["cpu_ms_per_req"] / q["cpu_ms_per_req"] - 1,
+                TELEMETRY_COST_MAX,
+                lambda v: v <= TELEMETRY_COST_MAX,
+                f"gateway {g['cpu_ms_per_req'] * 1000:.0f} µs/req, with --metrics off "
+                f"--access-log off {q['cpu_ms_per_req'] * 1000:.0f} µs/req",
+            )
     f, g = find(rows, "nonstream-c32", "floor"), find(rows, "nonstream-c32", "gateway")
     if f and g:
         check(
@@ -934,7 +969,14 @@ def targets(rows: list[dict], slow: list[dict], startup: dict) -> list[dict]:
     return checks
 
 
-SERVER_ORDER = {"direct": 0, "floor": 1, "gateway": 2, "floor-2w": 3, "gateway-2w": 4}
+SERVER_ORDER = {
+    "direct": 0,
+    "floor": 1,
+    "gateway": 2,
+    "gateway-quiet": 3,
+    "floor-2w": 4,
+    "gateway-2w": 5,
+}
 
 
 def markdown(report: dict) -> str:
@@ -1111,9 +1153,15 @@ def main() -> int:
                 Server("floor", floor, floor_port),
                 Server("gateway", gateway, gateway_port),
             ]
+            quiet = None
+            if gateway_quiet_flags(env):
+                proc, port, _ = start_gateway(env, name="gateway-quiet", extra=QUIET_FLAGS)
+                quiet = Server("gateway-quiet", proc, port)
             for case in cases:
                 for server in servers:
                     validate(env, server, case)
+                if quiet is not None and case.id in QUIET_CASES:
+                    validate(env, quiet, case)
             print(
                 f"All {len(cases) * 3} response shapes check out. Measuring "
                 f"({args.warmup:g} s warm-up + {args.duration:g} s each, {args.repeat} round(s)):",
@@ -1123,9 +1171,16 @@ def main() -> int:
             for round_ in range(args.repeat):
                 for case in cases:
                     order = servers if round_ % 2 == 0 else [servers[0], servers[2], servers[1]]
+                    if quiet is not None and case.id in QUIET_CASES:
+                        # Right beside the gateway, alternating which goes first.
+                        at = order.index(servers[2])
+                        pair = [servers[2], quiet] if round_ % 2 == 0 else [quiet, servers[2]]
+                        order = [*order[:at], *pair, *order[at + 1 :]]
                     for server in order:
                         s = measure(env, mock, server, case, args, round_)
                         samples.setdefault((case.id, server.name), []).append(s)
+            if quiet is not None:
+                quiet.proc.stop()
             rows = [combine(v) for v in samples.values()]
 
             profiled = []
