@@ -47,13 +47,27 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         parts = [_timestamp(record), record.levelname, record.name, record.getMessage()]
         plain = _PLAIN
-        parts += [
-            f"{k}={v}" if type(v) in plain else f"{k}={_text(v)}"
-            for k, v in _fields(record).items()
-        ]
+        for k, v in _fields(record).items():
+            kind = type(v)
+            if kind is str:
+                if v and " " not in v and '"' not in v and "=" not in v and "\n" not in v:
+                    parts.append(f"{k}={v}")
+                else:
+                    parts.append(f"{k}={_quoted(v)}")
+            elif kind in plain:
+                parts.append(f"{k}={v}")
+            else:
+                parts.append(f"{k}={_text(v)}")
         if record.exc_info:
             parts.append("exc=" + json.dumps(self.formatException(record.exc_info)))
         return " ".join(parts)
+
+
+def _quoted(text: str) -> str:
+    try:
+        return orjson.dumps(text).decode()
+    except TypeError:  # a lone surrogate
+        return json.dumps(text)
 
 
 #: Values whose ``str`` never needs quoting.
@@ -67,11 +81,11 @@ def _text(value: Any) -> str:
         text = value
     elif isinstance(value, list | dict | tuple):
         text = orjson.dumps(value, default=str).decode()  # one token: no space in it
-        return text if " " not in text else json.dumps(text)
+        return text if " " not in text else _quoted(text)
     else:
         text = str(value)
     if not text or " " in text or '"' in text or "=" in text or "\n" in text:
-        return json.dumps(text)
+        return _quoted(text)
     return text
 
 
@@ -92,6 +106,29 @@ class JsonFormatter(logging.Formatter):
             return json.dumps(event, default=str)
 
 
+_batching = [False]
+
+
+class _Handler(logging.StreamHandler):
+    """A stream handler that, inside :func:`batch`, writes its lines with one flush."""
+
+    def flush(self) -> None:
+        if not _batching[0]:
+            super().flush()
+
+
+class batch:
+    """Within it, log lines are flushed once at the end rather than one by one."""
+
+    def __enter__(self) -> None:
+        _batching[0] = True
+
+    def __exit__(self, *exc: object) -> None:
+        _batching[0] = False
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+
+
 def configure(
     fmt: LogFormat = "text", level: str | int = "INFO", stream: TextIO | None = None
 ) -> None:
@@ -100,7 +137,7 @@ def configure(
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = _Handler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -143,6 +143,7 @@ async def serve(
     try:
         await _serve(settings, declarations, shutdown, transport, telemetry, readiness, task_status)
     finally:
+        telemetry.flush()  # what the servers' last requests left
         if telemetry.tracing is not None and telemetry.tracing.owned:
             with trio.move_on_after(TRACES_FLUSH_S, shield=True):
                 await trio.to_thread.run_sync(telemetry.tracing.shutdown, abandon_on_cancel=True)
@@ -210,6 +211,8 @@ async def _serve(
             runtime = await background.start(
                 Runtime(catalog, transport=transport, base_urls=base_urls, telemetry=telemetry).run
             )
+            if telemetry.enabled:
+                background.start_soon(telemetry.run)
             if telemetry.metrics is not None and telemetry.metrics.multiprocess and settings.worker:
                 background.start_soon(refresh_gauges, telemetry, runtime)
             readiness.set("runtime")
@@ -291,8 +294,9 @@ async def _serve(
 
 
 def scrape(telemetry: Telemetry, runtime: Runtime) -> bytes:
-    """``GET /metrics``: the gauges brought up to date, then every family."""
+    """``GET /metrics``: finished requests and gauges brought up to date, then every family."""
     assert telemetry.metrics is not None
+    telemetry.flush()
     telemetry.refresh(runtime.table.dispatchers.values())
     return telemetry.metrics.render()
 

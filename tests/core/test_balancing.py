@@ -7,7 +7,7 @@ from collections import Counter
 from math import gcd
 
 import attrs
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trio_gateway.config.models import Algorithm
@@ -111,6 +111,7 @@ _loads = st.lists(
 )
 
 
+@settings(max_examples=300)
 @given(
     algorithm=st.sampled_from(list(Algorithm)),
     weights=st.lists(st.integers(1, 10), min_size=1, max_size=6),

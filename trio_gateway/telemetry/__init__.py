@@ -14,11 +14,19 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import trio
+
+from trio_gateway import logs
 from trio_gateway.telemetry.metrics import NONE, Metrics
 from trio_gateway.telemetry.record import RequestRecord, access_log
 from trio_gateway.telemetry.tracing import Tracing
 
 __all__ = ["NONE", "Metrics", "RequestRecord", "Telemetry", "Tracing", "access_log"]
+
+#: Finished requests published at once (see :mod:`.record`).
+BATCH = 64
+#: The longest a finished request waits to be published.
+FLUSH_S = 0.2
 
 
 class Telemetry:
@@ -34,6 +42,9 @@ class Telemetry:
         self.metrics = metrics
         self.access = access
         self.tracing = tracing
+        #: Finished requests not yet published.
+        self.pending: list[RequestRecord] = []
+        self._wake = trio.Event()
         if access and access_log.level == logging.NOTSET:
             # The access log is on or off by its own setting, not by --log-level.
             access_log.setLevel(logging.INFO)
@@ -52,6 +63,40 @@ class Telemetry:
         return RequestRecord(
             self, request_id, method, path, client[0] if client else None, client_format
         )
+
+    def finished(self, record: RequestRecord) -> None:
+        """``record`` is over: publish it with the next batch."""
+        pending = self.pending
+        pending.append(record)
+        if len(pending) >= BATCH:
+            self.flush()
+        elif len(pending) == 1:
+            self._wake.set()
+
+    def flush(self) -> None:
+        """Publish every finished request now (before a scrape, at the end, per batch)."""
+        while self.pending:
+            records, self.pending = self.pending, []
+            with logs.batch():
+                for record in records:
+                    try:
+                        record.publish()
+                    except Exception:  # a bug of ours must not lose the rest, nor a request
+                        logging.getLogger("trio_gateway.telemetry").exception(
+                            "publishing a request's telemetry failed"
+                        )
+
+    async def run(self) -> None:
+        """Publish finished requests at most :data:`FLUSH_S` after they end; until cancelled
+        (then the rest)."""
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                await trio.sleep(FLUSH_S)
+                self.flush()
+        finally:
+            self.flush()
 
     def configured(self, gateways: Mapping[str, str], dispatchers: Iterable[Any]) -> None:
         """The runtime applied a new configuration: bind its entities' metric children."""
