@@ -112,16 +112,22 @@ async def main(args: argparse.Namespace) -> None:
                         await load(clients[name], args.requests, args.concurrency, stream)
                         samples[name].append((time.process_time() - started) / args.requests * 1e6)
                 on, off = (statistics.median(samples[k]) for k in ("on", "off"))
-                pairs = statistics.median(a - b for a, b in zip(samples["on"], samples["off"]))
+                pairs = statistics.median(
+                    a - b for a, b in zip(samples["on"], samples["off"], strict=True)
+                )
                 kind = "streams" if stream else "whole answers"
                 print(f"{kind}, c={args.concurrency}, {args.rounds} rounds of {args.requests}:")
                 for name in ("on", "off"):
                     shown = ", ".join(f"{v:.0f}" for v in samples[name])
-                    print(f"  {name:>3}: {shown} µs/req (median {statistics.median(samples[name]):.0f})")
-                print(f"  difference: medians {on - off:+.0f} µs/req, median of pairs {pairs:+.0f} µs/req")
+                    print(
+                        f"  {name:>3}: {shown} µs/req (median {statistics.median(samples[name]):.0f})"
+                    )
+                print(
+                    f"  difference: medians {on - off:+.0f} µs/req, median of pairs {pairs:+.0f} µs/req"
+                )
             fake_count = len(fake.requests)
         log_file.close()
-        lines = sum(1 for line in open(Path(tmp) / "gateway.log") if "trio_gateway.access" in line)  # noqa: SIM115
+        lines = sum(1 for line in open(Path(tmp) / "gateway.log") if "trio_gateway.access" in line)  # noqa: SIM115, ASYNC230
         print(f"(provider calls: {fake_count}; access log lines: {lines})")
     logging.shutdown()
 

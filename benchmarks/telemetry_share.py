@@ -23,14 +23,13 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import httpx2
+import telemetry_inprocess as base
 import trio
 
 from trio_gateway import logs
 from trio_gateway.telemetry import RequestRecord, Telemetry
 from trio_gateway.testing.fake import open_fake_provider
 from trio_gateway.testing.harness import open_gateway
-
-import telemetry_inprocess as base  # noqa: E402  (benchmarks/ is the script's directory)
 
 SPENT = [0.0]
 DEPTH = [0]

@@ -469,3 +469,17 @@ async def test_no_tracing_without_otel_variables(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     async with setup([{}], lambda f: config([target(f[0])])) as s:
         assert s.gateway.telemetry.tracing is None
+
+
+async def test_with_telemetry_off_the_provider_gets_the_clients_own_bytes():
+    quiet = {"metrics": False, "access_log": False}
+    async with setup([{}], lambda f: config([target(f[0], default_model=MODEL)]), **quiet) as s:
+        assert s.gateway.telemetry is not None and not s.gateway.telemetry.enabled
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "stream": True}
+        sent = json.dumps(body).encode()
+        response = await s.client.post(
+            "/v1/chat/completions", content=sent, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 200
+        (received,) = [r for r in s.fakes[0].requests if not is_health_check(r)]
+        assert received.body == sent  # nothing asked on the client's behalf

@@ -379,7 +379,10 @@ class Dispatcher:
                 request_id=request.request_id,
             )
         )
-        hide_usage = translator is None and _usage_unasked(request, actor.format)
+        # Usage is read for telemetry only: with it all off, nothing is asked or parsed.
+        hide_usage = (
+            observe is not None and translator is None and _usage_unasked(request, actor.format)
+        )
         try:
             body = _provider_body(request, choice.model, translator, hide_usage)
         except ClientError as exc:
@@ -400,6 +403,7 @@ class Dispatcher:
             translator=translator,
             last_resort=choice.last_resort,
             hide_usage=hide_usage,
+            usage=observe is not None,
         )
         if not actor.submit(job, started):
             reply_send.close()

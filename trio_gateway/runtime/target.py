@@ -184,6 +184,8 @@ class Job:
     #: The gateway asked the provider for the stream's usage, not the client: keep it
     #: from the client (:class:`~trio_gateway.providers.watch.StreamWatch`).
     hide_usage: bool = False
+    #: Read the provider's usage of a whole answer (parsing it only for that).
+    usage: bool = True
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     ticket: Ticket = Ticket.NORMAL
     dequeued: bool = False
@@ -539,7 +541,7 @@ class TargetActor:
                     )
                 headers = passed_headers(response.headers, JSON_TYPE)
             else:
-                client_body, usage = body, _usage_of_bytes(body)
+                client_body, usage = body, _usage_of_bytes(body) if job.usage else None
                 headers = passed_headers(
                     response.headers, response.headers.get("content-type", JSON_TYPE)
                 )
