@@ -16,10 +16,12 @@ section suggests.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 import time
+import weakref
 from typing import Any, Literal, TextIO
 
 import orjson
@@ -117,16 +119,21 @@ class _Handler(logging.StreamHandler):
             super().flush()
 
 
+_handlers: weakref.WeakSet[_Handler] = weakref.WeakSet()
+
+
 class batch:
-    """Within it, log lines are flushed once at the end rather than one by one."""
+    """Within it, the lines of :func:`configure`'s handler are flushed once, at the end."""
 
     def __enter__(self) -> None:
         _batching[0] = True
 
     def __exit__(self, *exc: object) -> None:
         _batching[0] = False
-        for handler in logging.getLogger().handlers:
-            handler.flush()
+        for handler in list(_handlers):
+            # A closed stream: as logging itself would, go on.
+            with contextlib.suppress(OSError, ValueError):
+                handler.flush()
 
 
 def configure(
@@ -138,6 +145,7 @@ def configure(
     logging.logProcesses = False
     logging.logMultiprocessing = False
     handler = _Handler(stream or sys.stderr)
+    _handlers.add(handler)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
