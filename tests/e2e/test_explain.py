@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import trio
 
-from tests.e2e.conftest import KEY, config, setup, target
+from tests.e2e.conftest import KEY, config, setup, target, trail
 from trio_gateway.testing.fake import Fault
 from trio_gateway.testing.harness import is_health_check
 
@@ -168,3 +169,32 @@ async def test_a_key_of_another_gateway_is_not_explained_here():
         )
         assert response.status_code == 422
         assert "belongs to gateway 'other'" in response.text
+
+
+async def test_a_target_whose_queue_is_full_is_skipped_as_the_request_would_skip_it():
+    def busy(fakes):
+        return config(
+            [
+                target(fakes[0], priority=1, default_model=MODEL, max_in_flight=1),
+                target(fakes[1], priority=2, default_model=MODEL),
+            ],
+            service={"first_byte_timeout": 120, "request_timeout": 300},
+        )
+
+    async with setup([{"faults": [Fault.hang()]}, {}], busy) as s:
+        stuck, backup = s.target_ids()
+        async with trio.open_nursery() as nursery:
+            for _ in range(2):  # one in flight, one in its queue of one: full
+                nursery.start_soon(s.chat)
+                await trio.sleep(0.2)
+            told = await explain(s)
+            assert told["skipped"] == [
+                {"target": stuck, "outcome": "overloaded", "reason": "the target's queue is full"}
+            ]
+            verdicts = {t["id"]: t for t in told["targets"]}
+            assert verdicts[stuck]["reason"] == "capacity: its queue is full"
+            assert told["next_target"] == backup
+            response = await s.chat()
+            assert response.headers["x-selected-target"] == backup
+            assert trail(response) == [(stuck, "overloaded"), (backup, "200")]
+            nursery.cancel_scope.cancel()
