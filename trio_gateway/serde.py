@@ -40,18 +40,21 @@ from cattrs.errors import (
 from cattrs.gen import make_dict_unstructure_fn, make_mapping_structure_fn
 
 from trio_gateway.config import secrets
+from trio_gateway.config.faults import Fault, compact
 from trio_gateway.config.models import (
     ALGORITHM_ALIASES,
     Algorithm,
     ApiKey,
+    Credentials,
+    HealthChecks,
+    Target,
+)
+from trio_gateway.config.types import (
     BaseUrlT,
     Between,
-    Credentials,
     HeaderNameT,
     HeaderValueT,
-    HealthChecks,
     SecretT,
-    Target,
     Text,
     UrlPathT,
 )
@@ -424,6 +427,15 @@ def make_api_converter() -> cattrs.Converter:
     converter.register_unstructure_hook(Target, target)
     converter.register_unstructure_hook(HealthChecks, health_checks)
     converter.register_unstructure_hook(ApiKey, api_key)
+
+    def fault(cl: type[Fault]) -> Callable[[Fault], dict[str, Any]]:
+        """Faults are shown as written: only what differs from the defaults."""
+        plain = make_dict_unstructure_fn(cl, converter)
+        return lambda value: compact(value, plain(value))
+
+    converter.register_unstructure_hook_factory(
+        lambda tp: isinstance(tp, type) and issubclass(tp, Fault), fault
+    )
     return converter
 
 

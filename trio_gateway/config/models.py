@@ -21,47 +21,18 @@ from typing import Annotated
 
 import attrs
 
+from trio_gateway.config.types import (
+    BaseUrl,
+    Between,
+    HeaderName,
+    Headers,
+    ModelName,
+    Name,
+    Secret,
+    Text,
+    UrlPath,
+)
 from trio_gateway.errors import Problem
-
-# --- constrained scalar types (enforced by trio_gateway.serde) ----------------
-
-
-@attrs.frozen
-class Between:
-    """Inclusive numeric bounds; ``lo_open`` makes the lower bound exclusive."""
-
-    lo: float
-    hi: float
-    lo_open: bool = False
-
-
-@attrs.frozen
-class Text:
-    """A string of ``min_len``..``max_len`` characters with no control characters."""
-
-    min_len: int = 1
-    max_len: int = 256
-
-
-class HeaderNameT:
-    """An HTTP field name: an RFC 9110 token."""
-
-
-class HeaderValueT:
-    """An HTTP field value: visible characters, spaces and tabs only."""
-
-
-class SecretT:
-    """A credential: a non-empty HTTP field value."""
-
-
-class UrlPathT:
-    """An absolute URL path (``/v1/chat/completions``)."""
-
-
-class BaseUrlT:
-    """An ``http`` or ``https`` URL with a host and an optional path prefix."""
-
 
 #: Durations, in seconds: every one has a floor (no spinning, no probe floods, no
 #: budget too short to be met) and a ceiling (no request held for days).
@@ -94,8 +65,6 @@ FORBIDDEN_HEADERS = frozenset(
     }
 )
 
-Name = Annotated[str, Text(1, 200)]
-ModelName = Annotated[str, Text(1, 256)]
 Description = Annotated[str, Text(0, 2000)]
 Weight = Annotated[int, Between(1, 100)]
 Priority = Annotated[int, Between(1, 1000)]
@@ -103,12 +72,6 @@ Threshold = Annotated[int, Between(1, 1000)]
 RequestSeconds = Annotated[float, REQUEST_TIMEOUT_S]
 AttemptSeconds = Annotated[float, ATTEMPT_TIMEOUT_S]
 CheckSeconds = Annotated[float, CHECK_PERIOD_S]
-HeaderName = Annotated[str, HeaderNameT()]
-HeaderValue = Annotated[str, HeaderValueT()]
-Secret = Annotated[str, SecretT()]
-UrlPath = Annotated[str, UrlPathT()]
-BaseUrl = Annotated[str, BaseUrlT()]
-Headers = Mapping[HeaderName, HeaderValue]
 
 
 class Algorithm(enum.StrEnum):
