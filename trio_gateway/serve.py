@@ -175,6 +175,7 @@ async def serve(
                     applied=runtime.wait_applied,
                     build_failure=runtime.failure,
                     allowed_hosts=settings.admin_hosts,
+                    fault_injection=runtime.fault_injection,
                 ),
                 server.ConnectionLimits(settings.admin_max_body, settings.body_timeout),
                 closing=shutdown.is_set,

@@ -37,6 +37,7 @@ import trio
 
 from trio_gateway import serde
 from trio_gateway.config import secrets
+from trio_gateway.config.faults import FaultInjection
 from trio_gateway.config.models import (
     ApiKey,
     Credentials,
@@ -232,6 +233,30 @@ class Draft:
         self._check(entity)
         return self._put(entity)
 
+    def set_fault_injection(self, gateway_id: str, data: Any) -> Gateway:
+        """Update a gateway's ``fault_injection`` as a ``PUT`` would.
+
+        ``data`` is the setting's JSON: sent fields replace, omitted ones stay,
+        ``null`` resets one. Problems are named by their path in ``data``.
+        """
+        old = self.get(Kind.GATEWAY, gateway_id)
+        if not isinstance(data, dict):
+            raise ValidationFailed.single("$", "must be a JSON object")
+        base = serde.STORE.unstructure(old.fault_injection)
+        sent = {k: v for k, v in data.items() if k != "since"}
+        setting = serde.structure(_merge(base, sent, {"since"}), FaultInjection)
+        return self._set_fault_injection(old, setting)
+
+    def switch_off_faults(self, gateway_id: str) -> Gateway:
+        """The kill switch: the gateway's ``fault_injection`` back to its default (off, none)."""
+        return self._set_fault_injection(self.get(Kind.GATEWAY, gateway_id), FaultInjection())
+
+    def _set_fault_injection(self, old: Gateway, setting: FaultInjection) -> Gateway:
+        gateway = attrs.evolve(old, fault_injection=setting, updated_at=self.now)
+        gateway = _stamp_injection(gateway, old)
+        self._check(gateway)
+        return self._put(gateway)
+
     def set_api_key(self, entity: ApiKey, key: str) -> ApiKey:
         """Point an existing key entity at a new key (declared keys in the config file)."""
         return self._put(
@@ -303,6 +328,8 @@ class Draft:
         entity = attrs.evolve(entity, **stamps)
         if kind is Kind.UPSTREAM:
             entity = _finish_upstream(entity, old)
+        elif kind is Kind.GATEWAY:
+            entity = _stamp_injection(entity, old)
         return entity
 
     def _check(self, entity: Any) -> None:
@@ -522,6 +549,25 @@ def _finish_upstream(upstream: Upstream, old: Upstream | None) -> Upstream:
     )
 
 
+def _stamp_injection(gateway: Gateway, old: Gateway | None) -> Gateway:
+    """``fault_injection.since``: kept while the setting stays the same, else now.
+
+    ``window`` and ``flapping`` count from it, in every instance and across restarts
+    (a configuration file applied again at a start changes nothing). A setting at its
+    default (off, no faults) has none.
+    """
+    setting = gateway.fault_injection
+    if setting.same_as(FaultInjection()):
+        since = None
+    elif old is not None and setting.same_as(old.fault_injection):
+        since = old.fault_injection.since
+    else:
+        since = gateway.updated_at
+    if since == setting.since:
+        return gateway
+    return attrs.evolve(gateway, fault_injection=attrs.evolve(setting, since=since))
+
+
 def _endpoint(target: Target) -> tuple:
     secret = target.credentials.header_value if target.credentials else None
     return (target.provider, target.base_url, target.path, secret)
@@ -670,6 +716,12 @@ class Catalog:
         self, kind: Kind, entity_id: str, data: Any, gateway_id: str | None = None
     ) -> Any:
         return await self.write(lambda d: d.replace(kind, entity_id, data, gateway_id))
+
+    async def set_fault_injection(self, gateway_id: str, data: Any) -> Gateway:
+        return await self.write(lambda d: d.set_fault_injection(gateway_id, data))
+
+    async def switch_off_faults(self, gateway_id: str) -> Gateway:
+        return await self.write(lambda d: d.switch_off_faults(gateway_id))
 
     async def delete(self, kind: Kind, entity_id: str, gateway_id: str | None = None) -> None:
         await self.write(lambda d: d.delete(kind, entity_id, gateway_id))

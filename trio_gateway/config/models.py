@@ -21,6 +21,7 @@ from typing import Annotated
 
 import attrs
 
+from trio_gateway.config.faults import FaultInjection
 from trio_gateway.config.types import (
     BaseUrl,
     Between,
@@ -129,6 +130,8 @@ class Gateway:
     name: Name
     subdomain: Annotated[str, Text(1, 63)] | None = None
     status: GatewayStatus = GatewayStatus.ACTIVE
+    #: Faults injected into this gateway's live traffic: off unless an admin enables it.
+    fault_injection: FaultInjection = attrs.field(factory=FaultInjection)
     created_at: datetime | None = None
     updated_at: datetime | None = None
 

@@ -232,7 +232,7 @@ class FaultPlan:
         latency = chosen.get(LATENCY)
         response = chosen.get(RESPONSE)
         return Decision(
-            delay=self._delay(latency.fault) if latency is not None else 0.0,
+            delay=self.delay(latency.fault) if latency is not None else 0.0,
             response=response.fault if response is not None else None,
             fired=self._in_order(chosen),
         )
@@ -279,7 +279,8 @@ class FaultPlan:
         entry.fired += 1
         return True
 
-    def _delay(self, fault: Fault) -> float:
+    def delay(self, fault: Fault) -> float:
+        """A ``latency`` fault's delay: its ``seconds``, +/- a draw within its ``jitter``."""
         seconds = fault.seconds or 0.0
         if fault.jitter:
             seconds += self.rng.uniform(-fault.jitter, fault.jitter)

@@ -44,7 +44,7 @@ import trio
 from trio_gateway import jsonio
 from trio_gateway.config.models import ModelFallback, Upstream
 from trio_gateway.core.attempt import Budgets
-from trio_gateway.core.failover import AttemptRecord, Exchange, render_trail
+from trio_gateway.core.failover import AttemptRecord, Exchange, render_faults, render_trail
 from trio_gateway.core.health import HealthPolicy, State
 from trio_gateway.core.routing import Choice, ModelNotServed, TargetRoute, UpstreamPlan
 from trio_gateway.errors import (
@@ -59,6 +59,7 @@ from trio_gateway.errors import (
 from trio_gateway.providers import translate
 from trio_gateway.providers.formats import ApiFormat, error_body, stream_error_event
 from trio_gateway.runtime.ending import EndStreams
+from trio_gateway.runtime.injection import RequestFaults
 from trio_gateway.runtime.target import Committed, Ended, Failed, Job, Reply, TargetActor, Whole
 
 log = logging.getLogger("trio_gateway.dispatch")
@@ -88,6 +89,8 @@ class ClientRequest:
     stream: bool
     headers: Sequence[tuple[str, str]]
     request_id: str
+    #: Its gateway's fault injection, when enabled (``None``: nothing is injected).
+    faults: RequestFaults | None = None
 
 
 @attrs.frozen
@@ -232,6 +235,7 @@ class Dispatcher:
     ) -> ProxyResponse | None:
         """One attempt; its outcome goes to ``exchange``. A response means it answered."""
         started = trio.current_time()
+        fault = None
 
         def record(outcome: str, error: AttemptError | None = None) -> None:
             exchange.record(
@@ -242,6 +246,7 @@ class Dispatcher:
                     outcome,
                     (trio.current_time() - started) * 1000,
                     choice.last_resort,
+                    fault.describe() if fault is not None else None,
                 ),
                 error,
             )
@@ -282,6 +287,12 @@ class Dispatcher:
             error = TargetBusy("the target's queue is full")
             record(error.word, error)
             return None
+        if request.faults is not None:
+            # Decided once the job is taken (a refused one spends no fault), before any
+            # checkpoint: the actor has not dequeued it yet.
+            fault = job.fault = request.faults.attempt(
+                actor.target.id, choice.model, request.stream, exchange.made + 1, actor.format
+            )
 
         committed = False
         try:
@@ -348,6 +359,8 @@ class Dispatcher:
             headers = [("X-Request-Id", request.request_id)]
             if exchange.trail:
                 headers.append(("X-Gateway-Attempts", render_trail(exchange.trail)))
+                if (faults := render_faults(exchange.trail)) is not None:
+                    headers.append(("X-Gateway-Fault", faults))
         else:
             headers = _selection_headers(
                 request, record.provider, record.model, record.target_id, exchange.trail
@@ -397,13 +410,16 @@ def _foreign(request: ClientRequest) -> list[tuple[str, str]]:
 def _selection_headers(
     request: ClientRequest, provider: str, model: str, target_id: str, trail: list[AttemptRecord]
 ) -> list[tuple[str, str]]:
-    return [
+    headers = [
         ("X-Selected-Provider", provider),
         ("X-Selected-Model", model),
         ("X-Selected-Target", target_id),
         ("X-Request-Id", request.request_id),
         ("X-Gateway-Attempts", render_trail(trail)),
     ]
+    if request.faults is not None and (faults := render_faults(trail)) is not None:
+        headers.append(("X-Gateway-Fault", faults))
+    return headers
 
 
 def _provider_body(

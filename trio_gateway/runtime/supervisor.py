@@ -53,6 +53,7 @@ from trio_gateway.providers.endpoints import PROVIDERS, Endpoint
 from trio_gateway.runtime.clients import ClientPool
 from trio_gateway.runtime.dispatcher import Dispatcher, Limits, health_policy
 from trio_gateway.runtime.ending import EndStreams
+from trio_gateway.runtime.injection import Injection
 from trio_gateway.runtime.target import TargetActor, TargetStatistics
 
 log = logging.getLogger("trio_gateway.runtime")
@@ -79,17 +80,21 @@ class KeyRoute:
     active: bool
     #: Seconds since the epoch; infinity when the key never expires.
     expires: float
+    #: What a fault of the gateway's fault injection may select it by, with ``id``.
+    name: str = ""
 
     @classmethod
     def of(cls, key: ApiKey) -> KeyRoute:
         expires = key.expires_at.timestamp() if key.expires_at else math.inf
-        return cls(key.id, key.gateway_id, key.active, expires)
+        return cls(key.id, key.gateway_id, key.active, expires, key.name)
 
 
 @attrs.frozen
 class GatewayRoute:
     gateway: Gateway
     rules: tuple[CompiledRule, ...]
+    #: Its fault injection, when enabled (``None``: off, the usual case).
+    injection: Injection | None = None
 
     @property
     def active(self) -> bool:
@@ -244,6 +249,8 @@ class Runtime:
         self.failures: dict[str, BuildFailure] = {}
         self._orphans: dict[str, Service] = {}
         self._actors: dict[tuple[str, str], TargetActor] = {}
+        #: Each enabled gateway's fault injection, by gateway id.
+        self._injections: dict[str, Injection] = {}
         self._nursery: trio.Nursery | None = None
         self._clients: ClientPool | None = None
         self._applied = 0
@@ -324,13 +331,16 @@ class Runtime:
                 dispatchers[upstream.id] = previous
             else:
                 dispatchers[upstream.id] = Dispatcher.build(upstream, members, self.end_streams)
-        table = _compile(snapshot, dispatchers, failures)
+        injections = self._plan_injections(snapshot)
+        table = _compile(snapshot, dispatchers, failures, injections)
 
         for update in updates:
             update()
         for dispatcher in dispatchers.values():
+            injection = injections.get(dispatcher.upstream.gateway_id)
             for member in dispatcher.actors:
                 member.health.may_eject = dispatcher.may_eject
+                member.injection = injection
         for actor in fresh:
             self._nursery.start_soon(self._supervise, actor)
         for key, actor in self._actors.items():
@@ -338,8 +348,27 @@ class Runtime:
                 actor.retire()
         self._actors = actors
         self.table = table
+        for gateway_id, injection in self._injections.items():
+            if injections.get(gateway_id) is not injection:
+                injection.switch_off()
+        self._injections = injections
         self._report(failures)
         self._report_orphans(snapshot)
+
+    def _plan_injections(self, snapshot: Snapshot) -> dict[str, Injection]:
+        """Each enabled gateway's fault injection: the running one while its setting is
+        the same (its counters go on), else a new one."""
+        injections = {}
+        for gateway in snapshot.gateways.values():
+            setting = gateway.fault_injection
+            if not setting.enabled:
+                continue
+            running = self._injections.get(gateway.id)
+            if running is not None and running.setting == setting:
+                injections[gateway.id] = running
+            else:
+                injections[gateway.id] = Injection.start(setting)
+        return injections
 
     def _plan_actors(
         self, upstream: Upstream
@@ -457,6 +486,10 @@ class Runtime:
             return None
         return [actor.statistics() for actor in dispatcher.actors]
 
+    def fault_injection(self, gateway_id: str) -> Injection | None:
+        """The gateway's fault injection in force in this process, if enabled."""
+        return self._injections.get(gateway_id)
+
     def failure(self, upstream_id: str) -> BuildFailure | None:
         """Why ``upstream_id`` could not be built at the last change, if it could not."""
         return self.failures.get(upstream_id)
@@ -493,9 +526,11 @@ def _compile(
     snapshot: Snapshot,
     dispatchers: Mapping[str, Dispatcher],
     failures: Mapping[str, BuildFailure] | None = None,
+    injections: Mapping[str, Injection] | None = None,
 ) -> RouteTable:
     """The route table; references that lead nowhere (a store edited by hand) are skipped."""
     failures = failures or {}
+    injections = injections or {}
     rules_by_gateway: dict[str, list] = {gid: [] for gid in snapshot.gateways}
     for rule in snapshot.rules.values():
         if rule.gateway_id in rules_by_gateway:
@@ -529,7 +564,7 @@ def _compile(
         generation=snapshot.generation,
         keys={k.key_hash: KeyRoute.of(k) for k in snapshot.api_keys.values()},
         gateways={
-            gid: GatewayRoute(gateway, compile_rules(rules_by_gateway[gid]))
+            gid: GatewayRoute(gateway, compile_rules(rules_by_gateway[gid]), injections.get(gid))
             for gid, gateway in snapshot.gateways.items()
         },
         subdomains={g.subdomain: g.id for g in snapshot.gateways.values() if g.subdomain},

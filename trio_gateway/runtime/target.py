@@ -90,6 +90,7 @@ from trio_gateway.providers.formats import ApiFormat
 from trio_gateway.providers.passthrough import PassthroughStream
 from trio_gateway.providers.translate import Translator
 from trio_gateway.providers.watch import MALFORMED, StreamWatch
+from trio_gateway.runtime.injection import EXTENSION, ArmedFault, Injection, check_fault
 
 log = logging.getLogger("trio_gateway.target")
 
@@ -175,6 +176,8 @@ class Job:
     translator: Translator | None = None
     #: Tried although out of rotation (nothing in rotation could serve).
     last_resort: bool = False
+    #: Faults injected into this attempt's provider call (a gateway's fault injection).
+    fault: ArmedFault | None = None
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     ticket: Ticket = Ticket.NORMAL
     dequeued: bool = False
@@ -233,6 +236,8 @@ class TargetActor:
         self.recent: collections.deque[tuple[float, str]] = collections.deque(maxlen=RECENT)
         #: Set by the supervisor while a crashed :meth:`run` waits to restart.
         self.restarting = False
+        #: Its gateway's fault injection, set by the runtime: the checks get its faults too.
+        self.injection: Injection | None = None
         #: At most this many requests at once; as many more may wait in the queue.
         self.max_in_flight = target.max_in_flight or MAX_IN_FLIGHT
         self._send, self._receive = trio.open_memory_channel[Job](
@@ -363,9 +368,12 @@ class TargetActor:
         )
         self.probes += 1
         result, error, wait = Check.FAILED, "timed out", None
+        fault = check_fault(self.injection, self.target.id, None, False, self.format)
         with trio.move_on_after(min(checks.interval, PROBE_TIMEOUT_S)):
             try:
-                response = await client.get(url, headers=headers)
+                response = await client.get(
+                    url, headers=headers, extensions={EXTENSION: fault} if fault else None
+                )
             except Exception as exc:  # an unusable probe is a failed probe, never a crash
                 error = type(exc).__name__
             else:
@@ -406,6 +414,7 @@ class TargetActor:
             budgets=CHECK_BUDGETS,
             client_format=self.format,
             reply=send,
+            fault=check_fault(self.injection, self.target.id, model, stream, self.format),
         )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_discard, receive)
@@ -465,6 +474,8 @@ class TargetActor:
             headers=self.endpoint.request_headers(job.headers),
             content=job.body,
         )
+        if job.fault is not None:
+            request.extensions[EXTENSION] = job.fault
         response = None
         with trio.move_on_at(budget.timer):
             try:

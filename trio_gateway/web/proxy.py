@@ -11,6 +11,10 @@ Only lookups happen here: the route table was compiled when the configuration
 changed, the body is parsed once and forwarded as the bytes it came as unless
 the model or the dialect changes. Of the client's headers only an explicit set
 per dialect is forwarded (:data:`FORWARDED`).
+
+A request may name a fault for itself (``X-Gateway-Fault``, never forwarded): it is
+refused (``403``) unless its gateway's fault injection is enabled and takes such
+faults (:mod:`trio_gateway.runtime.injection`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from werkzeug.exceptions import HTTPException
 
 from trio_gateway import jsonio
 from trio_gateway.config.secrets import hash_api_key
+from trio_gateway.core.injection import HEADER as FAULT_HEADER
 from trio_gateway.core.routing import match_rule
 from trio_gateway.errors import (
     AuthenticationFailed,
@@ -43,6 +48,7 @@ from trio_gateway.errors import (
 )
 from trio_gateway.providers.formats import ApiFormat, error_body
 from trio_gateway.runtime.dispatcher import ClientRequest
+from trio_gateway.runtime.injection import named_fault, request_faults
 from trio_gateway.runtime.supervisor import (
     GatewayRoute,
     KeyRoute,
@@ -195,6 +201,10 @@ async def _proxy(
         )
     fmt, _ = known
     _service_route(table, rule.service_id)  # before reading a body for nothing
+    header = wanted.get(FAULT_HEADER)
+    named = (
+        named_fault(gateway.injection, header, gateway.gateway.name) if header is not None else None
+    )
     if fmt is None:
         return _models(_service_route(table, rule.service_id), wanted, request_id)
     encoding = wanted.get("content-encoding", "identity").strip().lower()
@@ -220,6 +230,17 @@ async def _proxy(
     # Reading the body took time: follow the configuration as it is now.
     route = _service_route(runtime.table, rule.service_id)
     upstream_id = route.service.upstream_id
+    faults = None
+    if named is not None or gateway.injection is not None:
+        faults = request_faults(
+            gateway.injection,
+            named,
+            path=endpoint,
+            key_id=key.id if key is not None else None,
+            key_name=key.name if key is not None else None,
+            stream=stream is True,
+            targets=[t.id for t in route.dispatcher.upstream.targets],
+        )
     result = await route.dispatcher.exchange(
         ClientRequest(
             format=fmt,
@@ -229,6 +250,7 @@ async def _proxy(
             stream=stream is True,
             headers=[(n, v) for n, v in candidates if n in FORWARDED[fmt]],
             request_id=request_id,
+            faults=faults,
         ),
         route.limits,
         lambda: runtime.table.dispatchers.get(upstream_id),
@@ -260,6 +282,7 @@ WANTED = frozenset(
         "host",
         "anthropic-version",
         "content-encoding",
+        FAULT_HEADER,
     }
 )
 
