@@ -307,6 +307,20 @@ def _strict_attrs(cl: type, converter: cattrs.Converter) -> Callable[[Any, type]
     return structure
 
 
+def _fault(cl: type, converter: cattrs.Converter) -> Callable[[Any, type], Any]:
+    """A fault from an object, or from its bare kind name (``"hang"``)."""
+    inner = _strict_attrs(cl, converter)
+
+    def structure(value: Any, _: type) -> Any:
+        return inner({"kind": value} if type(value) is str else value, cl)
+
+    return structure
+
+
+def _is_fault(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, Fault)
+
+
 def _is_homogeneous_tuple(tp: Any) -> bool:
     args = get_args(tp)
     return get_origin(tp) is tuple and len(args) == 2 and args[1] is Ellipsis
@@ -373,6 +387,7 @@ def _make_base(*, check_values: bool = True) -> cattrs.Converter:
     converter.register_structure_hook(enum.StrEnum, _enum)
     converter.register_structure_hook(enum.Enum, _enum)
     converter.register_structure_hook_factory(attrs.has, _strict_attrs)
+    converter.register_structure_hook_factory(_is_fault, _fault)
     converter.register_structure_hook(datetime, _datetime)
     converter.register_structure_hook_factory(
         lambda tp: _constraint(tp) is not None,
@@ -433,9 +448,7 @@ def make_api_converter() -> cattrs.Converter:
         plain = make_dict_unstructure_fn(cl, converter)
         return lambda value: compact(value, plain(value))
 
-    converter.register_unstructure_hook_factory(
-        lambda tp: isinstance(tp, type) and issubclass(tp, Fault), fault
-    )
+    converter.register_unstructure_hook_factory(_is_fault, fault)
     return converter
 
 

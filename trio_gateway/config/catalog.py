@@ -251,6 +251,14 @@ class Draft:
         """The kill switch: the gateway's ``fault_injection`` back to its default (off, none)."""
         return self._set_fault_injection(self.get(Kind.GATEWAY, gateway_id), FaultInjection())
 
+    def switch_off_all_faults(self) -> list[Gateway]:
+        """The kill switch of every gateway at once; returns those that had a setting."""
+        return [
+            self.switch_off_faults(gateway.id)
+            for gateway in list(self._entities[Kind.GATEWAY].values())
+            if not gateway.fault_injection.same_as(FaultInjection())
+        ]
+
     def _set_fault_injection(self, old: Gateway, setting: FaultInjection) -> Gateway:
         gateway = attrs.evolve(old, fault_injection=setting, updated_at=self.now)
         gateway = _stamp_injection(gateway, old)
@@ -550,17 +558,18 @@ def _finish_upstream(upstream: Upstream, old: Upstream | None) -> Upstream:
 
 
 def _stamp_injection(gateway: Gateway, old: Gateway | None) -> Gateway:
-    """``fault_injection.since``: kept while the setting stays the same, else now.
+    """``fault_injection.since``: kept while the faults stay the same, else now.
 
     ``window`` and ``flapping`` count from it, in every instance and across restarts
     (a configuration file applied again at a start changes nothing). A setting at its
     default (off, no faults) has none.
     """
     setting = gateway.fault_injection
+    before = old.fault_injection if old is not None else None
     if setting.same_as(FaultInjection()):
         since = None
-    elif old is not None and setting.same_as(old.fault_injection):
-        since = old.fault_injection.since
+    elif before is not None and before.since is not None and setting.same_clock(before):
+        since = before.since
     else:
         since = gateway.updated_at
     if since == setting.since:
@@ -722,6 +731,9 @@ class Catalog:
 
     async def switch_off_faults(self, gateway_id: str) -> Gateway:
         return await self.write(lambda d: d.switch_off_faults(gateway_id))
+
+    async def switch_off_all_faults(self) -> list[Gateway]:
+        return await self.write(lambda d: d.switch_off_all_faults())
 
     async def delete(self, kind: Kind, entity_id: str, gateway_id: str | None = None) -> None:
         await self.write(lambda d: d.delete(kind, entity_id, gateway_id))

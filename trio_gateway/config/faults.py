@@ -434,8 +434,8 @@ class FaultInjection:
     * ``expires_at``: the whole setting stops applying at this time (a forgotten game
       day ends by itself);
     * ``seed``: seeds ``probability`` and ``jitter`` (``None``: a fresh seed);
-    * ``since``: when ``faults`` were last set, assigned by the gateway: ``window`` and
-      ``flapping`` count from then.
+    * ``since``: when ``faults`` (or ``seed``) were last set, or injection enabled,
+      assigned by the gateway: ``window`` and ``flapping`` count from then.
     """
 
     enabled: bool = False
@@ -453,8 +453,20 @@ class FaultInjection:
             )
 
     def same_as(self, other: FaultInjection) -> bool:
-        """Equal but for ``since``: the faults did not change."""
+        """Equal but for ``since``."""
         return attrs.evolve(self, since=other.since) == other
+
+    def same_clock(self, other: FaultInjection) -> bool:
+        """Do this setting's faults count on from ``other``'s ``since``?
+
+        Yes unless the faults or the seed changed, or injection was enabled now:
+        ``header_faults`` and ``expires_at`` are switches, not a new game.
+        """
+        return (
+            self.faults == other.faults
+            and self.seed == other.seed
+            and (other.enabled or not self.enabled)
+        )
 
 
 # --- JSON ----------------------------------------------------------------------------

@@ -159,7 +159,7 @@ def parse_header(value: str) -> HeaderFault:
     try:
         fault = serde.structure(data, Fault)
     except ValidationFailed as exc:
-        named = [Problem(head, p.msg) if p.loc == "kind" else p for p in exc.details]
+        named = [Problem(repr(head), p.msg) if p.loc == "kind" else p for p in exc.details]
         raise _bad_problems(named) from None
     if target is not None and not attempts_given:
         attempts = None  # the attempt on that target, whenever it comes

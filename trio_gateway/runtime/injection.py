@@ -77,14 +77,25 @@ class Injection:
         self.setting = setting
         self.injector = injector
         self._off = trio.Event()
+        #: Set (and replaced) whenever the switch or the expiry changes: waits look again.
+        self._changed = trio.Event()
 
     @classmethod
     def start(cls, setting: FaultInjection) -> Injection:
         """In force from now; ``window`` and ``flapping`` count from the setting's ``since``."""
         now, wall = trio.current_time(), time.time()
         origin = now - max(0.0, wall - setting.since.timestamp()) if setting.since else now
-        expires = now + (setting.expires_at.timestamp() - wall) if setting.expires_at else math.inf
-        return cls(setting, Injector.of(setting, origin=origin, expires=expires))
+        return cls(setting, Injector.of(setting, origin=origin, expires=_expires(setting)))
+
+    def continues(self, setting: FaultInjection) -> bool:
+        """Is ``setting`` this one with its faults unchanged (its counters go on)?"""
+        return self.setting.since == setting.since and setting.same_clock(self.setting)
+
+    def adopt(self, setting: FaultInjection) -> None:
+        """Take the switches of ``setting`` (``header_faults``, ``expires_at``): see :meth:`continues`."""
+        self.setting = self.injector.setting = setting
+        self.injector.expires = _expires(setting)
+        self._wake()
 
     @property
     def expires(self) -> float:
@@ -93,6 +104,11 @@ class Injection:
     def switch_off(self) -> None:
         """Stop injecting, at once: waits in flight end and their attempts carry on."""
         self._off.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
 
     @property
     def off(self) -> bool:
@@ -104,11 +120,23 @@ class Injection:
 
     async def wait(self, seconds: float) -> None:
         """Sleep ``seconds`` (``inf``: for ever), or less: until switched off or expired."""
-        with trio.move_on_at(min(trio.current_time() + seconds, self.expires)):
-            await self._off.wait()
+        until = trio.current_time() + seconds
+        while not self._off.is_set():
+            deadline = min(until, self.expires)
+            if trio.current_time() >= deadline:
+                return
+            with trio.move_on_at(deadline):
+                await self._changed.wait()
 
     def statistics(self) -> InjectorStatistics:
         return self.injector.statistics()
+
+
+def _expires(setting: FaultInjection) -> float:
+    """``expires_at`` on Trio's clock."""
+    if setting.expires_at is None:
+        return math.inf
+    return trio.current_time() + (setting.expires_at.timestamp() - time.time())
 
 
 @attrs.frozen

@@ -331,7 +331,7 @@ class Runtime:
                 dispatchers[upstream.id] = previous
             else:
                 dispatchers[upstream.id] = Dispatcher.build(upstream, members, self.end_streams)
-        injections = self._plan_injections(snapshot)
+        injections = self._plan_injections(snapshot, updates)
         table = _compile(snapshot, dispatchers, failures, injections)
 
         for update in updates:
@@ -355,16 +355,20 @@ class Runtime:
         self._report(failures)
         self._report_orphans(snapshot)
 
-    def _plan_injections(self, snapshot: Snapshot) -> dict[str, Injection]:
-        """Each enabled gateway's fault injection: the running one while its setting is
-        the same (its counters go on), else a new one."""
+    def _plan_injections(
+        self, snapshot: Snapshot, updates: list[Callable[[], None]]
+    ) -> dict[str, Injection]:
+        """Each enabled gateway's fault injection: the running one while its faults are the
+        same (its counters go on; it adopts new switches in ``updates``), else a new one."""
         injections = {}
         for gateway in snapshot.gateways.values():
             setting = gateway.fault_injection
             if not setting.enabled:
                 continue
             running = self._injections.get(gateway.id)
-            if running is not None and running.setting == setting:
+            if running is not None and running.continues(setting):
+                if running.setting != setting:
+                    updates.append(partial(running.adopt, setting))
                 injections[gateway.id] = running
             else:
                 injections[gateway.id] = Injection.start(setting)

@@ -304,6 +304,7 @@ def create_admin_app(
                 "version": __version__,
                 "gateways": f"{API}/gateways",
                 "collections": sorted(f"{API}/gateways/{{gateway_id}}/{c}" for c in COLLECTIONS),
+                "faults": f"{API}/faults",
             }
         )
 
@@ -387,6 +388,28 @@ def create_admin_app(
     def faults_view(gateway: Gateway) -> dict[str, Any]:
         injection = fault_injection(gateway.id) if fault_injection is not None else None
         return _faults_json(gateway, injection, catalog)
+
+    @app.get(f"{API}/faults")
+    async def list_faults() -> Response:
+        """Every gateway whose fault injection is enabled."""
+        return json_response(
+            {
+                "gateways": [
+                    {"id": g.id, "name": g.name, **faults_view(g)}
+                    for g in catalog.list(Kind.GATEWAY)
+                    if g.fault_injection.enabled
+                ]
+            }
+        )
+
+    @app.delete(f"{API}/faults")
+    async def delete_all_faults() -> Response:
+        """The kill switch of every gateway at once."""
+        gateways = await catalog.switch_off_all_faults()
+        for gateway in gateways:
+            _log_faults(gateway)
+        await settle()
+        return json_response({"switched_off": [{"id": g.id, "name": g.name} for g in gateways]})
 
     @app.get(f"{API}/gateways/<gateway_id>/faults")
     async def get_faults(gateway_id: str) -> Response:
