@@ -395,7 +395,8 @@ async def test_switches_change_without_restarting_the_faults(autojump_clock):
         assert stats["faults"] == [{"matched": 3, "fired": 1}]
 
 
-async def test_the_admin_api_of_a_gateways_faults():
+async def test_the_admin_api_of_a_gateways_faults(caplog: pytest.LogCaptureFixture):
+    caplog.set_level("INFO", "trio_gateway.runtime")
     async with setup([{}], injecting()) as s:
         url = f"/gateways/{s.gateway_id}/faults"
         shown = (await s.admin.get(url)).json()
@@ -431,6 +432,15 @@ async def test_the_admin_api_of_a_gateways_faults():
         data = good.json()
         assert data["faults"] == [{"kind": "error", "status": 503, "keys": ["nobody"]}]
         assert data["active"] is True and data["since"] is not None
+        (started,) = [r for r in caplog.records if r.getMessage() == "fault injection in force"]
+        assert started.levelname == "WARNING"
+        assert started.fields == {  # type: ignore[attr-defined]
+            "gateway_id": s.gateway_id,
+            "name": "e2e",
+            "faults": 1,
+            "header_faults": True,
+            "expires_at": None,
+        }
         assert data["warnings"] == [
             "faults[0].keys[0]: no API key of this gateway has the name or id 'nobody'"
         ]
@@ -442,6 +452,7 @@ async def test_the_admin_api_of_a_gateways_faults():
         assert gateway["fault_injection"]["faults"] == data["faults"]
         put = await s.admin.put(f"/gateways/{s.gateway_id}", json={"fault_injection": None})
         assert put.json()["fault_injection"]["enabled"] is False
+        assert "fault injection switched off" in caplog.messages
         assert (await s.admin.get(url)).json()["active"] is False
         null = await s.admin.put(url, content=b"null", headers={"content-type": "application/json"})
         assert null.status_code == 422  # not a kill switch by accident

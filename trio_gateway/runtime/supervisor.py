@@ -351,6 +351,7 @@ class Runtime:
         for gateway_id, injection in self._injections.items():
             if injections.get(gateway_id) is not injection:
                 injection.switch_off()
+        _log_injections(snapshot, self._injections, injections)
         self._injections = injections
         self._report(failures)
         self._report_orphans(snapshot)
@@ -524,6 +525,31 @@ class Runtime:
             }
             for service in self._orphans.values()
         ]
+
+
+def _log_injections(
+    snapshot: Snapshot, before: Mapping[str, Injection], after: Mapping[str, Injection]
+) -> None:
+    """Fault injection breaks traffic on purpose: say loudly when it starts, and when it ends."""
+    for gateway_id, injection in after.items():
+        if before.get(gateway_id) is not injection:
+            setting = injection.setting
+            log.warning(
+                "fault injection in force",
+                extra={
+                    "fields": {
+                        "gateway_id": gateway_id,
+                        "name": snapshot.gateways[gateway_id].name,
+                        "faults": len(setting.faults),
+                        "header_faults": setting.header_faults,
+                        "expires_at": setting.expires_at.isoformat()
+                        if setting.expires_at
+                        else None,
+                    }
+                },
+            )
+    for gateway_id in before.keys() - after.keys():
+        log.info("fault injection switched off", extra={"fields": {"gateway_id": gateway_id}})
 
 
 def _compile(

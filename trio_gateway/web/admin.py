@@ -407,7 +407,7 @@ def create_admin_app(
         """The kill switch of every gateway at once."""
         gateways = await catalog.switch_off_all_faults()
         for gateway in gateways:
-            _log_faults(gateway)
+            _log_write("updated", gateway)
         await settle()
         return json_response({"switched_off": [{"id": g.id, "name": g.name} for g in gateways]})
 
@@ -418,14 +418,14 @@ def create_admin_app(
     @app.put(f"{API}/gateways/<gateway_id>/faults")
     async def put_faults(gateway_id: str) -> Response:
         gateway = await catalog.set_fault_injection(gateway_id, await read_json(max_body))
-        _log_faults(gateway)
+        _log_write("updated", gateway)
         await settle()
         return json_response(faults_view(gateway))
 
     @app.delete(f"{API}/gateways/<gateway_id>/faults")
     async def delete_faults(gateway_id: str) -> Response:
         gateway = await catalog.switch_off_faults(gateway_id)
-        _log_faults(gateway)
+        _log_write("updated", gateway)
         await settle()
         return json_response(faults_view(gateway))
 
@@ -492,22 +492,6 @@ def _fault_warnings(gateway: Gateway, catalog: Catalog) -> list[str]:
             if target not in targets
         ]
     return warnings
-
-
-def _log_faults(gateway: Gateway) -> None:
-    """Fault injection breaks traffic on purpose: every change is logged, an enabling loudly."""
-    setting = gateway.fault_injection
-    fields = {
-        "gateway_id": gateway.id,
-        "name": gateway.name,
-        "enabled": setting.enabled,
-        "faults": len(setting.faults),
-        "header_faults": setting.header_faults,
-    }
-    if setting.enabled:
-        log.warning("fault injection enabled", extra={"fields": fields})
-    else:
-        log.info("fault injection off", extra={"fields": fields})
 
 
 def _health(stats: TargetStatistics) -> dict[str, Any]:
