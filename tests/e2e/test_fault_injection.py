@@ -346,6 +346,49 @@ async def test_stream_faults_bend_the_providers_real_stream(autojump_clock):
         assert attempts(response)[0]["fault"] == "slow_first_token"
 
 
+@pytest.mark.parametrize(
+    ("fault", "stream", "first", "answered_by"),
+    [
+        ("500", False, "500", "backup"),
+        ("rate_limit", False, "429", "backup"),
+        ("close", False, "protocol_error", "backup"),
+        ("reset", True, "read_error", "backup"),
+        ("hang_after_headers", False, "body_timeout", "backup"),
+        ("hang_after_headers", True, "first_byte_timeout", "backup"),
+        ("malformed_event; after_chunks=0", True, "protocol_error", "backup"),
+        ("error_event; after_chunks=0", True, "stream_error", "backup"),
+        ("latency; seconds=3", False, "200", "primary"),
+        ("no_terminator", True, "200", "primary"),
+    ],
+)
+async def test_every_kind_acts_in_front_of_the_provider(
+    autojump_clock, fault: str, stream: bool, first: str, answered_by: str
+):
+    service = {"first_byte_timeout": 5, "body_timeout": 5}
+    async with setup([{}, {}], injecting({"enabled": True}, service=service)) as s:
+        primary, backup = s.target_ids()
+        started = trio.current_time()
+        response = await s.client.post(
+            "/v1/chat/completions",
+            json={**_chat("hi"), "stream": stream},
+            headers={"X-Gateway-Fault": fault},
+        )
+        elapsed = trio.current_time() - started
+        assert response.status_code == 200, response.text
+        trail = attempts(response)
+        assert (trail[0]["target"], trail[0]["outcome"]) == (primary, first)
+        assert trail[0]["fault"] == fault.split(";")[0].replace("500", "error")
+        expected = primary if answered_by == "primary" else backup
+        assert response.headers["x-selected-target"] == expected
+        if stream:  # every stream the client gets is whole, whatever the provider did
+            assert sse_events(response.text)[-1] == (None, "[DONE]")
+        if fault.startswith("latency"):
+            assert elapsed == pytest.approx(3, abs=0.1)
+        # Answered by the fault: the provider never saw the attempt; bent: it did.
+        bent = fault.split(";")[0] in ("malformed_event", "error_event", "no_terminator", "latency")
+        assert len(s.fakes[0].requests) == (1 if bent else 0)
+
+
 async def test_an_expired_setting_stops_by_itself(autojump_clock):
     service = {"first_byte_timeout": 120, "request_timeout": 300}
     async with setup([{}], injecting(service=service), timeout=600) as s:
