@@ -203,6 +203,9 @@ class Target:
     headers: Headers = attrs.field(factory=dict)
     #: Requests sent to this target at once (as many more may queue); ``None``: 1024.
     max_in_flight: Annotated[int, Between(1, 100_000)] | None = None
+    #: Whether it serves OpenAI's Responses API (``/v1/responses``) itself, or is sent
+    #: Responses requests translated to its chat API; ``None``: only ``openai`` does.
+    native_responses: bool | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -243,6 +246,9 @@ class Upstream:
     model_fallback: ModelFallback = ModelFallback.DEFAULT_MODEL
     #: ``max_tokens`` sent to Anthropic-format targets when an OpenAI client gave none.
     default_max_tokens: Annotated[int, Between(1, 1_000_000)] = 4096
+    #: ``GET /v1/models`` leaves out a model of this upstream while every target
+    #: serving it here is ejected.
+    hide_ejected_models: bool = False
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
@@ -374,6 +380,13 @@ def check_upstream(upstream: Upstream) -> list[Problem]:
             problems.append(
                 Problem(
                     f"targets[{i}].base_url", f"is required for provider {target.provider.value!r}"
+                )
+            )
+        if target.native_responses and target.provider is Provider.ANTHROPIC:
+            problems.append(
+                Problem(
+                    f"targets[{i}].native_responses",
+                    "Anthropic has no Responses API: Responses requests are translated to Messages",
                 )
             )
         if len(set(target.models)) != len(target.models):

@@ -47,6 +47,7 @@ from trio_gateway.config.models import (
     Upstream,
 )
 from trio_gateway.core.attempt import Budgets
+from trio_gateway.core.listing import ModelLists, compile_model_lists
 from trio_gateway.core.routing import CompiledRule, compile_rules
 from trio_gateway.errors import Problem
 from trio_gateway.providers.endpoints import PROVIDERS, Endpoint
@@ -90,6 +91,8 @@ class KeyRoute:
 class GatewayRoute:
     gateway: Gateway
     rules: tuple[CompiledRule, ...]
+    #: What ``GET <base>/models`` lists, by base (see :mod:`trio_gateway.core.listing`).
+    models: Mapping[str, ModelLists] = attrs.field(factory=dict)
 
     @property
     def active(self) -> bool:
@@ -181,7 +184,8 @@ def plan_upstream(upstream: Upstream, base_urls: Mapping[str, str] | None = None
         try:
             endpoint = Endpoint.of(target)
             # The HTTP client parses these URLs for every request and probe.
-            httpx2.URL(endpoint.url_for("model"))
+            for _, url in endpoint.urls:
+                httpx2.URL(url.replace("{model}", "model"))
             httpx2.URL(endpoint.probe_url(upstream.health_checks.path))
             httpx2.Headers(endpoint.request_headers(()))
         except Exception as exc:
@@ -525,13 +529,15 @@ def _compile(
                 max_attempts=service.max_attempts,
             ),
         )
+    upstreams = {sid: route.dispatcher.upstream for sid, route in services.items()}
+    gateways = {}
+    for gid, gateway in snapshot.gateways.items():
+        rules = compile_rules(rules_by_gateway[gid])
+        gateways[gid] = GatewayRoute(gateway, rules, compile_model_lists(rules, upstreams))
     return RouteTable(
         generation=snapshot.generation,
         keys={k.key_hash: KeyRoute.of(k) for k in snapshot.api_keys.values()},
-        gateways={
-            gid: GatewayRoute(gateway, compile_rules(rules_by_gateway[gid]))
-            for gid, gateway in snapshot.gateways.items()
-        },
+        gateways=gateways,
         subdomains={g.subdomain: g.id for g in snapshot.gateways.values() if g.subdomain},
         services=services,
         dispatchers=dispatchers,

@@ -86,9 +86,9 @@ from trio_gateway.errors import (
     UpstreamTimeout,
 )
 from trio_gateway.providers.endpoints import Endpoint
-from trio_gateway.providers.formats import ApiFormat
+from trio_gateway.providers.formats import Api, ApiFormat
 from trio_gateway.providers.passthrough import PassthroughStream
-from trio_gateway.providers.translate import Translator
+from trio_gateway.providers.translate import ResponsesPassthroughStream, Translator
 from trio_gateway.providers.watch import MALFORMED, StreamWatch
 
 log = logging.getLogger("trio_gateway.target")
@@ -171,6 +171,10 @@ class Job:
     budgets: Budgets
     client_format: ApiFormat
     reply: trio.MemorySendChannel[Reply]
+    #: The client's API, and the target's API it is sent to (the same, or the one a
+    #: translator writes for): which URL, which stream grammar.
+    api: Api
+    provider_api: Api
     #: ``None``: the provider speaks the client's dialect.
     translator: Translator | None = None
     #: Tried although out of rotation (nothing in rotation could serve).
@@ -217,9 +221,14 @@ class TargetActor:
         self.target = target
         self.checks = checks or HealthChecks()
         self.endpoint = Endpoint.of(target)
-        #: Parsed once: httpx would parse the URL string on every request.
-        self._url = None if "{model}" in self.endpoint.url else httpx2.URL(self.endpoint.url)
+        #: Each API's URL, parsed once (httpx would parse a string on every request);
+        #: a template with ``{model}`` stays a string.
+        self._urls: dict[Api, httpx2.URL | str] = {
+            api: url if "{model}" in url else httpx2.URL(url) for api, url in self.endpoint.urls
+        }
         self.format = self.endpoint.format
+        #: The generation API (chat completions or Messages).
+        self.api = self.endpoint.api
         self.health = Health(policy)
         self.latency_estimate = PeakEwma()
         self.in_flight = 0
@@ -227,9 +236,9 @@ class TargetActor:
         self.failures = 0
         self.probes = 0
         self.probe_failures = 0
-        #: ``(model, streamed)`` of the last client request that failed here: the shape
-        #: of a recovery check's real request.
-        self._failed_shape: tuple[str, bool] | None = None
+        #: ``(model, streamed, API)`` of the last client request that failed here: the
+        #: shape of a recovery check's real request.
+        self._failed_shape: tuple[str, bool, Api] | None = None
         self.recent: collections.deque[tuple[float, str]] = collections.deque(maxlen=RECENT)
         #: Set by the supervisor while a crashed :meth:`run` waits to restart.
         self.restarting = False
@@ -384,6 +393,7 @@ class TargetActor:
     async def _request_check(self, client: httpx2.AsyncClient) -> tuple[Check, str, float | None]:
         """A minimal real request, as the last failed one was: does the provider serve now?
 
+        Same API too: a target whose embeddings failed is checked with an embedding.
         Without a model to ask for (no failure seen, no default model, no model list)
         there is nothing to send and the ``GET`` stands alone.
         """
@@ -394,18 +404,21 @@ class TargetActor:
         if model is None:
             return Check.OK, "", None
         stream = shape[1] if shape else False
+        api = shape[2] if shape and shape[2] in self._urls else self.api
         self.probes += 1
         send, receive = trio.open_memory_channel[Reply](64)
         now = trio.current_time()
         job = Job(
-            body=jsonio.dumpb(_check_body(self.format, self.target.provider.value, model, stream)),
+            body=jsonio.dumpb(_check_body(api, self.target.provider.value, model, stream)),
             headers=CHECK_HEADERS,
             model=model,
             stream=stream,
             deadline=now + 2 * CHECK_BUDGETS.first_byte_timeout,
             budgets=CHECK_BUDGETS,
-            client_format=self.format,
+            client_format=api.format,
             reply=send,
+            api=api,
+            provider_api=api,
         )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_discard, receive)
@@ -459,9 +472,10 @@ class TargetActor:
         """
         now = trio.current_time()
         budget = AttemptBudget.start(job.budgets, job.deadline, now)
+        url = self._urls[job.provider_api]
         request = client.build_request(
             "POST",
-            self._url or self.endpoint.url_for(job.model),
+            url if type(url) is not str else url.replace("{model}", job.model),
             headers=self.endpoint.request_headers(job.headers),
             content=job.body,
         )
@@ -564,10 +578,12 @@ class TargetActor:
         Returns how the attempt ended and whether the provider's body was read to its
         end (its connection can then be reused).
         """
-        watch = StreamWatch(self.format)
+        watch = StreamWatch(job.provider_api)
         stream = (
             job.translator.stream()
             if job.translator is not None
+            else ResponsesPassthroughStream()
+            if job.provider_api is Api.RESPONSES
             else PassthroughStream(job.client_format, watch)
         )
         headers = passed_headers(response.headers, SSE_TYPE)
@@ -698,7 +714,7 @@ class TargetActor:
                 health.rate_limited(now, job.ticket, error.retry_after)
             elif error.blames_target:
                 self.failures += 1
-                self._failed_shape = (job.model, job.stream)
+                self._failed_shape = (job.model, job.stream, job.provider_api)
                 # A failure is slow as far as latency-aware balancing is concerned.
                 self.latency_estimate.observe(elapsed, now)
                 health.failed(now, job.ticket, error.word)
@@ -760,14 +776,24 @@ def passed_headers(headers: httpx2.Headers, content_type: str) -> list[tuple[str
     return passed
 
 
-def _check_body(fmt: ApiFormat, provider: str, model: str, stream: bool) -> dict[str, object]:
-    """The smallest real request a provider serves: one word in, one token out."""
-    body: dict[str, object] = {
-        "model": model,
-        "messages": [{"role": "user", "content": CHECK_PROMPT}],
-        "stream": stream,
-    }
-    if fmt is ApiFormat.ANTHROPIC or provider == "openai-compatible":
+def _check_body(api: Api, provider: str, model: str, stream: bool) -> dict[str, object]:
+    """The smallest real request of ``api`` a provider serves: one word in, one token out."""
+    if api is Api.EMBEDDINGS:
+        return {"model": model, "input": CHECK_PROMPT}
+    if api is Api.RESPONSES:
+        # 16 is the Responses API's smallest limit; nothing is stored at the provider.
+        return {
+            "model": model,
+            "input": CHECK_PROMPT,
+            "max_output_tokens": 16,
+            "store": False,
+            "stream": stream,
+        }
+    messages = [{"role": "user", "content": CHECK_PROMPT}]
+    if api is Api.COUNT_TOKENS:
+        return {"model": model, "messages": messages}
+    body: dict[str, object] = {"model": model, "messages": messages, "stream": stream}
+    if api is Api.MESSAGES or provider == "openai-compatible":
         body["max_tokens"] = 1
     else:
         body["max_completion_tokens"] = 1
