@@ -129,8 +129,11 @@ async def test_models_list_shows_exactly_what_each_key_reaches():
             with pytest.raises(openai.NotFoundError, match="not served here"):
                 await client.models.retrieve("hidden-model")
         async with anthropic_client(s) as client:
-            listed = [m.id async for m in client.models.list(limit=2)]  # three pages
-            assert listed == expected
+            first = await client.models.list(limit=2)
+            assert first.has_more and [m.id for m in first.data] == expected[:2]
+            listed = [m async for m in first]  # the SDK follows the pages: three of them
+            assert [m.id for m in listed] == expected
+            assert {(m.type, m.display_name == m.id) for m in listed} == {("model", True)}
             info = await client.models.retrieve(CLAUDE)
             assert info.type == "model" and info.display_name == CLAUDE
             with pytest.raises(anthropic.NotFoundError):
