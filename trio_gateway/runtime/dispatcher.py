@@ -86,6 +86,8 @@ EJECTED = frozenset({State.EJECTED, State.CHECKING})
 DIALECT_PREFIXES = {ApiFormat.OPENAI: "openai-", ApiFormat.ANTHROPIC: "anthropic-"}
 #: How an API is named when a target does not have it.
 API_NAMES = {Api.EMBEDDINGS: "embeddings", Api.COUNT_TOKENS: "token counting"}
+#: Module constants: an enum member looked up on its class costs a descriptor call.
+_CHAT, _MESSAGES = Api.CHAT, Api.MESSAGES
 
 
 @attrs.frozen
@@ -106,19 +108,6 @@ class ClientRequest:
             takes_self=True,
         )
     )
-
-    @classmethod
-    def of(
-        cls,
-        api: Api,
-        body: dict[str, Any],
-        raw: bytes,
-        model: str | None,
-        stream: bool,
-        headers: Sequence[tuple[str, str]],
-        request_id: str,
-    ) -> ClientRequest:
-        return cls(api.format, body, raw, model, stream, headers, request_id, api)
 
 
 @attrs.frozen
@@ -278,7 +267,11 @@ class Dispatcher:
             )
 
         try:
-            translator, provider_api = self.plan_attempt(request, actor)
+            api = request.api
+            if (api is _CHAT or api is _MESSAGES) and request.format is actor.format:
+                translator, provider_api = None, actor.api  # the common case, inline
+            else:
+                translator, provider_api = self.plan_attempt(request, actor)
             if provider_api is not None:
                 body = _provider_body(request, choice.model, translator)
         except ClientError as exc:
@@ -364,7 +357,7 @@ class Dispatcher:
         attempt is skipped as ``untranslatable``).
         """
         api = request.api
-        if api is Api.CHAT or api is Api.MESSAGES:
+        if api is _CHAT or api is _MESSAGES:
             if request.format is actor.format:
                 return None, actor.api
             return self._translator(request.format, request, actor), actor.api

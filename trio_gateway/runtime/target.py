@@ -227,8 +227,9 @@ class TargetActor:
             api: url if "{model}" in url else httpx2.URL(url) for api, url in self.endpoint.urls
         }
         self.format = self.endpoint.format
-        #: The generation API (chat completions or Messages).
+        #: The generation API (chat completions or Messages), and its URL: most jobs'.
         self.api = self.endpoint.api
+        self._url = self._urls[self.api]
         self.health = Health(policy)
         self.latency_estimate = PeakEwma()
         self.in_flight = 0
@@ -472,7 +473,7 @@ class TargetActor:
         """
         now = trio.current_time()
         budget = AttemptBudget.start(job.budgets, job.deadline, now)
-        url = self._urls[job.provider_api]
+        url = self._url if job.provider_api is self.api else self._urls[job.provider_api]
         request = client.build_request(
             "POST",
             url if type(url) is not str else url.replace("{model}", job.model),

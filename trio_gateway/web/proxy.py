@@ -27,6 +27,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -65,16 +66,6 @@ DEFAULT_MAX_BODY = 32 << 20
 MAX_MODEL_NAME = 256
 NO_KEY = "invalid or missing API key: send it as 'X-Api-Key' or 'Authorization: Bearer'"
 
-#: The endpoints, as the path reads once a ``strip_path`` rule's prefix is removed:
-#: the client's API (``None``: the model list) and the one method each takes.
-#: ``/v1/models/{id}`` (any id, slashes included) is the one endpoint with a parameter.
-ENDPOINTS: dict[str, tuple[Api | None, str]] = {
-    **{path: (api, "POST") for path, api in API_ENDPOINTS.items()},
-    MODELS_ENDPOINT: (None, "GET"),
-}
-MODEL_PREFIX = MODELS_ENDPOINT + "/"
-#: APIs whose answers are never streams: ``stream`` in their bodies is not read.
-WHOLE_ONLY = frozenset({Api.EMBEDDINGS, Api.COUNT_TOKENS})
 #: The method each kind of API path takes, by its last segments (before the rules).
 _METHODS = (
     ("/chat/completions", "POST"),
@@ -99,6 +90,36 @@ FORWARDED: dict[ApiFormat, frozenset[str]] = {
     ),
 }
 _FORWARDABLE = frozenset().union(*FORWARDED.values())
+#: APIs whose answers are never streams: ``stream`` in their bodies is not read.
+WHOLE_ONLY = frozenset({Api.EMBEDDINGS, Api.COUNT_TOKENS})
+
+
+@attrs.frozen
+class EndpointInfo:
+    """What the proxy needs of an endpoint, looked up once per request."""
+
+    #: ``None``: the model list, answered by the gateway.
+    api: Api | None
+    method: str
+    format: ApiFormat | None = None
+    #: The client headers sent on to a provider of the client's dialect.
+    forwarded: frozenset[str] = frozenset()
+    #: Its answers may be streams (the body's ``stream`` is read).
+    streams: bool = False
+
+
+#: The endpoints, as the path reads once a ``strip_path`` rule's prefix is removed.
+#: ``/v1/models/{id}`` (any id, slashes included) is the one endpoint with a parameter.
+ENDPOINTS: dict[str, EndpointInfo] = {
+    **{
+        path: EndpointInfo(
+            api, "POST", api.format, FORWARDED[api.format], streams=api not in WHOLE_ONLY
+        )
+        for path, api in API_ENDPOINTS.items()
+    },
+    MODELS_ENDPOINT: EndpointInfo(None, "GET"),
+}
+MODEL_PREFIX = MODELS_ENDPOINT + "/"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -216,8 +237,7 @@ async def _proxy(
             "/v1/models"
         )
     _service_route(table, rule.service_id)  # before reading a body for nothing
-    api = known[0] if known is not None else None
-    if api is None:
+    if known is None or known.api is None:
         return _models(table, gateway, rule, key is not None, endpoint, wanted, request_id)
     encoding = wanted.get("content-encoding", "identity").strip().lower()
     if encoding != "identity":
@@ -239,21 +259,20 @@ async def _proxy(
     stream = body.get("stream")
     if stream is not None and type(stream) is not bool:
         raise ClientError("'stream' must be true or false")
-    if api in WHOLE_ONLY:
-        stream = False
     # Reading the body took time: follow the configuration as it is now.
     route = _service_route(runtime.table, rule.service_id)
     upstream_id = route.service.upstream_id
-    forwarded = FORWARDED[api.format]
+    forwarded = known.forwarded
     result = await route.dispatcher.exchange(
-        ClientRequest.of(
-            api,
+        ClientRequest(
+            known.format,  # type: ignore[arg-type]
             body,
             raw,
             model or None,
-            stream is True,
+            stream is True and known.streams,
             [(n, v) for n, v in candidates if n in forwarded],
             request_id,
+            known.api,
         ),
         route.limits,
         lambda: runtime.table.dispatchers.get(upstream_id),
