@@ -431,12 +431,8 @@ class TargetActor:
                 error = None
             finally:
                 send.close()
-        if (
-            error is None
-            or isinstance(error, ModelUnavailable)
-            or not (error.blames_target or isinstance(error, RateLimited))
-        ):
-            return Check.OK, "", None
+        if error is None or isinstance(error, ModelUnavailable):
+            return Check.OK, "", None  # it answered (an error of the model is an answer)
         self.probe_failures += 1
         if isinstance(error, RateLimited):
             return Check.RATE_LIMITED, "HTTP 429", error.retry_after
