@@ -216,10 +216,12 @@ class HealthChecks:
     ejected target is out for ``ejection_time`` seconds (doubling while it keeps
     failing soon after each recovery, to at most ``interval``), then the gateway checks
     it every ``ejection_time`` seconds until it answers: a ``GET`` of ``path`` (default:
-    the provider's model list) and, with ``request_checks``, a minimal real request. ``interval`` is the time between health
-    checks: with ``active`` the probes of targets in rotation come that often, and an
-    ejected target is checked at least that often. At most ``max_ejected_percent`` of
-    the upstream's targets are ejected at once, and never all of them.
+    the provider's model list) and, with ``request_checks``, a minimal real request.
+    ``interval`` is the time between health checks: with ``active`` the probes of
+    targets in rotation come that often, and an ejected target is checked at least
+    that often. At most ``max_ejected_percent`` of the upstream's targets are ejected
+    at once, and never all of them. With ``shared``, an ejection decided by one
+    instance (or worker) is announced through the store and taken by the others.
     """
 
     passive: bool = True
@@ -230,6 +232,8 @@ class HealthChecks:
     #: A recovery check also sends a minimal real request (one output token) once the
     #: model list answers; ``false``: the ``GET`` alone decides.
     request_checks: bool = True
+    #: Announce this instance's ejections to the others on the same store, and take theirs.
+    shared: bool = False
     active: bool = False
     path: UrlPath | None = None
     headers: Headers = attrs.field(factory=dict)

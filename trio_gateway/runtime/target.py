@@ -51,7 +51,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 import httpx2
@@ -67,7 +67,15 @@ from trio_gateway.core.attempt import (
     retry_after,
 )
 from trio_gateway.core.balancing import PeakEwma
-from trio_gateway.core.health import Check, Health, HealthPolicy, HealthStatistics, State, Ticket
+from trio_gateway.core.health import (
+    Check,
+    Health,
+    HealthPolicy,
+    HealthStatistics,
+    State,
+    Ticket,
+    Transition,
+)
 from trio_gateway.errors import (
     Answer,
     AttemptAbandoned,
@@ -243,6 +251,8 @@ class TargetActor:
         self.recent: collections.deque[tuple[float, str]] = collections.deque(maxlen=RECENT)
         #: Set by the supervisor while a crashed :meth:`run` waits to restart.
         self.restarting = False
+        #: Told of each ejection decided here, when the upstream shares its health.
+        self.announce: Callable[[TargetActor, Transition], None] | None = None
         #: At most this many requests at once; as many more may wait in the queue.
         self.max_in_flight = target.max_in_flight or MAX_IN_FLIGHT
         self._send, self._receive = trio.open_memory_channel[Job](
@@ -296,6 +306,12 @@ class TargetActor:
     @property
     def retired(self) -> bool:
         return self._retired
+
+    def ejected_elsewhere(self, until_epoch: float, reason: str) -> None:
+        """Another instance ejected this target until ``until_epoch`` (seconds since the epoch)."""
+        now = trio.current_time()
+        self.health.ejected_elsewhere(now, now + (until_epoch - time.time()), reason)
+        self._transitioned()
 
     def update(self, target: Target, policy: HealthPolicy, checks: HealthChecks) -> None:
         """Adopt edits that do not change the connection (weight, models, health policy)."""
@@ -429,12 +445,8 @@ class TargetActor:
                 error = None
             finally:
                 send.close()
-        if (
-            error is None
-            or isinstance(error, ModelUnavailable)
-            or not (error.blames_target or isinstance(error, RateLimited))
-        ):
-            return Check.OK, "", None
+        if error is None or isinstance(error, ModelUnavailable):
+            return Check.OK, "", None  # it answered (an error of the model is an answer)
         self.probe_failures += 1
         if isinstance(error, RateLimited):
             return Check.RATE_LIMITED, "HTTP 429", error.retry_after
@@ -732,6 +744,8 @@ class TargetActor:
             return
         if transition.new is State.EJECTED:
             self._sleep.deadline = min(self._sleep.deadline, self.health.until)
+            if transition.local and self.announce is not None:
+                self.announce(self, transition)
         level = logging.WARNING if transition.new is State.EJECTED else logging.INFO
         if log.isEnabledFor(level):
             log.log(
