@@ -35,7 +35,7 @@ from werkzeug.exceptions import HTTPException
 from trio_gateway import jsonio
 from trio_gateway.config.secrets import hash_api_key
 from trio_gateway.core.listing import API_ENDPOINTS, MODELS_ENDPOINT, ListedModel, ModelList, page
-from trio_gateway.core.routing import CompiledRule, match_rule
+from trio_gateway.core.routing import match_rule
 from trio_gateway.errors import (
     AuthenticationFailed,
     ClientError,
@@ -238,7 +238,7 @@ async def _proxy(
         )
     _service_route(table, rule.service_id)  # before reading a body for nothing
     if known is None or known.api is None:
-        return _models(table, gateway, rule, key is not None, endpoint, wanted, request_id)
+        return _models(table, gateway, key is not None, endpoint, wanted, request_id)
     encoding = wanted.get("content-encoding", "identity").strip().lower()
     if encoding != "identity":
         raise UnsupportedMediaType(
@@ -421,7 +421,6 @@ def render(fmt: ApiFormat, error: GatewayError, request_id: str) -> Response:
 def _models(
     table: RouteTable,
     gateway: GatewayRoute,
-    rule: CompiledRule,
     keyed: bool,
     endpoint: str,
     wanted: dict[str, str],
