@@ -43,7 +43,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from functools import partial
 
 import attrs
@@ -55,12 +56,14 @@ from hypercorn.config import Config as HypercornConfig
 from trio_gateway.config import file
 from trio_gateway.config.catalog import Catalog
 from trio_gateway.config.file import ApplyReport, Declarations
-from trio_gateway.runtime.supervisor import Runtime, preflight
+from trio_gateway.runtime.supervisor import EJECTION, Runtime, preflight
 from trio_gateway.settings import STORE_ENV, Settings
 from trio_gateway.store import (
     CONFIG,
     CONNECTED,
     DISCONNECTED,
+    Notice,
+    Store,
     StoreCorrupt,
     StoreUnavailable,
     open_store,
@@ -111,17 +114,32 @@ async def end_streams_before_grace_ends(
     runtime.end_streams.set()
 
 
+@asynccontextmanager
+async def _store(settings: Settings, given: Store | None) -> AsyncIterator[Store]:
+    if given is not None:
+        yield given
+        return
+    async with open_store(settings.data_dir, settings.store) as store:
+        yield store
+
+
 async def serve(
     settings: Settings,
     declarations: Declarations | None = None,
     *,
     shutdown: trio.Event | None = None,
     transport: httpx2.AsyncBaseTransport | None = None,
+    store: Store | None = None,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Run the gateway until cancelled or ``shutdown``; see the module docstring.
+
+    ``transport`` and ``store`` replace the targets' HTTP transport and the store
+    the settings name (tests: a scripted provider, instances on one memory store).
+    """
     shutdown = shutdown if shutdown is not None else trio.Event()
     readiness = Readiness()
-    async with open_store(settings.data_dir, settings.store) as store:
+    async with _store(settings, store) as store:
         catalog = await Catalog.load(store, preflight=preflight)
         readiness.details["store"] = partial(store_report, catalog)
         report = None
@@ -138,7 +156,8 @@ async def serve(
                 },
             )
         async with trio.open_nursery() as background:
-            await background.start(follow_store, catalog)
+            subscribers: dict[str, Callable[[Notice], None]] = {}
+            await background.start(follow_store, catalog, subscribers)
             readiness.set("config")
             fakes = {}
             if declarations is not None and declarations.fake_providers:
@@ -162,6 +181,7 @@ async def serve(
             )
             readiness.set("runtime")
             readiness.problems = runtime.problems
+            subscribers[EJECTION] = runtime.on_notice
             background.start_soon(
                 end_streams_before_grace_ends, shutdown, runtime, settings.graceful_timeout
             )
@@ -252,7 +272,10 @@ def store_report(catalog: Catalog) -> dict:
 
 
 async def follow_store(
-    catalog: Catalog, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    catalog: Catalog,
+    subscribers: Mapping[str, Callable[[Notice], None]] | None = None,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Keep ``catalog`` at the store's version until cancelled.
 
@@ -261,7 +284,8 @@ async def follow_store(
     between the initial load and the subscription. Then: a ``config`` notice for
     another version, or a (re)connection, makes it :meth:`Catalog.refresh`; every
     :data:`SAFETY_NET_S` it compares versions in case a notice was lost. Notices
-    of other topics are for other subscribers (or newer gateways) and ignored.
+    of other topics go to ``subscribers`` by topic (shared ejections: the runtime);
+    those nobody subscribed to are for newer gateways and ignored.
     A store that is unreachable is not an error here: the catalog keeps its
     snapshot and the next notice or check catches up.
     """
@@ -281,6 +305,8 @@ async def follow_store(
                     "lost the store's notices; serving the last configuration",
                     extra={"fields": {"version": catalog.version, **notice.data}},
                 )
+            elif subscribers and (subscriber := subscribers.get(notice.topic)) is not None:
+                subscriber(notice)
 
 
 async def _check_version(catalog: Catalog) -> None:

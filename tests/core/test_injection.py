@@ -31,7 +31,7 @@ from trio_gateway.core.injection import (
     shape_of,
 )
 from trio_gateway.errors import ClientError
-from trio_gateway.providers.formats import ApiFormat
+from trio_gateway.providers.formats import Api
 
 # --- the header ------------------------------------------------------------------------
 
@@ -252,9 +252,9 @@ ANTHROPIC = [
 ]
 
 
-def bend(fault: Fault | None, events: list[bytes], fmt: ApiFormat = ApiFormat.OPENAI) -> list:
+def bend(fault: Fault | None, events: list[bytes], api: Api = Api.CHAT) -> list:
     """The steps for ``events`` fed whole, bytes merged."""
-    bender = StreamBend(shape_of(fault) if fault is not None else PLAIN, fmt)
+    bender = StreamBend(shape_of(fault) if fault is not None else PLAIN, api)
     return _merge(bender.feed(b"".join(events)) + bender.finish())
 
 
@@ -287,7 +287,7 @@ def test_error_event_in_each_dialect() -> None:
     error = json.loads(body.removeprefix(OPENAI[0]).removeprefix(b"data: "))
     assert error["error"]["message"].startswith("injected by the gateway's fault injection")
     fault = Fault.error_event(status=529, after_chunks=2)
-    body, stop = bend(fault, ANTHROPIC, ApiFormat.ANTHROPIC)
+    body, stop = bend(fault, ANTHROPIC, Api.MESSAGES)
     assert body.startswith(b"".join(ANTHROPIC[:2])) and stop is STOP
     name, data = body.removeprefix(b"".join(ANTHROPIC[:2])).split(b"\n", 1)
     assert name == b"event: error"
@@ -307,7 +307,7 @@ def test_malformed_event_then_the_rest() -> None:
 
 def test_no_terminator_and_pauses() -> None:
     assert bend(Fault.no_terminator(), OPENAI) == [b"".join(OPENAI[:5]), STOP]
-    assert bend(Fault.no_terminator(), ANTHROPIC, ApiFormat.ANTHROPIC) == [
+    assert bend(Fault.no_terminator(), ANTHROPIC, Api.MESSAGES) == [
         b"".join(ANTHROPIC[:3]),
         STOP,
     ]
@@ -320,7 +320,7 @@ def test_no_terminator_and_pauses() -> None:
 
 
 def test_release_hands_back_what_was_held() -> None:
-    bender = StreamBend(shape_of(Fault.cut_stream(after_chunks=5)), ApiFormat.OPENAI)
+    bender = StreamBend(shape_of(Fault.cut_stream(after_chunks=5)), Api.CHAT)
     assert bender.feed(OPENAI[0] + OPENAI[1][:10]) == [OPENAI[0]]
     assert bender.release() == OPENAI[1][:10]
     assert bender.done
@@ -346,7 +346,7 @@ def test_however_the_bytes_arrive_the_stream_is_bent_the_same(
     events = [e.replace(b"\n", b"\r\n") for e in OPENAI] if crlf else OPENAI
     body = b"".join(events)
     whole = bend(fault, events)
-    bender = StreamBend(shape_of(fault), ApiFormat.OPENAI)
+    bender = StreamBend(shape_of(fault), Api.CHAT)
     steps: list = []
     at = 0
     for cut in sorted(set(cuts)):

@@ -169,6 +169,9 @@ class Target:
     headers: Headers = attrs.field(factory=dict)
     #: Requests sent to this target at once (as many more may queue); ``None``: 1024.
     max_in_flight: Annotated[int, Between(1, 100_000)] | None = None
+    #: Whether it serves OpenAI's Responses API (``/v1/responses``) itself, or is sent
+    #: Responses requests translated to its chat API; ``None``: only ``openai`` does.
+    native_responses: bool | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -179,10 +182,12 @@ class HealthChecks:
     ejected target is out for ``ejection_time`` seconds (doubling while it keeps
     failing soon after each recovery, to at most ``interval``), then the gateway checks
     it every ``ejection_time`` seconds until it answers: a ``GET`` of ``path`` (default:
-    the provider's model list) and, with ``request_checks``, a minimal real request. ``interval`` is the time between health
-    checks: with ``active`` the probes of targets in rotation come that often, and an
-    ejected target is checked at least that often. At most ``max_ejected_percent`` of
-    the upstream's targets are ejected at once, and never all of them.
+    the provider's model list) and, with ``request_checks``, a minimal real request.
+    ``interval`` is the time between health checks: with ``active`` the probes of
+    targets in rotation come that often, and an ejected target is checked at least
+    that often. At most ``max_ejected_percent`` of the upstream's targets are ejected
+    at once, and never all of them. With ``shared``, an ejection decided by one
+    instance (or worker) is announced through the store and taken by the others.
     """
 
     passive: bool = True
@@ -193,6 +198,8 @@ class HealthChecks:
     #: A recovery check also sends a minimal real request (one output token) once the
     #: model list answers; ``false``: the ``GET`` alone decides.
     request_checks: bool = True
+    #: Announce this instance's ejections to the others on the same store, and take theirs.
+    shared: bool = False
     active: bool = False
     path: UrlPath | None = None
     headers: Headers = attrs.field(factory=dict)
@@ -209,6 +216,9 @@ class Upstream:
     model_fallback: ModelFallback = ModelFallback.DEFAULT_MODEL
     #: ``max_tokens`` sent to Anthropic-format targets when an OpenAI client gave none.
     default_max_tokens: Annotated[int, Between(1, 1_000_000)] = 4096
+    #: ``GET /v1/models`` leaves out a model of this upstream while every target
+    #: serving it here is ejected.
+    hide_ejected_models: bool = False
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
@@ -340,6 +350,13 @@ def check_upstream(upstream: Upstream) -> list[Problem]:
             problems.append(
                 Problem(
                     f"targets[{i}].base_url", f"is required for provider {target.provider.value!r}"
+                )
+            )
+        if target.native_responses and target.provider is Provider.ANTHROPIC:
+            problems.append(
+                Problem(
+                    f"targets[{i}].native_responses",
+                    "Anthropic has no Responses API: Responses requests are translated to Messages",
                 )
             )
         if len(set(target.models)) != len(target.models):

@@ -14,6 +14,7 @@ States (``now`` is passed in; nothing here reads a clock)::
     CHECKING --(the check fails)------------------------------------------------> EJECTED for ejection_time
     CHECKING --(the check is answered 429)--------------------------------------> PARKED
     any out  --(a last-resort request succeeds: see ``Ticket.PANIC``)----------> HEALTHY
+    HEALTHY  --(another instance ejected it: ``ejected_elsewhere``)-----------> EJECTED
 
 A *recovery check* is the gateway's own cheap request (``GET`` the provider's model
 list, or ``health_checks.path``): no client request is ever the guinea pig, and a
@@ -114,6 +115,8 @@ class Transition:
     old: State
     new: State
     reason: str
+    #: Decided here (``False``: taken from another instance, not to be announced again).
+    local: bool = True
 
 
 @attrs.frozen
@@ -250,6 +253,23 @@ class Health:
         """Is a recovery check due (the out-period of an ejection is over)?"""
         return self.state is State.EJECTED and now >= self.until
 
+    def ejected_elsewhere(self, now: float, until: float, reason: str) -> None:
+        """Another instance ejected this target until ``until`` (shared health).
+
+        Taken as it is, within the upstream's cap: the out-period is theirs, the
+        recovery checks then are this instance's own. It changes no level: this
+        instance saw no failure.
+        """
+        if self.state is not State.HEALTHY or until <= now or not self.may_eject():
+            return
+        self.until = until
+        self.last_out = until - now
+        self.ejections += 1
+        self.probation = False
+        self.trial_in_flight = False
+        self.recent.clear()
+        self._move(now, State.EJECTED, f"ejected by another instance: {reason}", local=False)
+
     def start_check(self, now: float) -> None:
         self._move(now, State.CHECKING, "checking whether the target recovered")
 
@@ -320,8 +340,8 @@ class Health:
         self.recent.clear()
         self._move(now, State.HEALTHY, reason)
 
-    def _move(self, now: float, new: State, reason: str) -> None:
-        transition = Transition(now, self.state, new, reason)
+    def _move(self, now: float, new: State, reason: str, *, local: bool = True) -> None:
+        transition = Transition(now, self.state, new, reason, local)
         self.state = new
         self.since = now
         self.reason = reason

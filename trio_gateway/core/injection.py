@@ -55,7 +55,7 @@ from trio_gateway.core.faults import (
     StreamShape,
 )
 from trio_gateway.errors import ClientError, Problem, ValidationFailed
-from trio_gateway.providers.formats import ApiFormat, stream_error_event
+from trio_gateway.providers.formats import Api, ApiFormat, responses_error_event, stream_error_event
 
 #: The request header that names a fault (as ASGI gives it: lower-case).
 HEADER = "x-gateway-fault"
@@ -363,8 +363,8 @@ class StreamBend:
     switched off meanwhile (the rest then passes untouched).
     """
 
-    def __init__(self, shape: StreamShape, fmt: ApiFormat) -> None:
-        self._fmt = fmt
+    def __init__(self, shape: StreamShape, api: Api) -> None:
+        self._api = api
         self._buffer = bytearray()
         self._position = 0
         self._first_delay = shape.first_token_delay
@@ -447,7 +447,7 @@ class StreamBend:
             if end.kind is FaultKind.CUT_STREAM:
                 steps.append(CUT)
             else:
-                steps += [_error_event(self._fmt, end), STOP]
+                steps += [_error_event(self._api, end, here), STOP]
         return steps
 
 
@@ -471,13 +471,17 @@ def _malformed(block: bytes | None) -> bytes:
     return f"{head}data: {data[: max(1, len(data) // 2)]}\n\n".encode()
 
 
-def _error_event(fmt: ApiFormat, fault: Fault) -> bytes:
-    """The provider dialect's in-stream error for an ``error_event`` fault."""
+def _error_event(api: Api, fault: Fault, position: int) -> bytes:
+    """The provider API's in-stream error for an ``error_event`` fault."""
     status = fault.status or 529
+    message = f"{INJECTED_MESSAGE} (HTTP {status})"
     if fault.body is None:
-        return stream_error_event(fmt, None, f"{INJECTED_MESSAGE} (HTTP {status})", status=status)
+        if api is Api.RESPONSES:
+            return responses_error_event(None, message, sequence_number=position, status=status)
+        return stream_error_event(api.format, None, message, status=status)
     data = fault.body if isinstance(fault.body, str) else jsonio.dumps(fault.body)
-    head = "event: error\n" if fmt is ApiFormat.ANTHROPIC else ""
+    named = api.format is ApiFormat.ANTHROPIC or api is Api.RESPONSES
+    head = "event: error\n" if named else ""
     return f"{head}data: {data}\n\n".encode()
 
 

@@ -58,7 +58,7 @@ from trio_gateway.core.injection import (
     parse_header,
 )
 from trio_gateway.errors import PermissionDenied
-from trio_gateway.providers.formats import ApiFormat, error_body
+from trio_gateway.providers.formats import Api, error_body
 
 #: The key of an :class:`ArmedFault` in an httpx request's ``extensions``.
 EXTENSION = "trio_gateway.fault"
@@ -151,15 +151,15 @@ class RequestFaults:
     key_name: str | None
 
     def attempt(
-        self, target: str, model: str, stream: bool, number: int, fmt: ApiFormat
+        self, target: str, model: str, stream: bool, number: int, api: Api
     ) -> ArmedFault | None:
-        """The faults of attempt ``number`` (from 1) on ``target``, or ``None``."""
+        """The faults of attempt ``number`` (from 1) on ``target`` (whose API is ``api``)."""
         injection = self.injection
         if injection.off:
             return None
         info = RequestInfo(self.path, model, stream, self.key_id, self.key_name, target, number)
         faults = injection.injector.decide(info, self.named, trio.current_time())
-        return None if faults is None else ArmedFault(faults, injection, fmt, stream)
+        return None if faults is None else ArmedFault(faults, injection, api, stream)
 
 
 def named_fault(injection: Injection | None, header: str, gateway: str) -> HeaderFault:
@@ -205,14 +205,14 @@ def request_faults(
 
 
 def check_fault(
-    injection: Injection | None, target: str, model: str | None, stream: bool, fmt: ApiFormat
+    injection: Injection | None, target: str, model: str | None, stream: bool, api: Api
 ) -> ArmedFault | None:
     """The faults of one of the gateway's own checks of ``target`` (no key, no path)."""
     if injection is None or injection.off:
         return None
     info = RequestInfo(None, model, stream, target=target)
     faults = injection.injector.decide(info, None, trio.current_time())
-    return None if faults is None else ArmedFault(faults, injection, fmt, stream)
+    return None if faults is None else ArmedFault(faults, injection, api, stream)
 
 
 @attrs.define(eq=False)
@@ -221,8 +221,8 @@ class ArmedFault:
 
     faults: AttemptFaults
     injection: Injection
-    #: The provider's dialect: error bodies and error events are written in it.
-    format: ApiFormat
+    #: The provider's API: error bodies and error events are written in its dialect.
+    api: Api
     stream: bool
 
     def describe(self) -> str | None:
@@ -268,7 +268,7 @@ class ArmedFault:
                 return httpx2.Response(
                     response.status_code,
                     headers=response.headers,
-                    stream=_BentStream(response, StreamBend(shape, self.format), injection),
+                    stream=_BentStream(response, StreamBend(shape, self.api), injection),
                     extensions=response.extensions,
                     request=request,
                 )
@@ -292,7 +292,7 @@ class ArmedFault:
         else:
             headers.setdefault("content-type", JSON_TYPE)
             content = (
-                error_body(self.format, status, None, f"{INJECTED_MESSAGE} (HTTP {status})")
+                error_body(self.api.format, status, None, f"{INJECTED_MESSAGE} (HTTP {status})")
                 if fault.body is None
                 else jsonio.dumpb(fault.body)
             )

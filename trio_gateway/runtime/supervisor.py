@@ -30,8 +30,11 @@ from __future__ import annotations
 
 import logging
 import math
+import time
+import uuid
 from collections.abc import Callable, Mapping
 from functools import partial
+from typing import Any
 
 import attrs
 import httpx2
@@ -47,6 +50,8 @@ from trio_gateway.config.models import (
     Upstream,
 )
 from trio_gateway.core.attempt import Budgets
+from trio_gateway.core.health import Transition
+from trio_gateway.core.listing import ModelLists, compile_model_lists
 from trio_gateway.core.routing import CompiledRule, compile_rules
 from trio_gateway.errors import Problem
 from trio_gateway.providers.endpoints import PROVIDERS, Endpoint
@@ -55,11 +60,15 @@ from trio_gateway.runtime.dispatcher import Dispatcher, Limits, health_policy
 from trio_gateway.runtime.ending import EndStreams
 from trio_gateway.runtime.injection import Injection
 from trio_gateway.runtime.target import TargetActor, TargetStatistics
+from trio_gateway.store import Notice
 
 log = logging.getLogger("trio_gateway.runtime")
 
 RESTART_BACKOFF_S = 0.1
 RESTART_BACKOFF_MAX_S = 30.0
+#: The notice topic of shared ejections, and how many may wait to be announced.
+EJECTION = "ejection"
+EJECTIONS_QUEUED = 64
 #: An actor that ran this long before crashing starts over from the shortest backoff.
 HEALTHY_RUN_S = 10.0
 
@@ -93,6 +102,8 @@ class KeyRoute:
 class GatewayRoute:
     gateway: Gateway
     rules: tuple[CompiledRule, ...]
+    #: What ``GET <base>/models`` lists, by base (see :mod:`trio_gateway.core.listing`).
+    models: Mapping[str, ModelLists] = attrs.field(factory=dict)
     #: Its fault injection, when enabled (``None``: off, the usual case).
     injection: Injection | None = None
 
@@ -186,7 +197,8 @@ def plan_upstream(upstream: Upstream, base_urls: Mapping[str, str] | None = None
         try:
             endpoint = Endpoint.of(target)
             # The HTTP client parses these URLs for every request and probe.
-            httpx2.URL(endpoint.url_for("model"))
+            for _, url in endpoint.urls:
+                httpx2.URL(url.replace("{model}", "model"))
             httpx2.URL(endpoint.probe_url(upstream.health_checks.path))
             httpx2.Headers(endpoint.request_headers(()))
         except Exception as exc:
@@ -255,6 +267,9 @@ class Runtime:
         self._clients: ClientPool | None = None
         self._applied = 0
         self._applied_event = trio.Event()
+        #: This process among the instances sharing a store (to skip its own notices).
+        self.instance = uuid.uuid4().hex[:12]
+        self._ejections_out, self._ejections_in = trio.open_memory_channel[dict](EJECTIONS_QUEUED)
         #: Set it to end every running stream now, with an error event (shutdown).
         self.end_streams = EndStreams()
 
@@ -264,6 +279,7 @@ class Runtime:
         async with ClientPool.open(self._transport) as clients, trio.open_nursery() as nursery:
             self._clients = clients
             self._nursery = nursery
+            nursery.start_soon(self._publish_ejections)
             snapshot = self.catalog.snapshot
             self._reconcile(snapshot)
             self._mark_applied(snapshot.generation)
@@ -279,6 +295,48 @@ class Runtime:
                         extra={"fields": {"generation": snapshot.generation}},
                     )
                 self._mark_applied(snapshot.generation)
+
+    # --- shared health ----------------------------------------------------------------------
+
+    def _announce(self, upstream_id: str, actor: TargetActor, transition: Transition) -> None:
+        """Queue an ejection decided here for the other instances (best effort, never waits)."""
+        message = {
+            "upstream": upstream_id,
+            "target": actor.target.id,
+            "until": time.time() + (actor.health.until - trio.current_time()),
+            "reason": transition.reason,
+            "by": self.instance,
+        }
+        try:
+            self._ejections_out.send_nowait(message)
+        except trio.WouldBlock:
+            log.debug("too many ejections to announce; one dropped", extra={"fields": message})
+
+    async def _publish_ejections(self) -> None:
+        store = self.catalog.store
+        async for message in self._ejections_in:
+            try:
+                await store.publish(EJECTION, message)
+            except Exception as exc:  # the store is away: the other instances see for themselves
+                log.warning(
+                    "could not announce an ejection",
+                    extra={"fields": {"target_id": message["target"], "error": type(exc).__name__}},
+                )
+
+    def on_notice(self, notice: Notice) -> None:
+        """An ejection another instance announced: taken by upstreams that share health."""
+        data: Any = notice.data
+        if notice.topic != EJECTION or data.get("by") == self.instance:
+            return
+        dispatcher = self.table.dispatchers.get(data.get("upstream"))
+        until = data.get("until")
+        if dispatcher is None or not dispatcher.upstream.health_checks.shared:
+            return
+        if not isinstance(until, int | float):
+            return
+        for actor in dispatcher.actors:
+            if actor.target.id == data.get("target"):
+                actor.ejected_elsewhere(until, str(data.get("reason", ""))[:300])
 
     def _mark_applied(self, generation: int) -> None:
         self._applied = generation
@@ -337,9 +395,12 @@ class Runtime:
         for update in updates:
             update()
         for dispatcher in dispatchers.values():
+            shared = dispatcher.upstream.health_checks.shared
+            announce = partial(self._announce, dispatcher.upstream.id) if shared else None
             injection = injections.get(dispatcher.upstream.gateway_id)
             for member in dispatcher.actors:
                 member.health.may_eject = dispatcher.may_eject
+                member.announce = announce
                 member.injection = injection
         for actor in fresh:
             self._nursery.start_soon(self._supervise, actor)
@@ -590,13 +651,17 @@ def _compile(
                 max_attempts=service.max_attempts,
             ),
         )
+    upstreams = {sid: route.dispatcher.upstream for sid, route in services.items()}
+    gateways = {}
+    for gid, gateway in snapshot.gateways.items():
+        rules = compile_rules(rules_by_gateway[gid])
+        gateways[gid] = GatewayRoute(
+            gateway, rules, compile_model_lists(rules, upstreams), injections.get(gid)
+        )
     return RouteTable(
         generation=snapshot.generation,
         keys={k.key_hash: KeyRoute.of(k) for k in snapshot.api_keys.values()},
-        gateways={
-            gid: GatewayRoute(gateway, compile_rules(rules_by_gateway[gid]), injections.get(gid))
-            for gid, gateway in snapshot.gateways.items()
-        },
+        gateways=gateways,
         subdomains={g.subdomain: g.id for g in snapshot.gateways.values() if g.subdomain},
         services=services,
         dispatchers=dispatchers,

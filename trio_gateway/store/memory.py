@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import trio
 
@@ -40,6 +41,8 @@ class _Data:
         self.rows: dict[tuple[Kind, str], tuple[int, str]] = {}
         self.tombstones: dict[tuple[Kind, str], int] = {}
         self.version = 0
+        #: Published notices, in order (a test-sized store: never pruned).
+        self.published: list[Notice] = []
         self.changed = trio.Event()
 
     def wake(self) -> None:
@@ -114,6 +117,13 @@ class MemoryStore:
         data.wake()
         return version
 
+    async def publish(self, topic: str, data: Mapping[str, Any]) -> None:
+        """Send a notice to every handle (this one too), as the shared stores do."""
+        await trio.lowlevel.checkpoint()
+        self._check()
+        self._data.published.append(Notice(topic, dict(data)))
+        self._data.wake()
+
     @trio.as_safe_channel
     async def notices(self) -> AsyncIterator[Notice]:
         """``connected``, then a ``config`` notice per commit (coalesced), outages as they come.
@@ -123,6 +133,7 @@ class MemoryStore:
         """
         available = None
         seen = self._data.version
+        heard = len(self._data.published)
         while True:
             changed = self._data.changed
             if self._status.available != available:
@@ -136,6 +147,11 @@ class MemoryStore:
             if available and self._data.version != seen:
                 seen = self._data.version
                 yield Notice(CONFIG, {"version": seen})
+            published = self._data.published
+            if available:
+                for notice in published[heard:]:
+                    yield notice
+            heard = len(published)
             await changed.wait()
 
     def status(self) -> StoreStatus:

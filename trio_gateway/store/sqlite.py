@@ -20,6 +20,9 @@ Theory of operation
   files forward in one ``BEGIN IMMEDIATE`` transaction (the lock: two processes
   opening a file at once migrate it once), and a file from a newer version is
   refused, not guessed at.
+* Published notices (:meth:`SqliteStore.publish`: shared ejections) go in a small
+  ``notices`` table, kept :data:`NOTICES_KEPT_S` seconds, and ring the same bell;
+  each process tails it by sequence number.
 * Notices: after each commit the writer rewrites a small *doorbell* file beside
   the database (``trio-gateway.notify``, holding the version). Every process
   using the directory watches it with inotify (:mod:`.filewatch`) and learns of
@@ -34,9 +37,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -63,6 +68,8 @@ CLOSE_TIMEOUT_S = 10.0
 POLL_INTERVAL_S = 0.5
 #: Tombstones are kept for this many versions; a reader further behind reloads fully.
 TOMBSTONES_KEPT = 10_000
+#: Published notices are kept this long (seconds): enough for every process to read them.
+NOTICES_KEPT_S = 60.0
 
 
 def _v1(db: sqlite3.Connection) -> None:
@@ -108,8 +115,21 @@ def _v2(db: sqlite3.Connection) -> None:
     db.execute("INSERT INTO state VALUES (1, 0, 0)")
 
 
+def _v3(db: sqlite3.Connection) -> None:
+    """Notices other than commits (shared ejections): a short log, tailed by sequence."""
+    db.execute(
+        """
+        CREATE TABLE notices (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            at REAL NOT NULL,
+            body TEXT NOT NULL
+        )
+        """
+    )
+
+
 #: Step ``n`` upgrades a version-``n`` file to version ``n + 1``.
-MIGRATIONS: Sequence[Callable[[sqlite3.Connection], None]] = (_v1, _v2)
+MIGRATIONS: Sequence[Callable[[sqlite3.Connection], None]] = (_v1, _v2, _v3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -291,11 +311,42 @@ class SqliteStore:
 
     # --- notices --------------------------------------------------------------------
 
+    async def publish(self, topic: str, data: Mapping[str, Any]) -> None:
+        """Send ``{"topic": topic, **data}`` to every process on this directory (this one too)."""
+        body = json.dumps({"topic": topic, **data}, separators=(",", ":"))
+        await self._run(self._publish_row, body)
+        self._ring(self._version)
+
+    def _publish_row(self, body: str) -> None:
+        db = self._db
+        now = time.time()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("INSERT INTO notices (at, body) VALUES (?, ?)", (now, body))
+            db.execute("DELETE FROM notices WHERE at < ?", (now - NOTICES_KEPT_S,))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def _read_notices(self, after: int | None) -> tuple[int, list[str]]:
+        """The notices published after sequence ``after`` (``None``: none, just the last seq)."""
+        last = self._db.execute("SELECT coalesce(max(seq), 0) FROM notices").fetchone()[0]
+        if after is None or last <= after:
+            return last, []
+        rows = self._db.execute(
+            "SELECT body FROM notices WHERE seq > ? ORDER BY seq", (after,)
+        ).fetchall()
+        return last, [body for (body,) in rows]
+
     @trio.as_safe_channel
     async def notices(self) -> AsyncIterator[Notice]:
-        """``connected``, then a ``config`` notice whenever the version moves."""
+        """``connected``, then a ``config`` notice whenever the version moves, and what
+        is published, as it comes."""
         async with watch_directory(self._path.parent) as watch:
             seen = await self.version()
+            tail, _ = await self._run(self._read_notices, None)
             yield Notice(CONNECTED, {"version": seen})
             while True:
                 if watch is None:
@@ -306,6 +357,15 @@ class SqliteStore:
                 if version != seen:
                     seen = version
                     yield Notice(CONFIG, {"version": version})
+                tail, bodies = await self._run(self._read_notices, tail)
+                for body in bodies:
+                    try:
+                        data = json.loads(body)
+                        topic = data.pop("topic")
+                    except (ValueError, KeyError, TypeError, AttributeError):
+                        continue
+                    if isinstance(topic, str):
+                        yield Notice(topic, data)
 
     def status(self) -> StoreStatus:
         return StoreStatus()
