@@ -389,6 +389,44 @@ async def test_every_kind_acts_in_front_of_the_provider(
         assert len(s.fakes[0].requests) == (1 if bent else 0)
 
 
+async def test_faults_on_every_api(autojump_clock):
+    service = {"first_byte_timeout": 5}
+    async with setup([{}, {}], injecting({"enabled": True}, service=service)) as s:
+        primary, backup = s.target_ids()
+        response = await s.client.post(
+            "/v1/embeddings",
+            json={"model": "text-embedding-3-small", "input": "hi"},
+            headers=HANG,
+        )
+        assert response.status_code == 200, response.text
+        assert [a.get("fault") for a in attempts(response)] == ["hang", None]
+        response = await s.client.post(
+            "/v1/responses",
+            json={"model": "gpt-4o-mini", "input": "one two three", "stream": True},
+            headers={"X-Gateway-Fault": "cut_stream; after_chunks=1"},
+        )
+        assert response.status_code == 200, response.text
+        assert response.headers["x-selected-target"] == backup
+        assert sse_events(response.text)[-1][0] == "response.completed"
+        response = await s.client.post(
+            "/v1/responses",
+            json={"model": "gpt-4o-mini", "input": "one two three", "stream": True},
+            headers={"X-Gateway-Fault": "error_event; after_chunks=6; attempts=all"},
+        )
+        assert response.status_code == 200, response.text
+        name, data = sse_events(response.text)[-1]
+        assert "injected by the gateway's fault injection" in data, (name, data)
+        # A configured fault selects by the endpoint the client called.
+        setting = {"faults": [{"kind": "error", "status": 503, "path": "/v1/embeddings"}]}
+        assert (await s.admin.put(f"/gateways/{s.gateway_id}/faults", json=setting)).is_success
+        assert (await s.chat()).headers.get("x-gateway-fault") is None
+        embedded = await s.client.post(
+            "/v1/embeddings", json={"model": "text-embedding-3-small", "input": "hi"}
+        )
+        assert embedded.status_code == 503
+        assert primary in embedded.headers["x-gateway-fault"]
+
+
 async def test_an_expired_setting_stops_by_itself(autojump_clock):
     service = {"first_byte_timeout": 120, "request_timeout": 300}
     async with setup([{}], injecting(service=service), timeout=600) as s:
