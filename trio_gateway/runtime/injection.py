@@ -5,9 +5,9 @@ Theory of operation
 * :class:`Injection`: one enabled gateway's injection in this process. The runtime
   builds one when the gateway's ``fault_injection`` setting changes and puts it in
   the route table; the one it replaces is :meth:`~Injection.switch_off`\\ ed at once.
-  It owns the *switch*, a ``trio.Event``: every wait a fault imposes (a hang, a
-  latency, a stall, a slow first token) ends when the switch is thrown or the setting
-  expires, and the attempt then carries on as if nothing had been injected (a hung
+  It owns the *switch*: every wait a fault imposes (a hang, a latency, a stall, a
+  slow first token) ends when the switch is thrown or the setting expires, and the
+  attempt then carries on as if nothing had been injected (a hung
   attempt calls the provider after all). That is the kill switch: ``DELETE
   .../faults`` ends the injected waits of requests in flight, and new requests get
   none.
@@ -25,7 +25,7 @@ Theory of operation
   provider's real streamed body (:class:`~trio_gateway.core.injection.StreamBend`).
 
 Cancellation: nothing here holds a cancel scope across a ``yield``; every wait is a
-``move_on_at`` around ``Event.wait`` inside a plain ``await``. The attempt's own cancel
+``move_on_at`` around a ``trio.Event`` wait inside a plain ``await``. The attempt's own cancel
 scope (its budget, an abandoned job) cancels any of them.
 """
 
@@ -76,7 +76,7 @@ class Injection:
     def __init__(self, setting: FaultInjection, injector: Injector) -> None:
         self.setting = setting
         self.injector = injector
-        self._off = trio.Event()
+        self._off = False
         #: Set (and replaced) whenever the switch or the expiry changes: waits look again.
         self._changed = trio.Event()
 
@@ -103,7 +103,7 @@ class Injection:
 
     def switch_off(self) -> None:
         """Stop injecting, at once: waits in flight end and their attempts carry on."""
-        self._off.set()
+        self._off = True
         self._wake()
 
     def _wake(self) -> None:
@@ -112,16 +112,16 @@ class Injection:
 
     @property
     def off(self) -> bool:
-        return self._off.is_set()
+        return self._off
 
     def lifted(self) -> bool:
         """Switched off, or past its ``expires_at``: faults in flight stop acting."""
-        return self._off.is_set() or trio.current_time() >= self.expires
+        return self._off or trio.current_time() >= self.expires
 
     async def wait(self, seconds: float) -> None:
         """Sleep ``seconds`` (``inf``: for ever), or less: until switched off or expired."""
         until = trio.current_time() + seconds
-        while not self._off.is_set():
+        while not self._off:
             deadline = min(until, self.expires)
             if trio.current_time() >= deadline:
                 return
