@@ -365,3 +365,30 @@ def test_attempt_faults_describe_what_fired_in_order() -> None:
     faults = AttemptFaults(delay=1.0, response=Fault.hang(), fired=[Fault.latency(1), Fault.hang()])
     assert faults.describe() == "latency+hang"
     assert AttemptFaults().describe() is None
+
+
+@given(
+    st.lists(_IDS, min_size=1, max_size=8, unique=True),
+    st.none() | st.integers(1, 100),
+    st.booleans(),
+)
+def test_a_named_fault_applies_to_the_attempts_it_names_and_no_other(
+    targets: list[str], attempts: int | None, pick: bool
+) -> None:
+    target = targets[-1] if pick else None
+    it = injector(InjectedFault.error(500))
+    named = HeaderFault(Fault.hang(), target, attempts)
+    decided = [
+        it.decide(info(attempt=n, target=t), named, now=1.0) for n, t in enumerate(targets, start=1)
+    ]
+    hit = [d is not None and d.response == Fault.hang() for d in decided]
+    expected = [
+        (target is None or t == target) and (attempts is None or n <= attempts)
+        for n, t in enumerate(targets, start=1)
+    ]
+    assert hit == expected
+    # Every other attempt met the configured fault instead.
+    assert all(
+        d is not None and (h or d.response == InjectedFault.error(500))
+        for d, h in zip(decided, hit, strict=True)
+    )
