@@ -170,9 +170,9 @@ NEEDS_BASE_URL = frozenset({Provider.OPENAI_COMPATIBLE, Provider.AZURE_OPENAI})
 MAX_RATE = 1_000_000_000
 MAX_TOKEN_RATE = 1_000_000_000_000
 MAX_BUDGET_TOKENS = 1_000_000_000_000_000
-MAX_COST = 1_000_000_000_000.0
+MAX_COST = 1_000_000_000_000
 #: Price per million tokens (the table's currency): up to a million.
-MAX_PRICE = 1_000_000.0
+MAX_PRICE = 1_000_000
 #: Models a price table may list.
 MAX_PRICES = 10_000
 

@@ -145,7 +145,7 @@ class LimitGrant:
 
 @attrs.frozen
 class LimitRow:
-    """A stored row: a bucket's level at time ``at``, or a counter's amount used."""
+    """A stored row: what is used (a bucket's as of time ``at``, drained since)."""
 
     scope: str
     kind: str
@@ -156,26 +156,28 @@ class LimitRow:
 def apply_op(op: LimitOp, row: LimitRow | None, now: float) -> tuple[LimitRow, LimitGrant]:
     """The row after ``op`` at the store's time ``now``, and the grant. Pure.
 
-    A missing row is a full bucket, or a counter with nothing used.
+    Both kinds of row store what is *used*: a bucket's use drains at ``rate`` (its
+    level is ``capacity`` minus it; see :func:`_drained`), a counter's never does.
+    So a limit an admin raises has the extra room at once, and one lowered has less
+    at once. A missing row is nothing used: a full bucket, a fresh budget.
     """
     take = max(0.0, op.take)
     if op.whole:
         take = float(math.floor(take + EPSILON))
-    if op.kind == BUCKET:
-        if row is None:
-            level = op.capacity
-        else:
-            level = min(op.capacity, row.value + op.rate * max(0.0, now - row.at))
-        level = min(op.capacity, level + op.put) if op.put > 0 else level + op.put
-        room = _room(level, op.whole)
-        granted = min(take, room)
-        level -= granted
-        return LimitRow(op.scope, BUCKET, level, now), LimitGrant(op.scope, granted, level)
     used = 0.0 if row is None else row.value
-    used = max(0.0, used - op.put)
+    if op.kind == BUCKET and row is not None:
+        used = _drained(used, op.rate, now - row.at)
+    used = max(0.0, used - op.put)  # given back (never below nothing used), or charged
     granted = min(take, _room(op.capacity - used, op.whole))
     used += granted
-    return LimitRow(op.scope, COUNTER, used, now), LimitGrant(op.scope, granted, op.capacity - used)
+    return LimitRow(op.scope, op.kind, used, now), LimitGrant(op.scope, granted, op.capacity - used)
+
+
+def _drained(used: float, rate: float, elapsed: float) -> float:
+    """A bucket's use after ``elapsed`` seconds: it drains at the limit's pace, and
+    whatever it holds is gone within a minute (more than a minute's worth is in it
+    only after a limit was lowered, or after a charge beyond a reservation)."""
+    return max(0.0, used - max(rate, used / SECONDS_PER_MINUTE) * max(0.0, elapsed))
 
 
 def _room(level: float, whole: bool) -> float:
@@ -185,12 +187,13 @@ def _room(level: float, whole: bool) -> float:
 
 
 def row_level(row: LimitRow | None, kind: str, capacity: float, rate: float, now: float) -> float:
-    """What a row holds at ``now`` without changing it (bucket level, or budget left)."""
+    """What a row has left at ``now`` without changing it (bucket level, or budget left)."""
+    if row is None:
+        return capacity
+    used = row.value
     if kind == BUCKET:
-        if row is None:
-            return capacity
-        return min(capacity, row.value + rate * max(0.0, now - row.at))
-    return capacity - (row.value if row is not None else 0.0)
+        used = _drained(used, rate, now - row.at)
+    return capacity - used
 
 
 # --- one limit, as one process holds it -------------------------------------------------------
@@ -238,6 +241,8 @@ class Allowance:
     #: No key uses it any more (its limit or key was removed, its period is over):
     #: forgotten once it has nothing left to give back.
     retired: bool = False
+    #: Give the lease back at the next exchange without taking more (:meth:`release`).
+    releasing: bool = False
 
     @classmethod
     def bucket(cls, scope: str, per_minute: float) -> Allowance:
@@ -248,7 +253,12 @@ class Allowance:
         return cls(scope, COUNTER, float(limit), 0.0, whole)
 
     def reconfigure(self, capacity: float, rate: float) -> None:
-        """An admin changed the limit: the next exchange uses the new one."""
+        """An admin changed the limit: the next exchange uses the new one.
+
+        The shared row stores what is used, so the room seen changes with the limit.
+        """
+        if self.seen is not None:
+            self.seen += float(capacity) - self.capacity
         self.capacity = float(capacity)
         self.rate = rate
         if self.alone and self.kind == BUCKET:
@@ -284,7 +294,8 @@ class Allowance:
         if self.seen is None:
             return self.capacity
         if self.kind == BUCKET:
-            return min(self.capacity, self.seen + self.rate * max(0.0, now - self.seen_at))
+            used = self.capacity - self.seen
+            return self.capacity - _drained(used, self.rate, now - self.seen_at)
         return self.seen
 
     def remaining(self, now: float) -> float:
@@ -340,6 +351,14 @@ class Allowance:
         self.adjust(reserved, 0.0)
         self.spent -= reserved
 
+    def release(self) -> None:
+        """Give the whole lease back at the next exchange, and take none in it."""
+        if self.alone or self.local <= 0:
+            return
+        self.put += self.local
+        self.local = 0.0
+        self.releasing = True
+
     # --- the exchanger ------------------------------------------------------------------------
 
     def busy(self, now: float) -> bool:
@@ -366,16 +385,17 @@ class Allowance:
         if idle and self.local > 0 and not self.wanted:
             self.put += self.local
             self.local = 0.0
-        elif self.local > self.target * HIGH_WATER:
-            excess = self.local - self.target
+        elif self.local > (self.target + self.wanted) * HIGH_WATER:
+            excess = self.local - self.target - self.wanted
             if self.whole:
                 excess = math.floor(excess)
             self.put += excess
             self.local -= excess
         take = 0.0
-        if (self.wanted > 0 or (not idle and self.local < self.target * LOW_WATER)) and (
-            self.seen is None or self.shared_level(now) >= (1.0 if self.whole else EPSILON)
-        ):
+        releasing, self.releasing = self.releasing, False
+        if (
+            self.wanted > 0 or (not releasing and not idle and self.local < self.target * LOW_WATER)
+        ) and (self.seen is None or self.shared_level(now) >= (1.0 if self.whole else EPSILON)):
             take = max(0.0, self.wanted + self.target - self.local)
             if self.whole:
                 take = math.ceil(take - EPSILON)
@@ -490,6 +510,12 @@ class TokenUsage:
     @property
     def total(self) -> int:
         return self.input + self.output
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        """Usage of several attempts of one request, charged once."""
+        return TokenUsage(
+            self.input + other.input, self.output + other.output, self.cached + other.cached
+        )
 
 
 def cost_of(usage: TokenUsage, price: Price | None) -> float:

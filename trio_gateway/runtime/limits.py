@@ -415,6 +415,13 @@ class Limiter:
         policy = self.policies.get(key_id)
         if policy is None or policy.budget is None:
             return None
+        state = self.keys.get(key_id)
+        if state is not None:
+            # This process's lease of the budget goes back first: "used" is then what was
+            # spent, plus what other processes hold leased (at most a lease each).
+            for allowance in (state.budget_tokens, state.budget_cost):
+                if allowance is not None:
+                    allowance.release()
         await self.flush()
         budget = policy.budget
         label, ends = period_of(budget.period, self._offset + self._clock())

@@ -557,24 +557,17 @@ class PostgresStore:
                 for op in ops:
                     first.setdefault(op.scope, op)
                 scopes = sorted(first)
-                # A missing row is created as it would be read (a full bucket, a counter at
-                # zero), so that every row of the batch can be locked before it is read.
+                # A missing row is created as it would be read (nothing used), so that every
+                # row of the batch can be locked before it is read.
                 cur.execute(
                     """
                     INSERT INTO tg_limits (scope, kind, value, at)
-                    SELECT s, k, v, extract(epoch FROM clock_timestamp())
-                    FROM unnest(%s::text[], %s::text[], %s::float8[]) AS t (s, k, v)
+                    SELECT s, k, 0, extract(epoch FROM clock_timestamp())
+                    FROM unnest(%s::text[], %s::text[]) AS t (s, k)
                     ORDER BY s
                     ON CONFLICT (scope) DO NOTHING
                     """,
-                    [
-                        scopes,
-                        [first[s].kind for s in scopes],
-                        [
-                            float(first[s].capacity) if first[s].kind == BUCKET else 0.0
-                            for s in scopes
-                        ],
-                    ],
+                    [scopes, [first[s].kind for s in scopes]],
                 )
                 locked = cur.execute(
                     "SELECT scope, kind, value, at FROM tg_limits WHERE scope = ANY(%s)"
