@@ -48,7 +48,10 @@ from trio_gateway.config.models import (
     Service,
     Target,
     Upstream,
+    check_api_key,
+    check_gateway,
     check_upstream,
+    effective_limits,
     rule_prefix,
 )
 from trio_gateway.errors import (
@@ -359,6 +362,17 @@ class Draft:
                 )
                 if taken:
                     raise Conflict(f"gateway {taken.name!r} already uses subdomain {sub!r}")
+        match entity:
+            case Gateway():
+                if problems := check_gateway(entity):
+                    raise ValidationFailed.of(problems)
+                self._check_priced(entity)
+            case ApiKey():
+                if problems := check_api_key(entity):
+                    raise ValidationFailed.of(problems)
+                gateway = self._entities[Kind.GATEWAY].get(entity.gateway_id)
+                if gateway is not None:
+                    self._check_priced(gateway, (entity,))
             case Upstream():
                 if problems := check_upstream(entity):
                     raise ValidationFailed.of(problems)
@@ -391,6 +405,41 @@ class Draft:
                                 f"active rule {other.name!r} already routes "
                                 f"{'/'.join(sorted(shared))} {entity.path}"
                             )
+
+    def _check_priced(self, gateway: Gateway, keys: Iterable[ApiKey] | None = None) -> None:
+        """A cost budget needs a price table: without one, every request would cost 0.
+
+        ``keys``: the keys being written (a key write); ``None``: a gateway write,
+        checked with its defaults and every key it has.
+        """
+        if gateway.prices:
+            return
+        if keys is None:
+            defaults = gateway.key_defaults
+            if defaults is not None and _has_cost_budget(defaults.limits):
+                raise ValidationFailed.single(
+                    "key_defaults.limits.budget.cost",
+                    "needs a price table: set 'prices' (per million tokens, by model)",
+                )
+            for key in self.in_gateway(Kind.API_KEY, gateway.id):
+                if _has_cost_budget(effective_limits(key, gateway)):
+                    raise ValidationFailed.single(
+                        "prices",
+                        f"must not be empty: API key {key.name!r} has a cost budget, "
+                        "which needs a price per model",
+                    )
+            return
+        for key in keys:
+            if _has_cost_budget(effective_limits(key, gateway)):
+                raise ValidationFailed.single(
+                    "limits.budget.cost",
+                    f"needs a price table: set 'prices' on gateway {gateway.name!r} "
+                    "(per million tokens, by model)",
+                )
+
+
+def _has_cost_budget(limits: Any) -> bool:
+    return limits is not None and limits.budget is not None and limits.budget.cost is not None
 
 
 # --- input handling (pure) ---------------------------------------------------------

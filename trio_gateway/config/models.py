@@ -117,8 +117,81 @@ class Method(enum.StrEnum):
     POST = "POST"
 
 
+class BudgetPeriod(enum.StrEnum):
+    """What a budget is per: a UTC calendar day, a UTC calendar month, or ever."""
+
+    DAY = "day"
+    MONTH = "month"
+    LIFETIME = "lifetime"
+
+
 #: Providers without a public endpoint: the target must say where they are.
 NEEDS_BASE_URL = frozenset({Provider.OPENAI_COMPATIBLE, Provider.AZURE_OPENAI})
+
+
+#: Ceilings of the per-key limits: far beyond any real use, low enough that every
+#: sum the gateway makes of them stays exact in a double (2**53).
+MAX_RATE = 1_000_000_000
+MAX_TOKEN_RATE = 1_000_000_000_000
+MAX_BUDGET_TOKENS = 1_000_000_000_000_000
+MAX_COST = 1_000_000_000_000
+#: Price per million tokens (the table's currency): up to a million.
+MAX_PRICE = 1_000_000
+#: Models a price table may list.
+MAX_PRICES = 10_000
+
+
+# --- key limits and prices -------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Budget:
+    """A cap on what a key spends per ``period``: ``tokens`` (input + output), ``cost``
+    (in the currency of the gateway's price table), or both. See docs/keys.md."""
+
+    period: BudgetPeriod
+    tokens: Annotated[int, Between(1, MAX_BUDGET_TOKENS)] | None = None
+    cost: Annotated[float, Between(0, MAX_COST, lo_open=True)] | None = None
+
+
+@attrs.frozen(kw_only=True)
+class KeyLimits:
+    """What one API key may spend; every limit is optional (``None``: not limited).
+
+    ``requests_per_minute`` and ``tokens_per_minute`` are token buckets holding a
+    minute's worth, refilled continuously; ``budget`` is a counter per period.
+    """
+
+    requests_per_minute: Annotated[int, Between(1, MAX_RATE)] | None = None
+    tokens_per_minute: Annotated[int, Between(1, MAX_TOKEN_RATE)] | None = None
+    budget: Budget | None = None
+
+    @property
+    def any(self) -> bool:
+        return (
+            self.requests_per_minute is not None
+            or self.tokens_per_minute is not None
+            or self.budget is not None
+        )
+
+
+@attrs.frozen(kw_only=True)
+class KeyDefaults:
+    """A gateway's defaults for its keys: a key without ``limits`` (or ``models``) of its
+    own has these. A key's own value replaces the default as a whole."""
+
+    limits: KeyLimits | None = None
+    models: tuple[ModelName, ...] | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Price:
+    """What a model costs per million tokens: ``input``, ``output``, and ``cached``
+    input tokens (read from a provider's prompt cache; ``None``: as ``input``)."""
+
+    input: Annotated[float, Between(0, MAX_PRICE)]
+    output: Annotated[float, Between(0, MAX_PRICE)]
+    cached: Annotated[float, Between(0, MAX_PRICE)] | None = None
 
 
 # --- entities ------------------------------------------------------------------
@@ -130,6 +203,10 @@ class Gateway:
     name: Name
     subdomain: Annotated[str, Text(1, 63)] | None = None
     status: GatewayStatus = GatewayStatus.ACTIVE
+    #: Limits and models for the gateway's keys that set none of their own.
+    key_defaults: KeyDefaults | None = None
+    #: Price per million tokens, by model name: the cost of each request.
+    prices: Mapping[ModelName, Price] = attrs.field(factory=dict)
     #: Faults injected into this gateway's live traffic: off unless an admin enables it.
     fault_injection: FaultInjection = attrs.field(factory=FaultInjection)
     created_at: datetime | None = None
@@ -265,13 +342,20 @@ class Rule:
 
 @attrs.frozen(kw_only=True)
 class ApiKey:
-    """A client key of one gateway. Only ``key_hash`` (SHA-256) of the key is kept."""
+    """A client key of one gateway. Only ``key_hash`` (SHA-256) of the key is kept.
+
+    ``limits`` and ``models``: ``None`` takes the gateway's ``key_defaults``; a value
+    replaces them as a whole (``limits: {}``: no limits, whatever the default).
+    """
 
     id: str = ""
     gateway_id: str = ""
     name: Name
     active: bool = True
     expires_at: datetime | None = None
+    limits: KeyLimits | None = None
+    #: The models the key may ask for (``None``: every model its gateway routes).
+    models: tuple[ModelName, ...] | None = None
     prefix: str = ""
     key_hash: str = attrs.field(default="", repr=False)
     created_at: datetime | None = None
@@ -377,6 +461,60 @@ def check_upstream(upstream: Upstream) -> list[Problem]:
                 problems.append(Problem(f"targets[{i}].id", "another target has this id"))
             seen_ids.add(target.id)
     return problems
+
+
+def check_key_limits(limits: KeyLimits | None, loc: str) -> list[Problem]:
+    """A budget must cap something."""
+    if limits is None or limits.budget is None:
+        return []
+    budget = limits.budget
+    if budget.tokens is None and budget.cost is None:
+        return [Problem(f"{loc}.budget", "must set 'tokens', 'cost' or both")]
+    return []
+
+
+def check_models(models: tuple[str, ...] | None, loc: str) -> list[Problem]:
+    """A key's list of models: not empty (leave it out to allow every model), no repeats."""
+    if models is None:
+        return []
+    if not models:
+        return [Problem(loc, "must not be empty (leave it out, or null, to allow every model)")]
+    if len(models) > MAX_MODELS:
+        return [Problem(loc, f"lists more than {MAX_MODELS} models")]
+    if len(set(models)) != len(models):
+        return [Problem(loc, "lists a model more than once")]
+    return []
+
+
+def check_api_key(key: ApiKey) -> list[Problem]:
+    return check_key_limits(key.limits, "limits") + check_models(key.models, "models")
+
+
+def check_gateway(gateway: Gateway) -> list[Problem]:
+    problems = []
+    if len(gateway.prices) > MAX_PRICES:
+        problems.append(Problem("prices", f"lists more than {MAX_PRICES} models"))
+    if gateway.key_defaults is not None:
+        problems += check_key_limits(gateway.key_defaults.limits, "key_defaults.limits")
+        problems += check_models(gateway.key_defaults.models, "key_defaults.models")
+    return problems
+
+
+def effective_limits(key: ApiKey, gateway: Gateway | None) -> KeyLimits | None:
+    """The key's limits, or its gateway's default; ``None`` when nothing is limited."""
+    limits = key.limits
+    if limits is None and gateway is not None and gateway.key_defaults is not None:
+        limits = gateway.key_defaults.limits
+    return limits if limits is not None and limits.any else None
+
+
+def effective_models(key: ApiKey, gateway: Gateway | None) -> tuple[str, ...] | None:
+    """The models the key may use, or ``None`` for every model."""
+    if key.models is not None:
+        return key.models
+    if gateway is not None and gateway.key_defaults is not None:
+        return gateway.key_defaults.models
+    return None
 
 
 def check_headers(headers: Mapping[str, str], loc: str) -> list[Problem]:

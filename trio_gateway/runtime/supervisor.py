@@ -13,7 +13,9 @@ and after every catalog change it *reconciles*:
   state carries over when the URL is the same;
 * a removed target's actor is retired the same way, so nothing in flight is lost;
 * then a new :class:`RouteTable` is compiled (keys by hash, rules longest-first,
-  services with their dispatcher and limits) and swapped in with one assignment.
+  services with their dispatcher and limits) and swapped in with one assignment,
+  together with the keys' limits (:class:`~trio_gateway.runtime.limits.Limiter`,
+  whose exchanger runs in the same nursery).
 
 Each upstream is built on its own (:func:`plan_upstream`, then its actors): one
 that cannot be built keeps its previous runtime if it had one, or is left out, and
@@ -59,6 +61,7 @@ from trio_gateway.runtime.clients import ClientPool
 from trio_gateway.runtime.dispatcher import Dispatcher, Limits, health_policy
 from trio_gateway.runtime.ending import EndStreams
 from trio_gateway.runtime.injection import Injection
+from trio_gateway.runtime.limits import Limiter
 from trio_gateway.runtime.target import TargetActor, TargetStatistics
 from trio_gateway.store import Notice
 
@@ -272,6 +275,8 @@ class Runtime:
         self._ejections_out, self._ejections_in = trio.open_memory_channel[dict](EJECTIONS_QUEUED)
         #: Set it to end every running stream now, with an error event (shutdown).
         self.end_streams = EndStreams()
+        #: The API keys' limits and usage (docs/keys.md); runs in this runtime's nursery.
+        self.limiter = Limiter(catalog.store)
 
     async def run(
         self, *, task_status: trio.TaskStatus[Runtime] = trio.TASK_STATUS_IGNORED
@@ -280,6 +285,7 @@ class Runtime:
             self._clients = clients
             self._nursery = nursery
             nursery.start_soon(self._publish_ejections)
+            await nursery.start(self.limiter.run)
             snapshot = self.catalog.snapshot
             self._reconcile(snapshot)
             self._mark_applied(snapshot.generation)
@@ -408,6 +414,7 @@ class Runtime:
             if actors.get(key) is not actor:
                 actor.retire()
         self._actors = actors
+        self.limiter.update(snapshot)
         self.table = table
         for gateway_id, injection in self._injections.items():
             if injections.get(gateway_id) is not injection:
