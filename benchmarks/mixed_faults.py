@@ -744,6 +744,15 @@ def summarize(
         if r.kind == OK and trail:
             served[names.get(trail[-1][0], trail[-1][0])] += 1
     no_attempt_503 = sum(1 for r, trail in answered if r.status == 503 and not trail)
+    # Issue 10, item 6: a failed request either broke after its first content (its stream
+    # ended with an error event) or tried every target.
+    targets_total = len(FAULTS)
+    not_every_target = sum(
+        1
+        for r, trail in answered
+        if r.kind not in (OK, "stream_error_after_content")
+        and len({target for target, _ in trail}) < targets_total
+    )
 
     def rate(rs: list[Result]) -> float | None:
         return sum(r.kind == OK for r in rs) / len(rs) if rs else None
@@ -829,6 +838,7 @@ def summarize(
         "success_rate_whole": rate([r for r in results if not r.stream]),
         "failures": {k: kinds[k] for k in sorted(kinds, key=lambda k: -kinds[k])},
         "http_503_no_attempt": no_attempt_503,
+        "failed_without_trying_every_target": not_every_target,
         "attempts": {
             "mean": (sum(len(t) for _, t in answered) / len(answered)) if answered else None,
             "distribution": {str(n): attempts[n] for n in sorted(attempts)},
@@ -907,6 +917,8 @@ def render(report: dict[str, Any]) -> str:
         f"{pct(report['success_rate_whole'])} |",
         f"| HTTP 503 with no target tried | {report['http_503_no_attempt']} "
         f"({pct(report['http_503_no_attempt'] / total)} of requests) |",
+        f"| failed without trying every target (must be 0) | "
+        f"{report['failed_without_trying_every_target']} |",
         f"| time with no target healthy (health endpoint) | "
         f"{pct(report['health'].get('all_ejected_share'))} |",
         f"| attempts per request (mean) | {fmt(report['attempts']['mean'], '.2f')} |",

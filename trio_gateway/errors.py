@@ -23,6 +23,7 @@ Errors are translated once at each boundary, keeping the cause
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
@@ -134,6 +135,47 @@ class ModelNotServed(ClientError):
 
     status = 400
     type = "model_not_found"
+
+
+class ModelNotAllowed(ClientError):
+    """The client's API key may not use the model it asked for (its ``models``).
+
+    403; OpenAI's dialect answers 404 ``model_not_found`` instead, as OpenAI does for
+    a model a key has no access to (:func:`trio_gateway.core.limits.model_not_allowed`).
+    """
+
+    status = 403
+    type = "model_not_allowed"
+
+
+class KeyLimitExceeded(ClientError):
+    """A limit of the client's own API key refused the request: 429, with ``Retry-After``
+    (whole seconds until the limit has room again) when it will have."""
+
+    status = 429
+    type = "rate_limit_exceeded"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit: str,
+        retry_after: float | None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        all_headers = dict(headers or {})
+        if retry_after is not None and math.isfinite(retry_after):
+            all_headers["Retry-After"] = str(max(1, math.ceil(retry_after - 1e-9)))
+        super().__init__(message, headers=all_headers)
+        #: Which limit: ``requests``, ``tokens`` or ``budget``.
+        self.limit = limit
+        self.retry_after = retry_after
+
+
+class BudgetExhausted(KeyLimitExceeded):
+    """The key's budget for the period is used up."""
+
+    type = "insufficient_quota"
 
 
 # --- gateway-side errors -----------------------------------------------------

@@ -40,18 +40,21 @@ from cattrs.errors import (
 from cattrs.gen import make_dict_unstructure_fn, make_mapping_structure_fn
 
 from trio_gateway.config import secrets
+from trio_gateway.config.faults import Fault, compact
 from trio_gateway.config.models import (
     ALGORITHM_ALIASES,
     Algorithm,
     ApiKey,
+    Credentials,
+    HealthChecks,
+    Target,
+)
+from trio_gateway.config.types import (
     BaseUrlT,
     Between,
-    Credentials,
     HeaderNameT,
     HeaderValueT,
-    HealthChecks,
     SecretT,
-    Target,
     Text,
     UrlPathT,
 )
@@ -304,6 +307,20 @@ def _strict_attrs(cl: type, converter: cattrs.Converter) -> Callable[[Any, type]
     return structure
 
 
+def _fault(cl: type, converter: cattrs.Converter) -> Callable[[Any, type], Any]:
+    """A fault from an object, or from its bare kind name (``"hang"``)."""
+    inner = _strict_attrs(cl, converter)
+
+    def structure(value: Any, _: type) -> Any:
+        return inner({"kind": value} if type(value) is str else value, cl)
+
+    return structure
+
+
+def _is_fault(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, Fault)
+
+
 def _is_homogeneous_tuple(tp: Any) -> bool:
     args = get_args(tp)
     return get_origin(tp) is tuple and len(args) == 2 and args[1] is Ellipsis
@@ -370,6 +387,7 @@ def _make_base(*, check_values: bool = True) -> cattrs.Converter:
     converter.register_structure_hook(enum.StrEnum, _enum)
     converter.register_structure_hook(enum.Enum, _enum)
     converter.register_structure_hook_factory(attrs.has, _strict_attrs)
+    converter.register_structure_hook_factory(_is_fault, _fault)
     converter.register_structure_hook(datetime, _datetime)
     converter.register_structure_hook_factory(
         lambda tp: _constraint(tp) is not None,
@@ -424,6 +442,13 @@ def make_api_converter() -> cattrs.Converter:
     converter.register_unstructure_hook(Target, target)
     converter.register_unstructure_hook(HealthChecks, health_checks)
     converter.register_unstructure_hook(ApiKey, api_key)
+
+    def fault(cl: type[Fault]) -> Callable[[Fault], dict[str, Any]]:
+        """Faults are shown as written: only what differs from the defaults."""
+        plain = make_dict_unstructure_fn(cl, converter)
+        return lambda value: compact(value, plain(value))
+
+    converter.register_unstructure_hook_factory(_is_fault, fault)
     return converter
 
 

@@ -43,7 +43,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -58,12 +59,14 @@ from trio_gateway.config import file
 from trio_gateway.config.catalog import Catalog
 from trio_gateway.config.file import ApplyReport, Declarations
 from trio_gateway.errors import GatewayError, ValidationFailed
-from trio_gateway.runtime.supervisor import Runtime, preflight
+from trio_gateway.runtime.supervisor import EJECTION, Runtime, preflight
 from trio_gateway.settings import STORE_ENV, Settings
 from trio_gateway.store import (
     CONFIG,
     CONNECTED,
     DISCONNECTED,
+    Notice,
+    Store,
     StoreCorrupt,
     StoreUnavailable,
     open_store,
@@ -123,17 +126,29 @@ async def end_streams_before_grace_ends(
     runtime.end_streams.set()
 
 
+@asynccontextmanager
+async def _store(settings: Settings, given: Store | None) -> AsyncIterator[Store]:
+    if given is not None:
+        yield given
+        return
+    async with open_store(settings.data_dir, settings.store) as store:
+        yield store
+
+
 async def serve(
     settings: Settings,
     declarations: Declarations | None = None,
     *,
     shutdown: trio.Event | None = None,
     transport: httpx2.AsyncBaseTransport | None = None,
+    store: Store | None = None,
     tracing: Tracing | None = None,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the gateway until cancelled or ``shutdown``; see the module docstring.
 
+    ``transport`` and ``store`` replace the targets' HTTP transport and the store
+    the settings name (tests: a scripted provider, instances on one memory store).
     ``tracing``: where spans go; ``None`` reads the ``OTEL_*`` variables
     (:meth:`Tracing.from_environment`).
     """
@@ -141,7 +156,9 @@ async def serve(
     readiness = Readiness()
     telemetry = make_telemetry(settings, tracing)
     try:
-        await _serve(settings, declarations, shutdown, transport, telemetry, readiness, task_status)
+        await _serve(
+            settings, declarations, shutdown, transport, store, telemetry, readiness, task_status
+        )
     finally:
         telemetry.flush()  # what the servers' last requests left
         if telemetry.tracing is not None and telemetry.tracing.owned:
@@ -168,11 +185,12 @@ async def _serve(
     declarations: Declarations | None,
     shutdown: trio.Event,
     transport: httpx2.AsyncBaseTransport | None,
+    store: Store | None,
     telemetry: Telemetry,
     readiness: Readiness,
     task_status: trio.TaskStatus[Running],
 ) -> None:
-    async with open_store(settings.data_dir, settings.store) as store:
+    async with _store(settings, store) as store:
         catalog = await Catalog.load(store, preflight=preflight)
         readiness.details["store"] = partial(store_report, catalog)
         report = None
@@ -189,7 +207,8 @@ async def _serve(
                 },
             )
         async with trio.open_nursery() as background:
-            await background.start(follow_store, catalog)
+            subscribers: dict[str, Callable[[Notice], None]] = {}
+            await background.start(follow_store, catalog, subscribers)
             readiness.set("config")
             fakes = {}
             if declarations is not None and declarations.fake_providers:
@@ -217,6 +236,7 @@ async def _serve(
                 background.start_soon(refresh_gauges, telemetry, runtime)
             readiness.set("runtime")
             readiness.problems = runtime.problems
+            subscribers[EJECTION] = runtime.on_notice
             background.start_soon(
                 end_streams_before_grace_ends, shutdown, runtime, settings.graceful_timeout
             )
@@ -234,6 +254,7 @@ async def _serve(
                     if telemetry.metrics is not None
                     else None,
                     explain=partial(explain, runtime, settings.proxy_max_body),
+                    fault_injection=runtime.fault_injection,
                 ),
                 server.ConnectionLimits(settings.admin_max_body, settings.body_timeout),
                 closing=shutdown.is_set,
@@ -416,7 +437,10 @@ def store_report(catalog: Catalog) -> dict:
 
 
 async def follow_store(
-    catalog: Catalog, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    catalog: Catalog,
+    subscribers: Mapping[str, Callable[[Notice], None]] | None = None,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Keep ``catalog`` at the store's version until cancelled.
 
@@ -425,7 +449,8 @@ async def follow_store(
     between the initial load and the subscription. Then: a ``config`` notice for
     another version, or a (re)connection, makes it :meth:`Catalog.refresh`; every
     :data:`SAFETY_NET_S` it compares versions in case a notice was lost. Notices
-    of other topics are for other subscribers (or newer gateways) and ignored.
+    of other topics go to ``subscribers`` by topic (shared ejections: the runtime);
+    those nobody subscribed to are for newer gateways and ignored.
     A store that is unreachable is not an error here: the catalog keeps its
     snapshot and the next notice or check catches up.
     """
@@ -445,6 +470,8 @@ async def follow_store(
                     "lost the store's notices; serving the last configuration",
                     extra={"fields": {"version": catalog.version, **notice.data}},
                 )
+            elif subscribers and (subscriber := subscribers.get(notice.topic)) is not None:
+                subscriber(notice)
 
 
 async def _check_version(catalog: Catalog) -> None:

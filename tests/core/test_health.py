@@ -372,3 +372,30 @@ def test_invariants(events, threshold, interval, ejection_time):
         if h.state is State.HEALTHY:
             assert h.consecutive_failures < threshold  # reaching it ejects (no cap here)
         assert h.statistics(now).state in State
+
+
+# --- shared health ---------------------------------------------------------------------------
+
+
+def test_an_ejection_from_another_instance_is_taken_as_it_is_and_not_announced_again():
+    h = health()
+    fail(h, 0.0, 2)
+    h.ejected_elsewhere(1.0, 31.0, "3 failures in a row (503, 503, 503)")
+    assert h.state is State.EJECTED and h.until == 31.0 and h.level == 0
+    transition = h.take_transition()
+    assert transition is not None and not transition.local
+    assert transition.reason == "ejected by another instance: 3 failures in a row (503, 503, 503)"
+    assert h.check_due(31.0)  # then its own recovery checks decide
+
+
+def test_an_ejection_from_elsewhere_respects_the_cap_and_the_state_here():
+    h = Health(GUIDE, may_eject=lambda: False)
+    h.ejected_elsewhere(0.0, 30.0, "x")
+    assert h.state is State.HEALTHY  # the cap: never every target out
+    parked = health()
+    parked.rate_limited(0.0, parked.admit(0.0), 10.0)
+    parked.ejected_elsewhere(1.0, 30.0, "x")
+    assert parked.state is State.PARKED  # only a target in rotation takes it
+    late = health()
+    late.ejected_elsewhere(5.0, 4.0, "x")  # already over
+    assert late.state is State.HEALTHY

@@ -166,7 +166,7 @@ def trail(response: httpx2.Response) -> list[tuple[str, str]]:
     value = response.headers.get("x-gateway-attempts", "")
     entries = []
     for item in filter(None, (part.strip() for part in value.split(","))):
-        target_id, outcome, _ = item.split(";")
+        target_id, outcome, *_ = item.split(";")  # then ms=, and fault= when injected
         entries.append((target_id, outcome.removeprefix("outcome=")))
     return entries
 

@@ -97,6 +97,9 @@ class Early:
 
 
 OVERSIZED = b"x" * (LIMIT + 1)
+#: A path under the rule that is no endpoint of the gateway's.
+NO_ENDPOINT = "/v1/audio/speech"
+
 EARLY = {
     "401-wrong-key": Early(
         401,
@@ -105,7 +108,7 @@ EARLY = {
         NEXT,
     ),
     "404-no-endpoint": Early(
-        404, head("POST", "/v1/embeddings", length=len(PROMPT), headers=WITH_KEY), PROMPT, NEXT
+        404, head("POST", NO_ENDPOINT, length=len(PROMPT), headers=WITH_KEY), PROMPT, NEXT
     ),
     "405-method": Early(405, head("PUT", CHAT, length=len(PROMPT), headers=WITH_KEY), PROMPT, NEXT),
     "413-declared-too-large": Early(
@@ -269,7 +272,7 @@ async def test_pipelined_requests_are_answered_in_order(autojump_clock):
     requests = [
         whole("GET", "/v1/models", headers=[("X-Api-Key", KEY), ("X-Request-Id", "one")]),
         whole("POST", CHAT, PROMPT, [("X-Api-Key", "wrong"), ("X-Request-Id", "two")]),
-        whole("POST", "/v1/embeddings", PROMPT, [*WITH_KEY, ("X-Request-Id", "three")]),
+        whole("POST", NO_ENDPOINT, PROMPT, [*WITH_KEY, ("X-Request-Id", "three")]),
         whole("GET", "/v1/models", headers=[("X-Api-Key", KEY), ("X-Request-Id", "four")]),
     ]
     with trio.fail_after(TIME_LIMIT):
@@ -423,7 +426,7 @@ async def test_a_whole_body_within_the_body_timeout_is_served(autojump_clock):
     with trio.fail_after(TIME_LIMIT):
         async with gateway() as gw:
             conn = await RawConnection.open(gw.proxy_url)
-            await conn.send(head("POST", "/v1/embeddings", length=100, headers=WITH_KEY))
+            await conn.send(head("POST", NO_ENDPOINT, length=100, headers=WITH_KEY))
             for _ in range(10):
                 await trio.sleep(BODY_TIMEOUT / 20)
                 await conn.send(b"x" * 10)

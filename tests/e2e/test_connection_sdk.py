@@ -39,7 +39,7 @@ async def test_the_openai_sdk_pool_survives_early_answers():
             )
             assert answer.choices[0].message.content.startswith("Hello from")
             with pytest.raises(openai.NotFoundError):  # an endpoint the gateway does not serve
-                await client.embeddings.create(model="text-embedding-3-small", input=BIG)
+                await client.completions.create(model=GPT, prompt=BIG)
             with pytest.raises(openai.AuthenticationError):
                 await wrong_key.chat.completions.create(
                     model=GPT, messages=[{"role": "user", "content": BIG}]
@@ -61,9 +61,18 @@ async def test_the_anthropic_sdk_pool_survives_early_answers():
                 model=GPT, max_tokens=64, messages=[{"role": "user", "content": "Hello"}]
             )
             assert answer.content[0].text.startswith("Hello from")
-            with pytest.raises(anthropic.NotFoundError):
-                await client.messages.count_tokens(
-                    model=GPT, messages=[{"role": "user", "content": BIG}]
+            with pytest.raises(anthropic.NotFoundError):  # not served either
+                await client.messages.batches.create(
+                    requests=[
+                        {
+                            "custom_id": "one",
+                            "params": {
+                                "model": GPT,
+                                "max_tokens": 64,
+                                "messages": [{"role": "user", "content": BIG}],
+                            },
+                        }
+                    ]
                 )
             with pytest.raises(anthropic.AuthenticationError):
                 await wrong_key.messages.create(

@@ -20,7 +20,7 @@ import yaml
 from tests.e2e.conftest import KEY, config, target
 from tests.e2e.instances import CHAT, Instance, open_instance, within
 from tests.pg import Schema, control
-from trio_gateway.testing.fake import open_fake_provider
+from trio_gateway.testing.fake import Fault, open_fake_provider
 
 TIMEOUT = 120
 PROPAGATION_BOUND_S = 1.0
@@ -244,3 +244,43 @@ async def test_instances_starting_at_once_on_an_empty_database_migrate_once(
     names = postgres.query("SELECT name FROM tg_entities WHERE kind = 'gateway'")
     assert names == [("e2e",)]
     assert all(instance.process.returncode == 0 for instance in instances)
+
+
+async def test_a_shared_ejection_on_a_is_seen_by_b_within_a_second(tmp_path, postgres: Schema):
+    with trio.fail_after(TIMEOUT):
+        async with (
+            open_fake_provider(name="bad", api_key="sk-fake-0", faults=[Fault.error(503)]) as bad,
+            open_fake_provider(name="good", api_key="sk-fake-1") as good,
+        ):
+            path = tmp_path / "gateway.yaml"
+            cfg = config(
+                [
+                    target(bad, priority=1, default_model="gpt-4o-mini"),
+                    target(good, priority=2, default_model="gpt-4o-mini"),
+                ],
+                health={"passive": True, "threshold": 3, "interval": 60, "shared": True},
+            )
+            path.write_text(yaml.safe_dump(cfg))
+            async with (
+                open_instance(
+                    ["--store", postgres.url, "--config", str(path)], tmp_path / "a.log"
+                ) as a,
+                open_instance(["--store", postgres.url], tmp_path / "b.log") as b,
+                b.api() as api,
+            ):
+                gateway = (await api.get("/gateways")).json()["items"][0]["id"]
+                upstream = (await api.get(f"/gateways/{gateway}/upstreams")).json()["items"][0]
+                bad_id = upstream["targets"][0]["id"]
+                for _ in range(3):
+                    assert await status_of(a) == 200  # each failed over to the good target
+
+                async def ejected_on_b() -> bool:
+                    health = await api.get(f"/gateways/{gateway}/upstreams/{upstream['id']}/health")
+                    state = {t["id"]: t for t in health.json()["targets"]}[bad_id]
+                    return state["state"] == "ejected" and "another instance" in state["reason"]
+
+                took = await within(PROPAGATION_BOUND_S, ejected_on_b)
+                print(f"a shared ejection reached the other instance in {took * 1000:.1f} ms")
+                before = len(bad.requests)
+                assert await status_of(b) == 200
+                assert len(bad.requests) == before  # B sends nothing to it now

@@ -215,3 +215,19 @@ async def test_another_store_hears_of_a_commit_at_once(backend: Backend):
             await writer.commit(Change(puts=[Gateway(id="b", name="b")]))
             with trio.fail_after(1):
                 assert (await notices.receive()).data["version"] == 2
+
+
+@bounded
+async def test_a_published_notice_reaches_every_process_on_the_store(backend: Backend):
+    async with backend.open() as publisher, backend.open() as listener:
+        async with listener.notices() as notices:
+            assert (await notices.receive()).topic == CONNECTED
+            started = trio.current_time()
+            await publisher.publish("ejection", {"target": "t1", "until": 12.5})
+            with trio.fail_after(1):  # the bound shared health states
+                notice = await notices.receive()
+            assert notice.topic == "ejection"
+            assert dict(notice.data) == {"target": "t1", "until": 12.5}
+            print(
+                f"{backend.name}: a published notice arrived in {trio.current_time() - started:.4f} s"
+            )

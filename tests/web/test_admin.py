@@ -57,6 +57,7 @@ async def test_guide_upstream_is_created_and_echoed(admin, gateway_id, guide_ups
         "ejection_time": 5,
         "max_ejected_percent": 100,
         "request_checks": True,
+        "shared": False,
         "active": False,
         "path": None,
         "headers": {},

@@ -37,6 +37,7 @@ import trio
 
 from trio_gateway import serde
 from trio_gateway.config import secrets
+from trio_gateway.config.faults import FaultInjection
 from trio_gateway.config.models import (
     ApiKey,
     Credentials,
@@ -47,7 +48,10 @@ from trio_gateway.config.models import (
     Service,
     Target,
     Upstream,
+    check_api_key,
+    check_gateway,
     check_upstream,
+    effective_limits,
     rule_prefix,
 )
 from trio_gateway.errors import (
@@ -232,6 +236,38 @@ class Draft:
         self._check(entity)
         return self._put(entity)
 
+    def set_fault_injection(self, gateway_id: str, data: Any) -> Gateway:
+        """Update a gateway's ``fault_injection`` as a ``PUT`` would.
+
+        ``data`` is the setting's JSON: sent fields replace, omitted ones stay,
+        ``null`` resets one. Problems are named by their path in ``data``.
+        """
+        old = self.get(Kind.GATEWAY, gateway_id)
+        if not isinstance(data, dict):
+            raise ValidationFailed.single("$", "must be a JSON object")
+        base = serde.STORE.unstructure(old.fault_injection)
+        sent = {k: v for k, v in data.items() if k != "since"}
+        setting = serde.structure(_merge(base, sent, {"since"}), FaultInjection)
+        return self._set_fault_injection(old, setting)
+
+    def switch_off_faults(self, gateway_id: str) -> Gateway:
+        """The kill switch: the gateway's ``fault_injection`` back to its default (off, none)."""
+        return self._set_fault_injection(self.get(Kind.GATEWAY, gateway_id), FaultInjection())
+
+    def switch_off_all_faults(self) -> list[Gateway]:
+        """The kill switch of every gateway at once; returns those that had a setting."""
+        return [
+            self.switch_off_faults(gateway.id)
+            for gateway in list(self._entities[Kind.GATEWAY].values())
+            if not gateway.fault_injection.same_as(FaultInjection())
+        ]
+
+    def _set_fault_injection(self, old: Gateway, setting: FaultInjection) -> Gateway:
+        gateway = attrs.evolve(old, fault_injection=setting, updated_at=self.now)
+        gateway = _stamp_injection(gateway, old)
+        self._check(gateway)
+        return self._put(gateway)
+
     def set_api_key(self, entity: ApiKey, key: str) -> ApiKey:
         """Point an existing key entity at a new key (declared keys in the config file)."""
         return self._put(
@@ -303,6 +339,8 @@ class Draft:
         entity = attrs.evolve(entity, **stamps)
         if kind is Kind.UPSTREAM:
             entity = _finish_upstream(entity, old)
+        elif kind is Kind.GATEWAY:
+            entity = _stamp_injection(entity, old)
         return entity
 
     def _check(self, entity: Any) -> None:
@@ -324,6 +362,17 @@ class Draft:
                 )
                 if taken:
                     raise Conflict(f"gateway {taken.name!r} already uses subdomain {sub!r}")
+        match entity:
+            case Gateway():
+                if problems := check_gateway(entity):
+                    raise ValidationFailed.of(problems)
+                self._check_priced(entity)
+            case ApiKey():
+                if problems := check_api_key(entity):
+                    raise ValidationFailed.of(problems)
+                gateway = self._entities[Kind.GATEWAY].get(entity.gateway_id)
+                if gateway is not None:
+                    self._check_priced(gateway, (entity,))
             case Upstream():
                 if problems := check_upstream(entity):
                     raise ValidationFailed.of(problems)
@@ -356,6 +405,41 @@ class Draft:
                                 f"active rule {other.name!r} already routes "
                                 f"{'/'.join(sorted(shared))} {entity.path}"
                             )
+
+    def _check_priced(self, gateway: Gateway, keys: Iterable[ApiKey] | None = None) -> None:
+        """A cost budget needs a price table: without one, every request would cost 0.
+
+        ``keys``: the keys being written (a key write); ``None``: a gateway write,
+        checked with its defaults and every key it has.
+        """
+        if gateway.prices:
+            return
+        if keys is None:
+            defaults = gateway.key_defaults
+            if defaults is not None and _has_cost_budget(defaults.limits):
+                raise ValidationFailed.single(
+                    "key_defaults.limits.budget.cost",
+                    "needs a price table: set 'prices' (per million tokens, by model)",
+                )
+            for key in self.in_gateway(Kind.API_KEY, gateway.id):
+                if _has_cost_budget(effective_limits(key, gateway)):
+                    raise ValidationFailed.single(
+                        "prices",
+                        f"must not be empty: API key {key.name!r} has a cost budget, "
+                        "which needs a price per model",
+                    )
+            return
+        for key in keys:
+            if _has_cost_budget(effective_limits(key, gateway)):
+                raise ValidationFailed.single(
+                    "limits.budget.cost",
+                    f"needs a price table: set 'prices' on gateway {gateway.name!r} "
+                    "(per million tokens, by model)",
+                )
+
+
+def _has_cost_budget(limits: Any) -> bool:
+    return limits is not None and limits.budget is not None and limits.budget.cost is not None
 
 
 # --- input handling (pure) ---------------------------------------------------------
@@ -522,6 +606,26 @@ def _finish_upstream(upstream: Upstream, old: Upstream | None) -> Upstream:
     )
 
 
+def _stamp_injection(gateway: Gateway, old: Gateway | None) -> Gateway:
+    """``fault_injection.since``: kept while the faults stay the same, else now.
+
+    ``window`` and ``flapping`` count from it, in every instance and across restarts
+    (a configuration file applied again at a start changes nothing). A setting at its
+    default (off, no faults) has none.
+    """
+    setting = gateway.fault_injection
+    before = old.fault_injection if old is not None else None
+    if setting.same_as(FaultInjection()):
+        since = None
+    elif before is not None and before.since is not None and setting.same_clock(before):
+        since = before.since
+    else:
+        since = gateway.updated_at
+    if since == setting.since:
+        return gateway
+    return attrs.evolve(gateway, fault_injection=attrs.evolve(setting, since=since))
+
+
 def _endpoint(target: Target) -> tuple:
     secret = target.credentials.header_value if target.credentials else None
     return (target.provider, target.base_url, target.path, secret)
@@ -670,6 +774,15 @@ class Catalog:
         self, kind: Kind, entity_id: str, data: Any, gateway_id: str | None = None
     ) -> Any:
         return await self.write(lambda d: d.replace(kind, entity_id, data, gateway_id))
+
+    async def set_fault_injection(self, gateway_id: str, data: Any) -> Gateway:
+        return await self.write(lambda d: d.set_fault_injection(gateway_id, data))
+
+    async def switch_off_faults(self, gateway_id: str) -> Gateway:
+        return await self.write(lambda d: d.switch_off_faults(gateway_id))
+
+    async def switch_off_all_faults(self) -> list[Gateway]:
+        return await self.write(lambda d: d.switch_off_all_faults())
 
     async def delete(self, kind: Kind, entity_id: str, gateway_id: str | None = None) -> None:
         await self.write(lambda d: d.delete(kind, entity_id, gateway_id))

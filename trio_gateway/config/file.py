@@ -35,6 +35,8 @@ from trio_gateway.config.models import (
     Gateway,
     Kind,
     Upstream,
+    check_api_key,
+    check_gateway,
     check_upstream,
 )
 from trio_gateway.errors import Problem, ValidationFailed
@@ -214,7 +216,9 @@ def _gateway(item: Any, loc: str, problems: list[Problem]) -> GatewayDecl | None
         problems.append(Problem(loc, "must be a mapping"))
         return None
     fields = {k: v for k, v in item.items() if k not in GATEWAY_LISTS}
-    _check(fields, Gateway, loc, problems)
+    gateway = _check(fields, Gateway, loc, problems)
+    if isinstance(gateway, Gateway):
+        problems.extend(attrs.evolve(p, loc=f"{loc}.{p.loc}") for p in check_gateway(gateway))
     entities: dict[Kind, tuple[Mapping[str, Any], ...]] = {}
     names: dict[Kind, set[str]] = {}
     for list_name, kind in GATEWAY_LISTS.items():
@@ -292,6 +296,8 @@ def _entity(kind: Kind, entry: Any, loc: str, problems: list[Problem]) -> dict[s
     entity = _check(probe, kind.model, loc, problems)
     if isinstance(entity, Upstream):
         problems.extend(attrs.evolve(p, loc=f"{loc}.{p.loc}") for p in check_upstream(entity))
+    if isinstance(entity, ApiKey):
+        problems.extend(attrs.evolve(p, loc=f"{loc}.{p.loc}") for p in check_api_key(entity))
     return entry
 
 

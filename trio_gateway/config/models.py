@@ -21,47 +21,19 @@ from typing import Annotated
 
 import attrs
 
+from trio_gateway.config.faults import FaultInjection
+from trio_gateway.config.types import (
+    BaseUrl,
+    Between,
+    HeaderName,
+    Headers,
+    ModelName,
+    Name,
+    Secret,
+    Text,
+    UrlPath,
+)
 from trio_gateway.errors import Problem
-
-# --- constrained scalar types (enforced by trio_gateway.serde) ----------------
-
-
-@attrs.frozen
-class Between:
-    """Inclusive numeric bounds; ``lo_open`` makes the lower bound exclusive."""
-
-    lo: float
-    hi: float
-    lo_open: bool = False
-
-
-@attrs.frozen
-class Text:
-    """A string of ``min_len``..``max_len`` characters with no control characters."""
-
-    min_len: int = 1
-    max_len: int = 256
-
-
-class HeaderNameT:
-    """An HTTP field name: an RFC 9110 token."""
-
-
-class HeaderValueT:
-    """An HTTP field value: visible characters, spaces and tabs only."""
-
-
-class SecretT:
-    """A credential: a non-empty HTTP field value."""
-
-
-class UrlPathT:
-    """An absolute URL path (``/v1/chat/completions``)."""
-
-
-class BaseUrlT:
-    """An ``http`` or ``https`` URL with a host and an optional path prefix."""
-
 
 #: Durations, in seconds: every one has a floor (no spinning, no probe floods, no
 #: budget too short to be met) and a ceiling (no request held for days).
@@ -94,8 +66,6 @@ FORBIDDEN_HEADERS = frozenset(
     }
 )
 
-Name = Annotated[str, Text(1, 200)]
-ModelName = Annotated[str, Text(1, 256)]
 Description = Annotated[str, Text(0, 2000)]
 Weight = Annotated[int, Between(1, 100)]
 Priority = Annotated[int, Between(1, 1000)]
@@ -103,12 +73,6 @@ Threshold = Annotated[int, Between(1, 1000)]
 RequestSeconds = Annotated[float, REQUEST_TIMEOUT_S]
 AttemptSeconds = Annotated[float, ATTEMPT_TIMEOUT_S]
 CheckSeconds = Annotated[float, CHECK_PERIOD_S]
-HeaderName = Annotated[str, HeaderNameT()]
-HeaderValue = Annotated[str, HeaderValueT()]
-Secret = Annotated[str, SecretT()]
-UrlPath = Annotated[str, UrlPathT()]
-BaseUrl = Annotated[str, BaseUrlT()]
-Headers = Mapping[HeaderName, HeaderValue]
 
 
 class Algorithm(enum.StrEnum):
@@ -153,8 +117,81 @@ class Method(enum.StrEnum):
     POST = "POST"
 
 
+class BudgetPeriod(enum.StrEnum):
+    """What a budget is per: a UTC calendar day, a UTC calendar month, or ever."""
+
+    DAY = "day"
+    MONTH = "month"
+    LIFETIME = "lifetime"
+
+
 #: Providers without a public endpoint: the target must say where they are.
 NEEDS_BASE_URL = frozenset({Provider.OPENAI_COMPATIBLE, Provider.AZURE_OPENAI})
+
+
+#: Ceilings of the per-key limits: far beyond any real use, low enough that every
+#: sum the gateway makes of them stays exact in a double (2**53).
+MAX_RATE = 1_000_000_000
+MAX_TOKEN_RATE = 1_000_000_000_000
+MAX_BUDGET_TOKENS = 1_000_000_000_000_000
+MAX_COST = 1_000_000_000_000
+#: Price per million tokens (the table's currency): up to a million.
+MAX_PRICE = 1_000_000
+#: Models a price table may list.
+MAX_PRICES = 10_000
+
+
+# --- key limits and prices -------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Budget:
+    """A cap on what a key spends per ``period``: ``tokens`` (input + output), ``cost``
+    (in the currency of the gateway's price table), or both. See docs/keys.md."""
+
+    period: BudgetPeriod
+    tokens: Annotated[int, Between(1, MAX_BUDGET_TOKENS)] | None = None
+    cost: Annotated[float, Between(0, MAX_COST, lo_open=True)] | None = None
+
+
+@attrs.frozen(kw_only=True)
+class KeyLimits:
+    """What one API key may spend; every limit is optional (``None``: not limited).
+
+    ``requests_per_minute`` and ``tokens_per_minute`` are token buckets holding a
+    minute's worth, refilled continuously; ``budget`` is a counter per period.
+    """
+
+    requests_per_minute: Annotated[int, Between(1, MAX_RATE)] | None = None
+    tokens_per_minute: Annotated[int, Between(1, MAX_TOKEN_RATE)] | None = None
+    budget: Budget | None = None
+
+    @property
+    def any(self) -> bool:
+        return (
+            self.requests_per_minute is not None
+            or self.tokens_per_minute is not None
+            or self.budget is not None
+        )
+
+
+@attrs.frozen(kw_only=True)
+class KeyDefaults:
+    """A gateway's defaults for its keys: a key without ``limits`` (or ``models``) of its
+    own has these. A key's own value replaces the default as a whole."""
+
+    limits: KeyLimits | None = None
+    models: tuple[ModelName, ...] | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Price:
+    """What a model costs per million tokens: ``input``, ``output``, and ``cached``
+    input tokens (read from a provider's prompt cache; ``None``: as ``input``)."""
+
+    input: Annotated[float, Between(0, MAX_PRICE)]
+    output: Annotated[float, Between(0, MAX_PRICE)]
+    cached: Annotated[float, Between(0, MAX_PRICE)] | None = None
 
 
 # --- entities ------------------------------------------------------------------
@@ -166,6 +203,12 @@ class Gateway:
     name: Name
     subdomain: Annotated[str, Text(1, 63)] | None = None
     status: GatewayStatus = GatewayStatus.ACTIVE
+    #: Limits and models for the gateway's keys that set none of their own.
+    key_defaults: KeyDefaults | None = None
+    #: Price per million tokens, by model name: the cost of each request.
+    prices: Mapping[ModelName, Price] = attrs.field(factory=dict)
+    #: Faults injected into this gateway's live traffic: off unless an admin enables it.
+    fault_injection: FaultInjection = attrs.field(factory=FaultInjection)
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
@@ -203,6 +246,9 @@ class Target:
     headers: Headers = attrs.field(factory=dict)
     #: Requests sent to this target at once (as many more may queue); ``None``: 1024.
     max_in_flight: Annotated[int, Between(1, 100_000)] | None = None
+    #: Whether it serves OpenAI's Responses API (``/v1/responses``) itself, or is sent
+    #: Responses requests translated to its chat API; ``None``: only ``openai`` does.
+    native_responses: bool | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -213,10 +259,12 @@ class HealthChecks:
     ejected target is out for ``ejection_time`` seconds (doubling while it keeps
     failing soon after each recovery, to at most ``interval``), then the gateway checks
     it every ``ejection_time`` seconds until it answers: a ``GET`` of ``path`` (default:
-    the provider's model list) and, with ``request_checks``, a minimal real request. ``interval`` is the time between health
-    checks: with ``active`` the probes of targets in rotation come that often, and an
-    ejected target is checked at least that often. At most ``max_ejected_percent`` of
-    the upstream's targets are ejected at once, and never all of them.
+    the provider's model list) and, with ``request_checks``, a minimal real request.
+    ``interval`` is the time between health checks: with ``active`` the probes of
+    targets in rotation come that often, and an ejected target is checked at least
+    that often. At most ``max_ejected_percent`` of the upstream's targets are ejected
+    at once, and never all of them. With ``shared``, an ejection decided by one
+    instance (or worker) is announced through the store and taken by the others.
     """
 
     passive: bool = True
@@ -227,6 +275,8 @@ class HealthChecks:
     #: A recovery check also sends a minimal real request (one output token) once the
     #: model list answers; ``false``: the ``GET`` alone decides.
     request_checks: bool = True
+    #: Announce this instance's ejections to the others on the same store, and take theirs.
+    shared: bool = False
     active: bool = False
     path: UrlPath | None = None
     headers: Headers = attrs.field(factory=dict)
@@ -243,6 +293,9 @@ class Upstream:
     model_fallback: ModelFallback = ModelFallback.DEFAULT_MODEL
     #: ``max_tokens`` sent to Anthropic-format targets when an OpenAI client gave none.
     default_max_tokens: Annotated[int, Between(1, 1_000_000)] = 4096
+    #: ``GET /v1/models`` leaves out a model of this upstream while every target
+    #: serving it here is ejected.
+    hide_ejected_models: bool = False
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
@@ -289,13 +342,20 @@ class Rule:
 
 @attrs.frozen(kw_only=True)
 class ApiKey:
-    """A client key of one gateway. Only ``key_hash`` (SHA-256) of the key is kept."""
+    """A client key of one gateway. Only ``key_hash`` (SHA-256) of the key is kept.
+
+    ``limits`` and ``models``: ``None`` takes the gateway's ``key_defaults``; a value
+    replaces them as a whole (``limits: {}``: no limits, whatever the default).
+    """
 
     id: str = ""
     gateway_id: str = ""
     name: Name
     active: bool = True
     expires_at: datetime | None = None
+    limits: KeyLimits | None = None
+    #: The models the key may ask for (``None``: every model its gateway routes).
+    models: tuple[ModelName, ...] | None = None
     prefix: str = ""
     key_hash: str = attrs.field(default="", repr=False)
     created_at: datetime | None = None
@@ -376,6 +436,13 @@ def check_upstream(upstream: Upstream) -> list[Problem]:
                     f"targets[{i}].base_url", f"is required for provider {target.provider.value!r}"
                 )
             )
+        if target.native_responses and target.provider is Provider.ANTHROPIC:
+            problems.append(
+                Problem(
+                    f"targets[{i}].native_responses",
+                    "Anthropic has no Responses API: Responses requests are translated to Messages",
+                )
+            )
         if len(set(target.models)) != len(target.models):
             problems.append(Problem(f"targets[{i}].models", "lists a model more than once"))
         if (
@@ -394,6 +461,60 @@ def check_upstream(upstream: Upstream) -> list[Problem]:
                 problems.append(Problem(f"targets[{i}].id", "another target has this id"))
             seen_ids.add(target.id)
     return problems
+
+
+def check_key_limits(limits: KeyLimits | None, loc: str) -> list[Problem]:
+    """A budget must cap something."""
+    if limits is None or limits.budget is None:
+        return []
+    budget = limits.budget
+    if budget.tokens is None and budget.cost is None:
+        return [Problem(f"{loc}.budget", "must set 'tokens', 'cost' or both")]
+    return []
+
+
+def check_models(models: tuple[str, ...] | None, loc: str) -> list[Problem]:
+    """A key's list of models: not empty (leave it out to allow every model), no repeats."""
+    if models is None:
+        return []
+    if not models:
+        return [Problem(loc, "must not be empty (leave it out, or null, to allow every model)")]
+    if len(models) > MAX_MODELS:
+        return [Problem(loc, f"lists more than {MAX_MODELS} models")]
+    if len(set(models)) != len(models):
+        return [Problem(loc, "lists a model more than once")]
+    return []
+
+
+def check_api_key(key: ApiKey) -> list[Problem]:
+    return check_key_limits(key.limits, "limits") + check_models(key.models, "models")
+
+
+def check_gateway(gateway: Gateway) -> list[Problem]:
+    problems = []
+    if len(gateway.prices) > MAX_PRICES:
+        problems.append(Problem("prices", f"lists more than {MAX_PRICES} models"))
+    if gateway.key_defaults is not None:
+        problems += check_key_limits(gateway.key_defaults.limits, "key_defaults.limits")
+        problems += check_models(gateway.key_defaults.models, "key_defaults.models")
+    return problems
+
+
+def effective_limits(key: ApiKey, gateway: Gateway | None) -> KeyLimits | None:
+    """The key's limits, or its gateway's default; ``None`` when nothing is limited."""
+    limits = key.limits
+    if limits is None and gateway is not None and gateway.key_defaults is not None:
+        limits = gateway.key_defaults.limits
+    return limits if limits is not None and limits.any else None
+
+
+def effective_models(key: ApiKey, gateway: Gateway | None) -> tuple[str, ...] | None:
+    """The models the key may use, or ``None`` for every model."""
+    if key.models is not None:
+        return key.models
+    if gateway is not None and gateway.key_defaults is not None:
+        return gateway.key_defaults.models
+    return None
 
 
 def check_headers(headers: Mapping[str, str], loc: str) -> list[Problem]:

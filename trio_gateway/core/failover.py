@@ -57,16 +57,26 @@ class AttemptRecord:
     ms: float
     #: Tried although out of rotation (every target able to serve was out or tried).
     last_resort: bool = False
+    #: The faults injected into this attempt (``hang``, ``latency+error``), if any: the
+    #: gateway's fault injection on live traffic.
+    fault: str | None = None
     #: When the attempt started (the caller's clock), for traces.
     started: float = 0.0
 
     def render(self) -> str:
-        return f"{self.target_id};outcome={self.outcome};ms={self.ms:.0f}"
+        fault = f";fault={self.fault}" if self.fault is not None else ""
+        return f"{self.target_id};outcome={self.outcome};ms={self.ms:.0f}{fault}"
 
 
 def render_trail(records: list[AttemptRecord]) -> str:
     """The ``X-Gateway-Attempts`` header value."""
     return ", ".join(r.render() for r in records)
+
+
+def render_faults(records: list[AttemptRecord]) -> str | None:
+    """The ``X-Gateway-Fault`` response header: each attempt that had faults injected."""
+    faulted = [f"{r.fault}; target={r.target_id}" for r in records if r.fault is not None]
+    return ", ".join(faulted) if faulted else None
 
 
 @attrs.frozen

@@ -14,6 +14,7 @@ States (``now`` is passed in; nothing here reads a clock)::
     CHECKING --(the check fails)------------------------------------------------> EJECTED for ejection_time
     CHECKING --(the check is answered 429)--------------------------------------> PARKED
     any out  --(a last-resort request succeeds: see ``Ticket.PANIC``)----------> HEALTHY
+    HEALTHY  --(another instance ejected it: ``ejected_elsewhere``)-----------> EJECTED
 
 A *recovery check* is the gateway's own cheap request (``GET`` the provider's model
 list, or ``health_checks.path``): no client request is ever the guinea pig, and a
@@ -110,7 +111,9 @@ class HealthPolicy:
 
 #: Why a target was ejected, as a bounded word (metrics' ``reason`` label): the
 #: transitions out of rotation that count as ejections.
-EJECTION_CAUSES = frozenset({"consecutive_failures", "probation", "active_probes"})
+EJECTION_CAUSES = frozenset(
+    {"consecutive_failures", "probation", "active_probes", "other_instance"}
+)
 
 
 @attrs.frozen
@@ -121,13 +124,15 @@ class Transition:
     #: What happened, for people: ``3 failures in a row (503, 503, first_byte_timeout)``.
     reason: str
     #: The same as one bounded word, for metrics: ``consecutive_failures``, ``probation``,
-    #: ``active_probes`` (ejections), ``rate_limited``, ``park_over``, ``check_started``,
-    #: ``check_passed``, ``check_failed``, ``last_resort_succeeded``.
+    #: ``active_probes``, ``other_instance`` (ejections), ``rate_limited``, ``park_over``,
+    #: ``check_started``, ``check_passed``, ``check_failed``, ``last_resort_succeeded``.
     cause: str = ""
     #: For an ejection: the failures that caused it (outcome words), oldest first.
     failures: tuple[str, ...] = ()
     #: For a park: the ``Retry-After`` it honours (``None``: none was sent, a backoff).
     retry_after: float | None = None
+    #: Decided here (``False``: taken from another instance, not to be announced again).
+    local: bool = True
 
 
 @attrs.frozen
@@ -269,6 +274,29 @@ class Health:
         """Is a recovery check due (the out-period of an ejection is over)?"""
         return self.state is State.EJECTED and now >= self.until
 
+    def ejected_elsewhere(self, now: float, until: float, reason: str) -> None:
+        """Another instance ejected this target until ``until`` (shared health).
+
+        Taken as it is, within the upstream's cap: the out-period is theirs, the
+        recovery checks then are this instance's own. It changes no level: this
+        instance saw no failure.
+        """
+        if self.state is not State.HEALTHY or until <= now or not self.may_eject():
+            return
+        self.until = until
+        self.last_out = until - now
+        self.ejections += 1
+        self.probation = False
+        self.trial_in_flight = False
+        self.recent.clear()
+        self._move(
+            now,
+            State.EJECTED,
+            f"ejected by another instance: {reason}",
+            "other_instance",
+            local=False,
+        )
+
     def start_check(self, now: float) -> None:
         self._move(now, State.CHECKING, "checking whether the target recovered", "check_started")
 
@@ -359,8 +387,11 @@ class Health:
         *,
         failures: tuple[str, ...] = (),
         retry_after: float | None = None,
+        local: bool = True,
     ) -> None:
-        transition = Transition(now, self.state, new, reason, cause, failures, retry_after)
+        transition = Transition(
+            now, self.state, new, reason, cause, failures, retry_after, local=local
+        )
         self.state = new
         self.since = now
         self.reason = reason

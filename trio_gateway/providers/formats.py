@@ -51,21 +51,28 @@ class ApiFormat(enum.StrEnum):
 
 
 class Api(enum.StrEnum):
-    """The client-facing generation APIs: which endpoint a request is for.
+    """The client-facing APIs that go to a provider: which endpoint a request is for.
 
     The dialect (:class:`ApiFormat`) decides the shape of errors; the API decides the
-    body and the stream grammar. OpenAI's dialect has two: chat completions and the
+    body and the stream grammar. OpenAI's dialect has three: chat completions, the
     Responses API (``POST /v1/responses``), whose streams are typed events
-    (``response.created`` … ``response.completed``) rather than chat chunks.
+    (``response.created`` … ``response.completed``) rather than chat chunks, and
+    embeddings. Anthropic's has Messages and token counting
+    (``POST /v1/messages/count_tokens``).
     """
 
     CHAT = "chat"
     MESSAGES = "messages"
     RESPONSES = "responses"
+    EMBEDDINGS = "embeddings"
+    COUNT_TOKENS = "count_tokens"
 
     @property
     def format(self) -> ApiFormat:
-        return ApiFormat.ANTHROPIC if self is Api.MESSAGES else ApiFormat.OPENAI
+        return ApiFormat.ANTHROPIC if self in _ANTHROPIC_APIS else ApiFormat.OPENAI
+
+
+_ANTHROPIC_APIS = frozenset({Api.MESSAGES, Api.COUNT_TOKENS})
 
 
 _PROVIDER_FORMATS: dict[str, ApiFormat] = {

@@ -14,6 +14,11 @@ connection pool: a thousand targets on one provider hold one pool, not a thousan
 A client is acquired when an actor is made and released when that actor has
 finished for good; the last release closes it, in the pool's own nursery. Each
 actor bounds its own requests in flight, so the clients' pools are not bounded.
+
+Every client's transport is wrapped in a
+:class:`~trio_gateway.runtime.injection.FaultTransport`: a request that carries an
+injected fault (a gateway's fault injection on live traffic) gets it there, in front
+of the provider call; any other goes straight through.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from contextlib import asynccontextmanager
 import attrs
 import httpx2
 import trio
+
+from trio_gateway.runtime.injection import FaultTransport
 
 CONNECT_TIMEOUT_S = 10.0
 #: httpx2's own timeouts are a safety net only: the actors' budgets cancel first.
@@ -106,13 +113,16 @@ class ClientPool:
         return {"clients": len(self._clients)}
 
     def _new_client(self, context: ssl.SSLContext) -> httpx2.AsyncClient:
-        return httpx2.AsyncClient(
+        transport = self._transport or httpx2.AsyncHTTPTransport(
             verify=context,
-            transport=self._transport,
-            timeout=httpx2.Timeout(SAFETY_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
             limits=httpx2.Limits(
                 max_connections=None, max_keepalive_connections=KEEPALIVE_PER_ORIGIN
             ),
+            trust_env=False,
+        )
+        return httpx2.AsyncClient(
+            transport=FaultTransport(transport),
+            timeout=httpx2.Timeout(SAFETY_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
             follow_redirects=False,
             trust_env=False,
         )

@@ -12,8 +12,9 @@ This loop only carries one to the other. Per attempt:
 1. ask the plan for a target: the eligible ones by tier and algorithm, and when
    none is left, the target most likely to have recovered (a last resort: no 503
    while something could serve);
-2. put the request in that target's dialect (a request that cannot be is skipped:
-   ``untranslatable``);
+2. put the request in that target's dialect and API (:meth:`Dispatcher.plan_attempt`;
+   a request that cannot be is skipped: ``untranslatable``). A token count for a
+   target that cannot count is answered here, with an estimate (``estimate``);
 3. submit a :class:`~trio_gateway.runtime.target.Job` to the target's actor
    (a full queue skips it: ``overloaded``) and wait for its first reply:
 
@@ -44,7 +45,13 @@ import trio
 from trio_gateway import jsonio
 from trio_gateway.config.models import ModelFallback, Upstream
 from trio_gateway.core.attempt import Budgets
-from trio_gateway.core.failover import AttemptRecord, Conclusion, Exchange, render_trail
+from trio_gateway.core.failover import (
+    AttemptRecord,
+    Conclusion,
+    Exchange,
+    render_faults,
+    render_trail,
+)
 from trio_gateway.core.health import HealthPolicy, State
 from trio_gateway.core.routing import Choice, ModelNotServed, TargetRoute, UpstreamPlan
 from trio_gateway.errors import (
@@ -57,9 +64,18 @@ from trio_gateway.errors import (
     Untranslatable,
 )
 from trio_gateway.providers import translate
-from trio_gateway.providers.formats import ApiFormat, error_body, stream_error_event
+from trio_gateway.providers.formats import (
+    Api,
+    ApiFormat,
+    error_body,
+    responses_error_event,
+    stream_error_event,
+)
+from trio_gateway.providers.translate.count_tokens import ESTIMATE_HEADER, count_tokens_estimate
+from trio_gateway.providers.translate.responses import next_sequence_number
 from trio_gateway.providers.usage import Usage
 from trio_gateway.runtime.ending import EndStreams
+from trio_gateway.runtime.injection import RequestFaults
 from trio_gateway.runtime.target import Committed, Ended, Failed, Job, Reply, TargetActor, Whole
 
 if TYPE_CHECKING:
@@ -79,6 +95,10 @@ EJECTED = frozenset({State.EJECTED, State.CHECKING})
 #: Client headers that belong to the client's own dialect (``anthropic-version``):
 #: meaningless, or worse, to a provider of the other dialect.
 DIALECT_PREFIXES = {ApiFormat.OPENAI: "openai-", ApiFormat.ANTHROPIC: "anthropic-"}
+#: How an API is named when a target does not have it.
+API_NAMES = {Api.EMBEDDINGS: "embeddings", Api.COUNT_TOKENS: "token counting"}
+#: Module constants: an enum member looked up on its class costs a descriptor call.
+_CHAT, _MESSAGES = Api.CHAT, Api.MESSAGES
 
 
 @attrs.frozen
@@ -92,6 +112,15 @@ class ClientRequest:
     stream: bool
     headers: Sequence[tuple[str, str]]
     request_id: str
+    #: The endpoint's API, whose dialect ``format`` is; by default the dialect's chat API.
+    api: Api = attrs.field(
+        default=attrs.Factory(
+            lambda self: Api.CHAT if self.format is ApiFormat.OPENAI else Api.MESSAGES,
+            takes_self=True,
+        )
+    )
+    #: Its gateway's fault injection, when enabled (``None``: nothing is injected).
+    faults: RequestFaults | None = None
 
 
 @attrs.frozen
@@ -248,17 +277,12 @@ class Dispatcher:
         self, request: ClientRequest, actor: TargetActor, choice: Choice
     ) -> AttemptError | None:
         """What would stop an attempt before it is sent (as :meth:`_attempt` finds it)."""
-        if request.format is not actor.format:
-            translator = translate.translator(
-                request.format,
-                actor.target.provider.value,
-                default_max_tokens=self.upstream.default_max_tokens,
-                request_id=request.request_id,
-            )
-            try:
+        try:
+            translator, provider_api = self.plan_attempt(request, actor)
+            if provider_api is not None and translator is not None:
                 _provider_body(request, choice.model, translator)
-            except ClientError as exc:
-                return Untranslatable(exc)
+        except ClientError as exc:
+            return Untranslatable(exc)
         if not actor.has_room():
             return TargetBusy("the target's queue is full")
         return None
@@ -293,7 +317,7 @@ class Dispatcher:
                 return actor, False, f"tier: priority {route.priority}; tier {serving} serves first"
         if not actor.has_room():
             return actor, False, "capacity: its queue is full"
-        if request.format is not actor.format and choice is not None:
+        if choice is not None:
             problem = self._blocked(request, actor, attrs.evolve(choice, index=index))
             if isinstance(problem, Untranslatable):
                 return actor, False, f"translation: {problem.message}"
@@ -354,6 +378,7 @@ class Dispatcher:
     ) -> ProxyResponse | None:
         """One attempt; its outcome goes to ``exchange``. A response means it answered."""
         started = trio.current_time()
+        fault = None
 
         def record(outcome: str, error: AttemptError | None = None) -> None:
             exchange.record(
@@ -364,31 +389,40 @@ class Dispatcher:
                     outcome,
                     (trio.current_time() - started) * 1000,
                     choice.last_resort,
+                    fault.describe() if fault is not None else None,
                     started,
                 ),
                 error,
             )
 
-        translator = (
-            None
-            if request.format is actor.format
-            else translate.translator(
-                request.format,
-                actor.target.provider.value,
-                default_max_tokens=self.upstream.default_max_tokens,
-                request_id=request.request_id,
-            )
-        )
-        # Usage is read for telemetry only: with it all off, nothing is asked or parsed.
-        hide_usage = (
-            observe is not None and translator is None and _usage_unasked(request, actor.format)
-        )
         try:
-            body = _provider_body(request, choice.model, translator, hide_usage)
+            api = request.api
+            if (api is _CHAT or api is _MESSAGES) and request.format is actor.format:
+                translator, provider_api = None, actor.api  # the common case, inline
+            else:
+                translator, provider_api = self.plan_attempt(request, actor)
+            # Usage is read for telemetry only: with it all off, nothing is asked or parsed.
+            hide_usage = (
+                observe is not None
+                and translator is None
+                and api is _CHAT
+                and provider_api is _CHAT
+                and _usage_unasked(request, actor.format)
+            )
+            if provider_api is not None:
+                body = _provider_body(request, choice.model, translator, hide_usage)
         except ClientError as exc:
             error: AttemptError = Untranslatable(exc)
             record(error.word, error)
             return None
+        if provider_api is None:
+            # A token count for a target that cannot count. A body that is no valid
+            # request is the client's 400 (the exception leaves the exchange).
+            answer = jsonio.dumpb(count_tokens_estimate(request.body))
+            record("estimate")
+            return ProxyResponse(
+                200, [("content-type", JSON_TYPE), (ESTIMATE_HEADER, "estimate")], answer
+            )
 
         reply_send, reply_receive = trio.open_memory_channel[Reply](REPLY_BUFFER)
         job = Job(
@@ -400,6 +434,8 @@ class Dispatcher:
             budgets=limits.budgets,
             client_format=request.format,
             reply=reply_send,
+            api=request.api,
+            provider_api=provider_api,
             translator=translator,
             last_resort=choice.last_resort,
             hide_usage=hide_usage,
@@ -411,6 +447,12 @@ class Dispatcher:
             error = TargetBusy("the target's queue is full")
             record(error.word, error)
             return None
+        if request.faults is not None:
+            # Decided once the job is taken (a refused one spends no fault), before any
+            # checkpoint: the actor has not dequeued it yet.
+            fault = job.fault = request.faults.attempt(
+                actor.target.id, choice.model, request.stream, exchange.made + 1, provider_api
+            )
 
         committed = False
         try:
@@ -431,7 +473,7 @@ class Dispatcher:
                         message.first,
                         reply_receive,
                         job,
-                        request.format,
+                        request.api,
                         limits.budgets.idle_timeout + STREAM_GRACE_S,
                         self.end_streams,
                         observe,
@@ -453,6 +495,54 @@ class Dispatcher:
             if not committed:
                 job.abandon()
                 reply_receive.close()
+
+    def plan_attempt(
+        self, request: ClientRequest, actor: TargetActor
+    ) -> tuple[translate.Translator | None, Api | None]:
+        """How ``actor`` serves ``request``: its translator (``None``: sent as it came)
+        and the target's API to call (``None``: a token count the gateway estimates).
+
+        Raises :class:`ClientError` when the target cannot serve the request (the
+        attempt is skipped as ``untranslatable``).
+        """
+        api = request.api
+        if api is _CHAT or api is _MESSAGES:
+            if request.format is actor.format:
+                return None, actor.api
+            return self._translator(request.format, request, actor), actor.api
+        endpoint = actor.endpoint
+        if api is Api.RESPONSES:
+            if endpoint.native_responses:
+                return None, Api.RESPONSES
+            translator = self._translator(Api.RESPONSES, request, actor)
+            return translator, translator.provider_api  # type: ignore[union-attr]
+        if endpoint.serves(api):
+            return None, api
+        if api is Api.COUNT_TOKENS:
+            return None, None
+        target = actor.target
+        raise ClientError(
+            f"target {target.id!r} cannot serve {API_NAMES.get(api, api.value)}: "
+            + (
+                f"provider {target.provider.value!r} has no such API"
+                if api.format is not actor.format
+                else f"its path {target.path!r} does not end with "
+                f"{'/chat/completions' if actor.format is ApiFormat.OPENAI else '/messages'}, "
+                "so the API's path beside it is unknown"
+            )
+        )
+
+    def _translator(
+        self, client: ApiFormat | Api, request: ClientRequest, actor: TargetActor
+    ) -> translate.Translator:
+        translator = translate.translator(
+            client,
+            actor.target.provider.value,
+            default_max_tokens=self.upstream.default_max_tokens,
+            request_id=request.request_id,
+        )
+        assert translator is not None
+        return translator
 
     # --- the response's headers and the final error ---------------------------------------
 
@@ -481,6 +571,8 @@ class Dispatcher:
             headers = [("X-Request-Id", request.request_id)]
             if exchange.trail:
                 headers.append(("X-Gateway-Attempts", render_trail(exchange.trail)))
+                if (faults := render_faults(exchange.trail)) is not None:
+                    headers.append(("X-Gateway-Fault", faults))
         else:
             headers = _selection_headers(
                 request, record.provider, record.model, record.target_id, exchange.trail
@@ -537,13 +629,16 @@ def _foreign(request: ClientRequest) -> list[tuple[str, str]]:
 def _selection_headers(
     request: ClientRequest, provider: str, model: str, target_id: str, trail: list[AttemptRecord]
 ) -> list[tuple[str, str]]:
-    return [
+    headers = [
         ("X-Selected-Provider", provider),
         ("X-Selected-Model", model),
         ("X-Selected-Target", target_id),
         ("X-Request-Id", request.request_id),
         ("X-Gateway-Attempts", render_trail(trail)),
     ]
+    if request.faults is not None and (faults := render_faults(trail)) is not None:
+        headers.append(("X-Gateway-Fault", faults))
+    return headers
 
 
 def _usage_unasked(request: ClientRequest, provider: ApiFormat) -> bool:
@@ -635,7 +730,7 @@ async def _stream_body(
     first: bytes,
     channel: trio.MemoryReceiveChannel[Reply],
     job: Job,
-    fmt: ApiFormat,
+    api: Api,
     safety_s: float,
     end: EndStreams,
     record: RequestRecord | None = None,
@@ -649,6 +744,7 @@ async def _stream_body(
     Leaving (client gone, generator closed) abandons the job. ``record`` (telemetry)
     is finished when the stream is over, with how it ended.
     """
+    last = first
     sent = len(first)
     how = "client_left"
     try:
@@ -664,9 +760,10 @@ async def _stream_body(
                 message = None
             if end.is_set():
                 how = "shutdown"
-                yield stream_error_event(fmt, "service_unavailable", SHUTTING_DOWN)
+                yield _error_event(api, "service_unavailable", SHUTTING_DOWN, last)
                 return
             if isinstance(message, bytes):
+                last = message
                 sent += len(message)
                 yield message
             elif isinstance(message, Ended):
@@ -677,8 +774,8 @@ async def _stream_body(
                 return
             else:
                 how = "internal_error"
-                yield stream_error_event(
-                    fmt, "upstream_error", "the provider's stream ended unexpectedly"
+                yield _error_event(
+                    api, "upstream_error", "the provider's stream ended unexpectedly", last
                 )
                 return
     finally:
@@ -687,3 +784,10 @@ async def _stream_body(
         if record is not None:
             record.stream_end = how
             record.finish(sent=sent)
+
+
+def _error_event(api: Api, type: str, message: str, last: bytes) -> bytes:
+    """An error event ending a committed stream of ``api``; ``last``: the bytes sent last."""
+    if api is Api.RESPONSES:
+        return responses_error_event(type, message, sequence_number=next_sequence_number(last))
+    return stream_error_event(api.format, type, message)

@@ -13,7 +13,9 @@ and after every catalog change it *reconciles*:
   state carries over when the URL is the same;
 * a removed target's actor is retired the same way, so nothing in flight is lost;
 * then a new :class:`RouteTable` is compiled (keys by hash, rules longest-first,
-  services with their dispatcher and limits) and swapped in with one assignment.
+  services with their dispatcher and limits) and swapped in with one assignment,
+  together with the keys' limits (:class:`~trio_gateway.runtime.limits.Limiter`,
+  whose exchanger runs in the same nursery).
 
 Each upstream is built on its own (:func:`plan_upstream`, then its actors): one
 that cannot be built keeps its previous runtime if it had one, or is left out, and
@@ -30,8 +32,11 @@ from __future__ import annotations
 
 import logging
 import math
+import time
+import uuid
 from collections.abc import Callable, Mapping
 from functools import partial
+from typing import Any
 
 import attrs
 import httpx2
@@ -47,19 +52,27 @@ from trio_gateway.config.models import (
     Upstream,
 )
 from trio_gateway.core.attempt import Budgets
+from trio_gateway.core.health import Transition
+from trio_gateway.core.listing import ModelLists, compile_model_lists
 from trio_gateway.core.routing import CompiledRule, compile_rules
 from trio_gateway.errors import Problem
 from trio_gateway.providers.endpoints import PROVIDERS, Endpoint
 from trio_gateway.runtime.clients import ClientPool
 from trio_gateway.runtime.dispatcher import Dispatcher, Limits, health_policy
 from trio_gateway.runtime.ending import EndStreams
+from trio_gateway.runtime.injection import Injection
+from trio_gateway.runtime.limits import Limiter
 from trio_gateway.runtime.target import TargetActor, TargetStatistics
+from trio_gateway.store import Notice
 from trio_gateway.telemetry import Telemetry
 
 log = logging.getLogger("trio_gateway.runtime")
 
 RESTART_BACKOFF_S = 0.1
 RESTART_BACKOFF_MAX_S = 30.0
+#: The notice topic of shared ejections, and how many may wait to be announced.
+EJECTION = "ejection"
+EJECTIONS_QUEUED = 64
 #: An actor that ran this long before crashing starts over from the shortest backoff.
 HEALTHY_RUN_S = 10.0
 
@@ -80,7 +93,8 @@ class KeyRoute:
     active: bool
     #: Seconds since the epoch; infinity when the key never expires.
     expires: float
-    #: The key's name: what the access log and the metrics call it.
+    #: The key's name: what the access log and the metrics call it, and what a fault of
+    #: the gateway's fault injection may select it by, with ``id``.
     name: str = ""
 
     @classmethod
@@ -93,6 +107,10 @@ class KeyRoute:
 class GatewayRoute:
     gateway: Gateway
     rules: tuple[CompiledRule, ...]
+    #: What ``GET <base>/models`` lists, by base (see :mod:`trio_gateway.core.listing`).
+    models: Mapping[str, ModelLists] = attrs.field(factory=dict)
+    #: Its fault injection, when enabled (``None``: off, the usual case).
+    injection: Injection | None = None
 
     @property
     def active(self) -> bool:
@@ -184,7 +202,8 @@ def plan_upstream(upstream: Upstream, base_urls: Mapping[str, str] | None = None
         try:
             endpoint = Endpoint.of(target)
             # The HTTP client parses these URLs for every request and probe.
-            httpx2.URL(endpoint.url_for("model"))
+            for _, url in endpoint.urls:
+                httpx2.URL(url.replace("{model}", "model"))
             httpx2.URL(endpoint.probe_url(upstream.health_checks.path))
             httpx2.Headers(endpoint.request_headers(()))
         except Exception as exc:
@@ -250,12 +269,19 @@ class Runtime:
         self.failures: dict[str, BuildFailure] = {}
         self._orphans: dict[str, Service] = {}
         self._actors: dict[tuple[str, str], TargetActor] = {}
+        #: Each enabled gateway's fault injection, by gateway id.
+        self._injections: dict[str, Injection] = {}
         self._nursery: trio.Nursery | None = None
         self._clients: ClientPool | None = None
         self._applied = 0
         self._applied_event = trio.Event()
+        #: This process among the instances sharing a store (to skip its own notices).
+        self.instance = uuid.uuid4().hex[:12]
+        self._ejections_out, self._ejections_in = trio.open_memory_channel[dict](EJECTIONS_QUEUED)
         #: Set it to end every running stream now, with an error event (shutdown).
         self.end_streams = EndStreams()
+        #: The API keys' limits and usage (docs/keys.md); runs in this runtime's nursery.
+        self.limiter = Limiter(catalog.store)
 
     async def run(
         self, *, task_status: trio.TaskStatus[Runtime] = trio.TASK_STATUS_IGNORED
@@ -263,6 +289,8 @@ class Runtime:
         async with ClientPool.open(self._transport) as clients, trio.open_nursery() as nursery:
             self._clients = clients
             self._nursery = nursery
+            nursery.start_soon(self._publish_ejections)
+            await nursery.start(self.limiter.run)
             snapshot = self.catalog.snapshot
             self._reconcile(snapshot)
             self._mark_applied(snapshot.generation)
@@ -278,6 +306,48 @@ class Runtime:
                         extra={"fields": {"generation": snapshot.generation}},
                     )
                 self._mark_applied(snapshot.generation)
+
+    # --- shared health ----------------------------------------------------------------------
+
+    def _announce(self, upstream_id: str, actor: TargetActor, transition: Transition) -> None:
+        """Queue an ejection decided here for the other instances (best effort, never waits)."""
+        message = {
+            "upstream": upstream_id,
+            "target": actor.target.id,
+            "until": time.time() + (actor.health.until - trio.current_time()),
+            "reason": transition.reason,
+            "by": self.instance,
+        }
+        try:
+            self._ejections_out.send_nowait(message)
+        except trio.WouldBlock:
+            log.debug("too many ejections to announce; one dropped", extra={"fields": message})
+
+    async def _publish_ejections(self) -> None:
+        store = self.catalog.store
+        async for message in self._ejections_in:
+            try:
+                await store.publish(EJECTION, message)
+            except Exception as exc:  # the store is away: the other instances see for themselves
+                log.warning(
+                    "could not announce an ejection",
+                    extra={"fields": {"target_id": message["target"], "error": type(exc).__name__}},
+                )
+
+    def on_notice(self, notice: Notice) -> None:
+        """An ejection another instance announced: taken by upstreams that share health."""
+        data: Any = notice.data
+        if notice.topic != EJECTION or data.get("by") == self.instance:
+            return
+        dispatcher = self.table.dispatchers.get(data.get("upstream"))
+        until = data.get("until")
+        if dispatcher is None or not dispatcher.upstream.health_checks.shared:
+            return
+        if not isinstance(until, int | float):
+            return
+        for actor in dispatcher.actors:
+            if actor.target.id == data.get("target"):
+                actor.ejected_elsewhere(until, str(data.get("reason", ""))[:300])
 
     def _mark_applied(self, generation: int) -> None:
         self._applied = generation
@@ -330,26 +400,57 @@ class Runtime:
                 dispatchers[upstream.id] = previous
             else:
                 dispatchers[upstream.id] = Dispatcher.build(upstream, members, self.end_streams)
-        table = _compile(snapshot, dispatchers, failures)
+        injections = self._plan_injections(snapshot, updates)
+        table = _compile(snapshot, dispatchers, failures, injections)
 
         for update in updates:
             update()
         for dispatcher in dispatchers.values():
+            shared = dispatcher.upstream.health_checks.shared
+            announce = partial(self._announce, dispatcher.upstream.id) if shared else None
+            injection = injections.get(dispatcher.upstream.gateway_id)
             for member in dispatcher.actors:
                 member.health.may_eject = dispatcher.may_eject
+                member.announce = announce
+                member.injection = injection
         for actor in fresh:
             self._nursery.start_soon(self._supervise, actor)
         for key, actor in self._actors.items():
             if actors.get(key) is not actor:
                 actor.retire()
         self._actors = actors
+        self.limiter.update(snapshot)
         self.table = table
+        for gateway_id, injection in self._injections.items():
+            if injections.get(gateway_id) is not injection:
+                injection.switch_off()
+        _log_injections(snapshot, self._injections, injections)
+        self._injections = injections
         if self.telemetry is not None:
             self.telemetry.configured(
                 {g.id: g.name for g in snapshot.gateways.values()}, dispatchers.values()
             )
         self._report(failures)
         self._report_orphans(snapshot)
+
+    def _plan_injections(
+        self, snapshot: Snapshot, updates: list[Callable[[], None]]
+    ) -> dict[str, Injection]:
+        """Each enabled gateway's fault injection: the running one while its faults are the
+        same (its counters go on; it adopts new switches in ``updates``), else a new one."""
+        injections = {}
+        for gateway in snapshot.gateways.values():
+            setting = gateway.fault_injection
+            if not setting.enabled:
+                continue
+            running = self._injections.get(gateway.id)
+            if running is not None and running.continues(setting):
+                if running.setting != setting:
+                    updates.append(partial(running.adopt, setting))
+                injections[gateway.id] = running
+            else:
+                injections[gateway.id] = Injection.start(setting)
+        return injections
 
     def _plan_actors(
         self, upstream: Upstream
@@ -467,6 +568,10 @@ class Runtime:
             return None
         return [actor.statistics() for actor in dispatcher.actors]
 
+    def fault_injection(self, gateway_id: str) -> Injection | None:
+        """The gateway's fault injection in force in this process, if enabled."""
+        return self._injections.get(gateway_id)
+
     def failure(self, upstream_id: str) -> BuildFailure | None:
         """Why ``upstream_id`` could not be built at the last change, if it could not."""
         return self.failures.get(upstream_id)
@@ -499,13 +604,40 @@ class Runtime:
         ]
 
 
+def _log_injections(
+    snapshot: Snapshot, before: Mapping[str, Injection], after: Mapping[str, Injection]
+) -> None:
+    """Fault injection breaks traffic on purpose: say loudly when it starts, and when it ends."""
+    for gateway_id, injection in after.items():
+        if before.get(gateway_id) is not injection:
+            setting = injection.setting
+            log.warning(
+                "fault injection in force",
+                extra={
+                    "fields": {
+                        "gateway_id": gateway_id,
+                        "name": snapshot.gateways[gateway_id].name,
+                        "faults": len(setting.faults),
+                        "header_faults": setting.header_faults,
+                        "expires_at": setting.expires_at.isoformat()
+                        if setting.expires_at
+                        else None,
+                    }
+                },
+            )
+    for gateway_id in before.keys() - after.keys():
+        log.info("fault injection switched off", extra={"fields": {"gateway_id": gateway_id}})
+
+
 def _compile(
     snapshot: Snapshot,
     dispatchers: Mapping[str, Dispatcher],
     failures: Mapping[str, BuildFailure] | None = None,
+    injections: Mapping[str, Injection] | None = None,
 ) -> RouteTable:
     """The route table; references that lead nowhere (a store edited by hand) are skipped."""
     failures = failures or {}
+    injections = injections or {}
     rules_by_gateway: dict[str, list] = {gid: [] for gid in snapshot.gateways}
     for rule in snapshot.rules.values():
         if rule.gateway_id in rules_by_gateway:
@@ -535,13 +667,17 @@ def _compile(
                 max_attempts=service.max_attempts,
             ),
         )
+    upstreams = {sid: route.dispatcher.upstream for sid, route in services.items()}
+    gateways = {}
+    for gid, gateway in snapshot.gateways.items():
+        rules = compile_rules(rules_by_gateway[gid])
+        gateways[gid] = GatewayRoute(
+            gateway, rules, compile_model_lists(rules, upstreams), injections.get(gid)
+        )
     return RouteTable(
         generation=snapshot.generation,
         keys={k.key_hash: KeyRoute.of(k) for k in snapshot.api_keys.values()},
-        gateways={
-            gid: GatewayRoute(gateway, compile_rules(rules_by_gateway[gid]))
-            for gid, gateway in snapshot.gateways.items()
-        },
+        gateways=gateways,
         subdomains={g.subdomain: g.id for g in snapshot.gateways.values() if g.subdomain},
         services=services,
         dispatchers=dispatchers,

@@ -51,7 +51,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -68,7 +68,15 @@ from trio_gateway.core.attempt import (
     retry_after,
 )
 from trio_gateway.core.balancing import PeakEwma
-from trio_gateway.core.health import Check, Health, HealthPolicy, HealthStatistics, State, Ticket
+from trio_gateway.core.health import (
+    Check,
+    Health,
+    HealthPolicy,
+    HealthStatistics,
+    State,
+    Ticket,
+    Transition,
+)
 from trio_gateway.errors import (
     Answer,
     AttemptAbandoned,
@@ -87,11 +95,12 @@ from trio_gateway.errors import (
     UpstreamTimeout,
 )
 from trio_gateway.providers.endpoints import Endpoint
-from trio_gateway.providers.formats import ApiFormat
+from trio_gateway.providers.formats import Api, ApiFormat
 from trio_gateway.providers.passthrough import PassthroughStream
-from trio_gateway.providers.translate import Translator
+from trio_gateway.providers.translate import ResponsesPassthroughStream, Translator
 from trio_gateway.providers.usage import Usage, usage_of
 from trio_gateway.providers.watch import MALFORMED, StreamWatch
+from trio_gateway.runtime.injection import EXTENSION, ArmedFault, Injection, check_fault
 
 log = logging.getLogger("trio_gateway.target")
 
@@ -177,6 +186,10 @@ class Job:
     budgets: Budgets
     client_format: ApiFormat
     reply: trio.MemorySendChannel[Reply]
+    #: The client's API, and the target's API it is sent to (the same, or the one a
+    #: translator writes for): which URL, which stream grammar.
+    api: Api
+    provider_api: Api
     #: ``None``: the provider speaks the client's dialect.
     translator: Translator | None = None
     #: Tried although out of rotation (nothing in rotation could serve).
@@ -186,6 +199,8 @@ class Job:
     hide_usage: bool = False
     #: Read the provider's usage of a whole answer (parsing it only for that).
     usage: bool = True
+    #: Faults injected into this attempt's provider call (a gateway's fault injection).
+    fault: ArmedFault | None = None
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     ticket: Ticket = Ticket.NORMAL
     dequeued: bool = False
@@ -228,9 +243,15 @@ class TargetActor:
         self.target = target
         self.checks = checks or HealthChecks()
         self.endpoint = Endpoint.of(target)
-        #: Parsed once: httpx would parse the URL string on every request.
-        self._url = None if "{model}" in self.endpoint.url else httpx2.URL(self.endpoint.url)
+        #: Each API's URL, parsed once (httpx would parse a string on every request);
+        #: a template with ``{model}`` stays a string.
+        self._urls: dict[Api, httpx2.URL | str] = {
+            api: url if "{model}" in url else httpx2.URL(url) for api, url in self.endpoint.urls
+        }
         self.format = self.endpoint.format
+        #: The generation API (chat completions or Messages), and its URL: most jobs'.
+        self.api = self.endpoint.api
+        self._url = self._urls[self.api]
         self.health = Health(policy)
         self.latency_estimate = PeakEwma()
         self.in_flight = 0
@@ -238,15 +259,19 @@ class TargetActor:
         self.failures = 0
         self.probes = 0
         self.probe_failures = 0
-        #: ``(model, streamed)`` of the last client request that failed here: the shape
-        #: of a recovery check's real request.
-        self._failed_shape: tuple[str, bool] | None = None
+        #: ``(model, streamed, API)`` of the last client request that failed here: the
+        #: shape of a recovery check's real request.
+        self._failed_shape: tuple[str, bool, Api] | None = None
         self.recent: collections.deque[tuple[float, str]] = collections.deque(maxlen=RECENT)
         #: Set by the supervisor while a crashed :meth:`run` waits to restart.
         self.restarting = False
         #: Told of each health transition (:class:`~trio_gateway.telemetry.metrics.TargetMetrics`),
         #: bound by the runtime when metrics are on.
         self.observer: Any = None
+        #: Told of each ejection decided here, when the upstream shares its health.
+        self.announce: Callable[[TargetActor, Transition], None] | None = None
+        #: Its gateway's fault injection, set by the runtime: the checks get its faults too.
+        self.injection: Injection | None = None
         #: At most this many requests at once; as many more may wait in the queue.
         self.max_in_flight = target.max_in_flight or MAX_IN_FLIGHT
         self._send, self._receive = trio.open_memory_channel[Job](
@@ -305,6 +330,12 @@ class TargetActor:
     @property
     def retired(self) -> bool:
         return self._retired
+
+    def ejected_elsewhere(self, until_epoch: float, reason: str) -> None:
+        """Another instance ejected this target until ``until_epoch`` (seconds since the epoch)."""
+        now = trio.current_time()
+        self.health.ejected_elsewhere(now, now + (until_epoch - time.time()), reason)
+        self._transitioned()
 
     def update(self, target: Target, policy: HealthPolicy, checks: HealthChecks) -> None:
         """Adopt edits that do not change the connection (weight, models, health policy)."""
@@ -382,9 +413,12 @@ class TargetActor:
         )
         self.probes += 1
         result, error, wait = Check.FAILED, "timed out", None
+        fault = check_fault(self.injection, self.target.id, None, False, self.api)
         with trio.move_on_after(min(checks.interval, PROBE_TIMEOUT_S)):
             try:
-                response = await client.get(url, headers=headers)
+                response = await client.get(
+                    url, headers=headers, extensions={EXTENSION: fault} if fault else None
+                )
             except Exception as exc:  # an unusable probe is a failed probe, never a crash
                 error = type(exc).__name__
             else:
@@ -403,6 +437,7 @@ class TargetActor:
     async def _request_check(self, client: httpx2.AsyncClient) -> tuple[Check, str, float | None]:
         """A minimal real request, as the last failed one was: does the provider serve now?
 
+        Same API too: a target whose embeddings failed is checked with an embedding.
         Without a model to ask for (no failure seen, no default model, no model list)
         there is nothing to send and the ``GET`` stands alone.
         """
@@ -413,18 +448,22 @@ class TargetActor:
         if model is None:
             return Check.OK, "", None
         stream = shape[1] if shape else False
+        api = shape[2] if shape and shape[2] in self._urls else self.api
         self.probes += 1
         send, receive = trio.open_memory_channel[Reply](64)
         now = trio.current_time()
         job = Job(
-            body=jsonio.dumpb(_check_body(self.format, self.target.provider.value, model, stream)),
+            body=jsonio.dumpb(_check_body(api, self.target.provider.value, model, stream)),
             headers=CHECK_HEADERS,
             model=model,
             stream=stream,
             deadline=now + 2 * CHECK_BUDGETS.first_byte_timeout,
             budgets=CHECK_BUDGETS,
-            client_format=self.format,
+            client_format=api.format,
             reply=send,
+            api=api,
+            provider_api=api,
+            fault=check_fault(self.injection, self.target.id, model, stream, api),
         )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_discard, receive)
@@ -434,12 +473,8 @@ class TargetActor:
                 error = None
             finally:
                 send.close()
-        if (
-            error is None
-            or isinstance(error, ModelUnavailable)
-            or not (error.blames_target or isinstance(error, RateLimited))
-        ):
-            return Check.OK, "", None
+        if error is None or isinstance(error, ModelUnavailable):
+            return Check.OK, "", None  # it answered (an error of the model is an answer)
         self.probe_failures += 1
         if isinstance(error, RateLimited):
             return Check.RATE_LIMITED, "HTTP 429", error.retry_after
@@ -478,12 +513,15 @@ class TargetActor:
         """
         now = trio.current_time()
         budget = AttemptBudget.start(job.budgets, job.deadline, now)
+        url = self._url if job.provider_api is self.api else self._urls[job.provider_api]
         request = client.build_request(
             "POST",
-            self._url or self.endpoint.url_for(job.model),
+            url if type(url) is not str else url.replace("{model}", job.model),
             headers=self.endpoint.request_headers(job.headers),
             content=job.body,
         )
+        if job.fault is not None:
+            request.extensions[EXTENSION] = job.fault
         response = None
         with trio.move_on_at(budget.timer):
             try:
@@ -583,10 +621,12 @@ class TargetActor:
         Returns how the attempt ended and whether the provider's body was read to its
         end (its connection can then be reused).
         """
-        watch = StreamWatch(self.format, hide_usage=job.hide_usage)
+        watch = StreamWatch(job.provider_api, hide_usage=job.hide_usage)
         stream = (
             job.translator.stream()
             if job.translator is not None
+            else ResponsesPassthroughStream()
+            if job.provider_api is Api.RESPONSES
             else PassthroughStream(job.client_format, watch)
         )
         headers = passed_headers(response.headers, SSE_TYPE)
@@ -717,7 +757,7 @@ class TargetActor:
                 health.rate_limited(now, job.ticket, error.retry_after)
             elif error.blames_target:
                 self.failures += 1
-                self._failed_shape = (job.model, job.stream)
+                self._failed_shape = (job.model, job.stream, job.provider_api)
                 # A failure is slow as far as latency-aware balancing is concerned.
                 self.latency_estimate.observe(elapsed, now)
                 health.failed(now, job.ticket, error.word)
@@ -736,6 +776,8 @@ class TargetActor:
             self.observer.transitioned(transition)
         if transition.new is State.EJECTED:
             self._sleep.deadline = min(self._sleep.deadline, self.health.until)
+            if transition.local and self.announce is not None:
+                self.announce(self, transition)
         level = logging.WARNING if transition.new is State.EJECTED else logging.INFO
         if log.isEnabledFor(level):
             log.log(
@@ -782,14 +824,24 @@ def passed_headers(headers: httpx2.Headers, content_type: str) -> list[tuple[str
     return passed
 
 
-def _check_body(fmt: ApiFormat, provider: str, model: str, stream: bool) -> dict[str, object]:
-    """The smallest real request a provider serves: one word in, one token out."""
-    body: dict[str, object] = {
-        "model": model,
-        "messages": [{"role": "user", "content": CHECK_PROMPT}],
-        "stream": stream,
-    }
-    if fmt is ApiFormat.ANTHROPIC or provider == "openai-compatible":
+def _check_body(api: Api, provider: str, model: str, stream: bool) -> dict[str, object]:
+    """The smallest real request of ``api`` a provider serves: one word in, one token out."""
+    if api is Api.EMBEDDINGS:
+        return {"model": model, "input": CHECK_PROMPT}
+    if api is Api.RESPONSES:
+        # 16 is the Responses API's smallest limit; nothing is stored at the provider.
+        return {
+            "model": model,
+            "input": CHECK_PROMPT,
+            "max_output_tokens": 16,
+            "store": False,
+            "stream": stream,
+        }
+    messages = [{"role": "user", "content": CHECK_PROMPT}]
+    if api is Api.COUNT_TOKENS:
+        return {"model": model, "messages": messages}
+    body: dict[str, object] = {"model": model, "messages": messages, "stream": stream}
+    if api is Api.MESSAGES or provider == "openai-compatible":
         body["max_tokens"] = 1
     else:
         body["max_completion_tokens"] = 1

@@ -21,6 +21,20 @@ version**, and the store can say what changed since any version:
   ignored, which is what lets new kinds of message ride on the same channel;
 * :meth:`Store.status` says whether the store is reachable now. A store that
   knows it cannot write refuses at once with :class:`StoreUnavailable` (503).
+
+Beside the configuration, the store keeps what API keys spend (docs/keys.md):
+
+* :meth:`Store.exchange_limits` applies a batch of
+  :class:`~trio_gateway.core.limits.LimitOp` to the shared limit rows (token
+  buckets and budget counters) and adds a batch of usage rows, in one
+  transaction, with the arithmetic of :func:`~trio_gateway.core.limits.apply_op`
+  at the store's own clock (PostgreSQL's: instances' clocks need not agree);
+* :meth:`Store.read_usage` and :meth:`Store.read_limits` read them back (the usage
+  endpoint).
+
+These are not configuration: they do not bump the version, send no notice, and
+are committed without waiting for the disk (a crash may lose the last moments of
+them, never the configuration).
 """
 
 from __future__ import annotations
@@ -32,6 +46,8 @@ from typing import Any, Protocol
 import attrs
 
 from trio_gateway.config.models import Entity, Kind
+from trio_gateway.core.limits import LimitGrant, LimitOp, LimitRow
+from trio_gateway.core.usage import UsageRow
 from trio_gateway.errors import ServiceUnavailable
 
 #: A notice that another process committed; ``data["version"]`` is the new version.
@@ -86,6 +102,14 @@ class StoreStatus:
 
 
 @attrs.frozen
+class LimitRows:
+    """Shared limit rows by scope (missing: never used), and the store's clock when read."""
+
+    rows: Mapping[str, LimitRow]
+    now: float
+
+
+@attrs.frozen
 class StoreStatistics:
     kind: str
     location: str
@@ -136,6 +160,28 @@ class Store(Protocol):
 
     def notices(self) -> contextlib.AbstractAsyncContextManager[AsyncIterator[Notice]]:
         """``async with store.notices() as notices: async for notice in notices: ...``"""
+        ...
+
+    async def publish(self, topic: str, data: Mapping[str, Any]) -> None:
+        """Send a notice of ``topic`` to every process on this store, this one included."""
+        ...
+
+    async def exchange_limits(
+        self, ops: Sequence[LimitOp], usage: Sequence[UsageRow] = ()
+    ) -> list[LimitGrant]:
+        """Apply ``ops`` (in order) and add ``usage``, in one transaction; a grant per op."""
+        ...
+
+    async def read_limits(self, scopes: Sequence[str]) -> LimitRows: ...
+
+    async def read_usage(
+        self, key_id: str, since: str | None = None, until: str | None = None
+    ) -> list[UsageRow]:
+        """The usage rows of ``key_id`` with ``since <= day <= until`` (``YYYY-MM-DD``)."""
+        ...
+
+    async def prune_limits(self, idle_s: float) -> int:
+        """Forget buckets untouched for ``idle_s`` seconds (they are full); return how many."""
         ...
 
     def status(self) -> StoreStatus: ...

@@ -13,18 +13,22 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
 
 import trio
 
 from trio_gateway import serde
 from trio_gateway.config.models import Entity, Kind
+from trio_gateway.core.limits import BUCKET, LimitGrant, LimitOp, LimitRow, apply_op
+from trio_gateway.core.usage import UsageRow
 from trio_gateway.store.base import (
     CONFIG,
     CONNECTED,
     DISCONNECTED,
     Change,
     Changes,
+    LimitRows,
     Notice,
     StaleVersion,
     StoreStatistics,
@@ -36,10 +40,16 @@ from trio_gateway.store.base import (
 class _Data:
     """What the handles of one memory store share: the rows, the version, the wake-up."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        #: The store's clock for limit rows: Trio's (virtual in tests) unless given.
+        self.clock = clock or trio.current_time
+        self.limits: dict[str, LimitRow] = {}
+        self.usage: dict[tuple[str, str, str], UsageRow] = {}
         self.rows: dict[tuple[Kind, str], tuple[int, str]] = {}
         self.tombstones: dict[tuple[Kind, str], int] = {}
         self.version = 0
+        #: Published notices, in order (a test-sized store: never pruned).
+        self.published: list[Notice] = []
         self.changed = trio.Event()
 
     def wake(self) -> None:
@@ -48,8 +58,10 @@ class _Data:
 
 
 class MemoryStore:
-    def __init__(self, data: _Data | None = None) -> None:
-        self._data = data or _Data()
+    def __init__(
+        self, data: _Data | None = None, *, clock: Callable[[], float] | None = None
+    ) -> None:
+        self._data = data or _Data(clock)
         self._commits = 0
         self._status = StoreStatus()
 
@@ -114,6 +126,13 @@ class MemoryStore:
         data.wake()
         return version
 
+    async def publish(self, topic: str, data: Mapping[str, Any]) -> None:
+        """Send a notice to every handle (this one too), as the shared stores do."""
+        await trio.lowlevel.checkpoint()
+        self._check()
+        self._data.published.append(Notice(topic, dict(data)))
+        self._data.wake()
+
     @trio.as_safe_channel
     async def notices(self) -> AsyncIterator[Notice]:
         """``connected``, then a ``config`` notice per commit (coalesced), outages as they come.
@@ -123,6 +142,7 @@ class MemoryStore:
         """
         available = None
         seen = self._data.version
+        heard = len(self._data.published)
         while True:
             changed = self._data.changed
             if self._status.available != available:
@@ -136,7 +156,66 @@ class MemoryStore:
             if available and self._data.version != seen:
                 seen = self._data.version
                 yield Notice(CONFIG, {"version": seen})
+            published = self._data.published
+            if available:
+                for notice in published[heard:]:
+                    yield notice
+            heard = len(published)
             await changed.wait()
+
+    # --- limits and usage -------------------------------------------------------------
+
+    async def exchange_limits(
+        self, ops: Sequence[LimitOp], usage: Sequence[UsageRow] = ()
+    ) -> list[LimitGrant]:
+        await trio.lowlevel.checkpoint()
+        self._check()
+        data = self._data
+        now = data.clock()
+        grants = []
+        for op in ops:
+            data.limits[op.scope], grant = apply_op(op, data.limits.get(op.scope), now)
+            grants.append(grant)
+        for row in usage:
+            index = (row.key_id, row.model, row.day)
+            found = data.usage.get(index)
+            data.usage[index] = row if found is None else found + row
+        return grants
+
+    async def read_limits(self, scopes: Sequence[str]) -> LimitRows:
+        await trio.lowlevel.checkpoint()
+        self._check()
+        rows = self._data.limits
+        return LimitRows({s: rows[s] for s in scopes if s in rows}, self._data.clock())
+
+    async def read_usage(
+        self, key_id: str, since: str | None = None, until: str | None = None
+    ) -> list[UsageRow]:
+        await trio.lowlevel.checkpoint()
+        self._check()
+        return sorted(
+            (
+                row
+                for (key, _, day), row in self._data.usage.items()
+                if key == key_id
+                and (since is None or day >= since)
+                and (until is None or day <= until)
+            ),
+            key=lambda r: (r.day, r.model),
+        )
+
+    async def prune_limits(self, idle_s: float) -> int:
+        await trio.lowlevel.checkpoint()
+        self._check()
+        now = self._data.clock()
+        old = [
+            scope
+            for scope, row in self._data.limits.items()
+            if row.kind == BUCKET and row.at < now - idle_s
+        ]
+        for scope in old:
+            del self._data.limits[scope]
+        return len(old)
 
     def status(self) -> StoreStatus:
         return self._status

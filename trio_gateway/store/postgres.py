@@ -31,6 +31,15 @@ Theory of operation
   drains with a non-blocking ``notifies(timeout=0)`` in a thread. When that
   connection breaks it yields ``disconnected``, reconnects with backoff, and
   yields ``connected`` (the follower then catches up by version).
+* **Limits and usage** (:meth:`PostgresStore.exchange_limits`): tables
+  ``tg_limits`` (a row per shared bucket or budget counter) and ``tg_usage`` (per
+  key, model and day). One transaction per exchange: missing rows are inserted
+  first, then every row of the batch is locked in scope order (``FOR UPDATE``: two
+  instances' exchanges on one key serialize, and cannot deadlock), the clock is
+  read (the server's: instances' clocks need not agree), the arithmetic of
+  :func:`~trio_gateway.core.limits.apply_op` applied, and the rows written back
+  with the usage added. ``synchronous_commit`` is off for these transactions
+  only: a server crash may lose their last moments, never the configuration.
 * **Availability.** A connection-level failure of any call marks the store
   unavailable (:meth:`status`); any call that succeeds marks it available.
   While it is unavailable :meth:`commit` refuses at once with
@@ -58,6 +67,8 @@ from psycopg.types.json import Jsonb
 
 from trio_gateway import serde
 from trio_gateway.config.models import Entity, Kind
+from trio_gateway.core.limits import BUCKET, LimitGrant, LimitOp, LimitRow, apply_op
+from trio_gateway.core.usage import UsageRow
 from trio_gateway.errors import ValidationFailed
 from trio_gateway.store.base import (
     CONFIG,
@@ -65,6 +76,7 @@ from trio_gateway.store.base import (
     DISCONNECTED,
     Change,
     Changes,
+    LimitRows,
     Notice,
     StaleVersion,
     StoreCorrupt,
@@ -135,9 +147,55 @@ def _v1(cur: psycopg.Cursor) -> None:
     cur.execute("INSERT INTO tg_state (version, horizon) VALUES (0, 0)")
 
 
+def _v2(cur: psycopg.Cursor) -> None:
+    """Per-key limits (shared buckets and budget counters) and usage per key, model and day."""
+    cur.execute(
+        """
+        CREATE TABLE tg_limits (
+            scope text PRIMARY KEY,
+            kind text NOT NULL,
+            value double precision NOT NULL,
+            at double precision NOT NULL
+        )
+        """
+    )
+    cur.execute(
+        """
+        CREATE TABLE tg_usage (
+            key_id text NOT NULL,
+            gateway_id text NOT NULL,
+            model text NOT NULL,
+            day text NOT NULL,
+            requests bigint NOT NULL DEFAULT 0,
+            input_tokens bigint NOT NULL DEFAULT 0,
+            output_tokens bigint NOT NULL DEFAULT 0,
+            cached_tokens bigint NOT NULL DEFAULT 0,
+            cost double precision NOT NULL DEFAULT 0,
+            refused bigint NOT NULL DEFAULT 0,
+            PRIMARY KEY (key_id, day, model)
+        )
+        """
+    )
+
+
 #: Step ``n`` upgrades a schema at version ``n`` to ``n + 1``.
-MIGRATIONS: Sequence[Callable[[psycopg.Cursor], None]] = (_v1,)
+MIGRATIONS: Sequence[Callable[[psycopg.Cursor], None]] = (_v1, _v2)
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _usage_tuple(row: UsageRow) -> tuple:
+    return (
+        row.key_id,
+        row.gateway_id,
+        row.model,
+        row.day,
+        row.requests,
+        row.input_tokens,
+        row.output_tokens,
+        row.cached_tokens,
+        float(row.cost),
+        row.refused,
+    )
 
 
 def display_location(conninfo: str) -> str:
@@ -477,6 +535,122 @@ class PostgresStore:
                 self._notify(cur, topic, data)
 
         await self._run(send)
+
+    # --- limits and usage ---------------------------------------------------------------
+
+    async def exchange_limits(
+        self, ops: Sequence[LimitOp], usage: Sequence[UsageRow] = ()
+    ) -> list[LimitGrant]:
+        if not ops and not usage:
+            return []
+        return await self._run(self._exchange, list(ops), list(usage))
+
+    @staticmethod
+    def _exchange(
+        conn: psycopg.Connection, ops: list[LimitOp], usage: list[UsageRow]
+    ) -> list[LimitGrant]:
+        grants = []
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute("SET LOCAL synchronous_commit TO off")
+            if ops:
+                first = {}
+                for op in ops:
+                    first.setdefault(op.scope, op)
+                scopes = sorted(first)
+                # A missing row is created as it would be read (nothing used), so that every
+                # row of the batch can be locked before it is read.
+                cur.execute(
+                    """
+                    INSERT INTO tg_limits (scope, kind, value, at)
+                    SELECT s, k, 0, extract(epoch FROM clock_timestamp())
+                    FROM unnest(%s::text[], %s::text[]) AS t (s, k)
+                    ORDER BY s
+                    ON CONFLICT (scope) DO NOTHING
+                    """,
+                    [scopes, [first[s].kind for s in scopes]],
+                )
+                locked = cur.execute(
+                    "SELECT scope, kind, value, at FROM tg_limits WHERE scope = ANY(%s)"
+                    " ORDER BY scope FOR UPDATE",
+                    [scopes],
+                ).fetchall()
+                rows = {
+                    scope: LimitRow(scope, kind, value, at) for scope, kind, value, at in locked
+                }
+                now = cur.execute("SELECT extract(epoch FROM clock_timestamp())").fetchone()[0]
+                now = float(now)
+                for op in ops:
+                    rows[op.scope], grant = apply_op(op, rows.get(op.scope), now)
+                    grants.append(grant)
+                cur.execute(
+                    """
+                    UPDATE tg_limits SET kind = t.k, value = t.v, at = t.a
+                    FROM unnest(%s::text[], %s::text[], %s::float8[], %s::float8[]) AS t (s, k, v, a)
+                    WHERE scope = t.s
+                    """,
+                    [
+                        scopes,
+                        [rows[s].kind for s in scopes],
+                        [float(rows[s].value) for s in scopes],
+                        [float(rows[s].at) for s in scopes],
+                    ],
+                )
+            if usage:
+                columns = list(zip(*(_usage_tuple(row) for row in usage), strict=True))
+                cur.execute(
+                    """
+                    INSERT INTO tg_usage (key_id, gateway_id, model, day, requests, input_tokens,
+                        output_tokens, cached_tokens, cost, refused)
+                    SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[],
+                        %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::float8[],
+                        %s::bigint[])
+                    ON CONFLICT (key_id, day, model) DO UPDATE SET
+                        requests = tg_usage.requests + excluded.requests,
+                        input_tokens = tg_usage.input_tokens + excluded.input_tokens,
+                        output_tokens = tg_usage.output_tokens + excluded.output_tokens,
+                        cached_tokens = tg_usage.cached_tokens + excluded.cached_tokens,
+                        cost = tg_usage.cost + excluded.cost,
+                        refused = tg_usage.refused + excluded.refused
+                    """,
+                    [list(column) for column in columns],
+                )
+        return grants
+
+    async def read_limits(self, scopes: Sequence[str]) -> LimitRows:
+        def read(conn: psycopg.Connection) -> LimitRows:
+            rows = conn.execute(
+                "SELECT scope, kind, value, at FROM tg_limits WHERE scope = ANY(%s)",
+                [list(scopes)],
+            ).fetchall()
+            now = conn.execute("SELECT extract(epoch FROM clock_timestamp())").fetchone()[0]
+            return LimitRows({r[0]: LimitRow(r[0], r[1], r[2], r[3]) for r in rows}, float(now))
+
+        return await self._run(read)
+
+    async def read_usage(
+        self, key_id: str, since: str | None = None, until: str | None = None
+    ) -> list[UsageRow]:
+        def read(conn: psycopg.Connection) -> list[UsageRow]:
+            rows = conn.execute(
+                "SELECT key_id, gateway_id, model, day, requests, input_tokens, output_tokens,"
+                " cached_tokens, cost, refused FROM tg_usage"
+                " WHERE key_id = %s AND day >= %s AND day <= %s ORDER BY day, model",
+                [key_id, since or "", until or "~"],
+            ).fetchall()
+            return [UsageRow(*row) for row in rows]
+
+        return await self._run(read)
+
+    async def prune_limits(self, idle_s: float) -> int:
+        def prune(conn: psycopg.Connection) -> int:
+            cur = conn.execute(
+                "DELETE FROM tg_limits WHERE kind = %s"
+                " AND at < extract(epoch FROM clock_timestamp()) - %s",
+                [BUCKET, idle_s],
+            )
+            return cur.rowcount
+
+        return await self._run(prune)
 
     # --- notices ----------------------------------------------------------------------
 

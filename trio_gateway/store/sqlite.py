@@ -20,6 +20,16 @@ Theory of operation
   files forward in one ``BEGIN IMMEDIATE`` transaction (the lock: two processes
   opening a file at once migrate it once), and a file from a newer version is
   refused, not guessed at.
+* Published notices (:meth:`SqliteStore.publish`: shared ejections) go in a small
+  ``notices`` table, kept :data:`NOTICES_KEPT_S` seconds, and ring the same bell;
+  each process tails it by sequence number.
+* Limits and usage (:meth:`SqliteStore.exchange_limits`): tables ``limits`` (a
+  row per shared bucket or budget counter) and ``usage`` (per key, model and
+  day), written in one ``BEGIN IMMEDIATE`` transaction per exchange, so the
+  ``--workers`` processes on one file share every key's limits exactly. These
+  transactions run with ``synchronous=NORMAL`` (committed to the WAL, synced at
+  the next checkpoint): a power loss may forget the last moments of usage, never
+  the configuration.
 * Notices: after each commit the writer rewrites a small *doorbell* file beside
   the database (``trio-gateway.notify``, holding the version). Every process
   using the directory watches it with inotify (:mod:`.filewatch`) and learns of
@@ -34,20 +44,25 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from trio_gateway import serde
 from trio_gateway.config.models import Entity, Kind
+from trio_gateway.core.limits import BUCKET, LimitGrant, LimitOp, LimitRow, apply_op
+from trio_gateway.core.usage import UsageRow
 from trio_gateway.errors import ValidationFailed
 from trio_gateway.store.base import (
     CONFIG,
     CONNECTED,
     Change,
     Changes,
+    LimitRows,
     Notice,
     StaleVersion,
     StoreCorrupt,
@@ -63,6 +78,8 @@ CLOSE_TIMEOUT_S = 10.0
 POLL_INTERVAL_S = 0.5
 #: Tombstones are kept for this many versions; a reader further behind reloads fully.
 TOMBSTONES_KEPT = 10_000
+#: Published notices are kept this long (seconds): enough for every process to read them.
+NOTICES_KEPT_S = 60.0
 
 
 def _v1(db: sqlite3.Connection) -> None:
@@ -108,8 +125,52 @@ def _v2(db: sqlite3.Connection) -> None:
     db.execute("INSERT INTO state VALUES (1, 0, 0)")
 
 
+def _v3(db: sqlite3.Connection) -> None:
+    """Notices other than commits (shared ejections): a short log, tailed by sequence."""
+    db.execute(
+        """
+        CREATE TABLE notices (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            at REAL NOT NULL,
+            body TEXT NOT NULL
+        )
+        """
+    )
+
+
+def _v4(db: sqlite3.Connection) -> None:
+    """Per-key limits (shared buckets and budget counters) and usage per key, model and day."""
+    db.execute(
+        """
+        CREATE TABLE limits (
+            scope TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            value REAL NOT NULL,
+            at REAL NOT NULL
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE usage (
+            key_id TEXT NOT NULL,
+            gateway_id TEXT NOT NULL,
+            model TEXT NOT NULL,
+            day TEXT NOT NULL,
+            requests INTEGER NOT NULL DEFAULT 0,
+            input_tokens INTEGER NOT NULL DEFAULT 0,
+            output_tokens INTEGER NOT NULL DEFAULT 0,
+            cached_tokens INTEGER NOT NULL DEFAULT 0,
+            cost REAL NOT NULL DEFAULT 0,
+            refused INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (key_id, day, model)
+        )
+        """
+    )
+
+
 #: Step ``n`` upgrades a version-``n`` file to version ``n + 1``.
-MIGRATIONS: Sequence[Callable[[sqlite3.Connection], None]] = (_v1, _v2)
+MIGRATIONS: Sequence[Callable[[sqlite3.Connection], None]] = (_v1, _v2, _v3, _v4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -147,6 +208,21 @@ def _migrate(db: sqlite3.Connection, path: Path) -> int:
         db.execute("ROLLBACK")
         raise
     return version
+
+
+def _usage_tuple(row: UsageRow) -> tuple:
+    return (
+        row.key_id,
+        row.gateway_id,
+        row.model,
+        row.day,
+        row.requests,
+        row.input_tokens,
+        row.output_tokens,
+        row.cached_tokens,
+        row.cost,
+        row.refused,
+    )
 
 
 class SqliteStore:
@@ -291,11 +367,42 @@ class SqliteStore:
 
     # --- notices --------------------------------------------------------------------
 
+    async def publish(self, topic: str, data: Mapping[str, Any]) -> None:
+        """Send ``{"topic": topic, **data}`` to every process on this directory (this one too)."""
+        body = json.dumps({"topic": topic, **data}, separators=(",", ":"))
+        await self._run(self._publish_row, body)
+        self._ring(self._version)
+
+    def _publish_row(self, body: str) -> None:
+        db = self._db
+        now = time.time()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("INSERT INTO notices (at, body) VALUES (?, ?)", (now, body))
+            db.execute("DELETE FROM notices WHERE at < ?", (now - NOTICES_KEPT_S,))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def _read_notices(self, after: int | None) -> tuple[int, list[str]]:
+        """The notices published after sequence ``after`` (``None``: none, just the last seq)."""
+        last = self._db.execute("SELECT coalesce(max(seq), 0) FROM notices").fetchone()[0]
+        if after is None or last <= after:
+            return last, []
+        rows = self._db.execute(
+            "SELECT body FROM notices WHERE seq > ? ORDER BY seq", (after,)
+        ).fetchall()
+        return last, [body for (body,) in rows]
+
     @trio.as_safe_channel
     async def notices(self) -> AsyncIterator[Notice]:
-        """``connected``, then a ``config`` notice whenever the version moves."""
+        """``connected``, then a ``config`` notice whenever the version moves, and what
+        is published, as it comes."""
         async with watch_directory(self._path.parent) as watch:
             seen = await self.version()
+            tail, _ = await self._run(self._read_notices, None)
             yield Notice(CONNECTED, {"version": seen})
             while True:
                 if watch is None:
@@ -306,6 +413,109 @@ class SqliteStore:
                 if version != seen:
                     seen = version
                     yield Notice(CONFIG, {"version": version})
+                tail, bodies = await self._run(self._read_notices, tail)
+                for body in bodies:
+                    try:
+                        data = json.loads(body)
+                        topic = data.pop("topic")
+                    except (ValueError, KeyError, TypeError, AttributeError):
+                        continue
+                    if isinstance(topic, str):
+                        yield Notice(topic, data)
+
+    # --- limits and usage -------------------------------------------------------------
+
+    async def exchange_limits(
+        self, ops: Sequence[LimitOp], usage: Sequence[UsageRow] = ()
+    ) -> list[LimitGrant]:
+        if not ops and not usage:
+            return []
+        return await self._run(self._exchange, list(ops), list(usage))
+
+    def _exchange(self, ops: list[LimitOp], usage: list[UsageRow]) -> list[LimitGrant]:
+        db = self._db
+        db.execute("PRAGMA synchronous = NORMAL")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                now = time.time()
+                rows = self._limit_rows(sorted({op.scope for op in ops}))
+                grants = []
+                for op in ops:
+                    rows[op.scope], grant = apply_op(op, rows.get(op.scope), now)
+                    grants.append(grant)
+                db.executemany(
+                    "INSERT OR REPLACE INTO limits (scope, kind, value, at) VALUES (?, ?, ?, ?)",
+                    [(r.scope, r.kind, r.value, r.at) for r in rows.values()],
+                )
+                db.executemany(
+                    """
+                    INSERT INTO usage VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    ON CONFLICT (key_id, day, model) DO UPDATE SET
+                        requests = requests + excluded.requests,
+                        input_tokens = input_tokens + excluded.input_tokens,
+                        output_tokens = output_tokens + excluded.output_tokens,
+                        cached_tokens = cached_tokens + excluded.cached_tokens,
+                        cost = cost + excluded.cost,
+                        refused = refused + excluded.refused
+                    """,
+                    [_usage_tuple(row) for row in usage],
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        finally:
+            db.execute("PRAGMA synchronous = FULL")
+        return grants
+
+    def _limit_rows(self, scopes: list[str]) -> dict[str, LimitRow]:
+        found: dict[str, LimitRow] = {}
+        for i in range(0, len(scopes), 500):  # SQLite's limit on bound parameters
+            chunk = scopes[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for scope, kind, value, at in self._db.execute(
+                f"SELECT scope, kind, value, at FROM limits WHERE scope IN ({marks})", chunk
+            ):
+                found[scope] = LimitRow(scope, kind, value, at)
+        return found
+
+    async def read_limits(self, scopes: Sequence[str]) -> LimitRows:
+        def read() -> LimitRows:
+            return LimitRows(self._limit_rows(sorted(set(scopes))), time.time())
+
+        return await self._run(read)
+
+    async def read_usage(
+        self, key_id: str, since: str | None = None, until: str | None = None
+    ) -> list[UsageRow]:
+        def read() -> list[UsageRow]:
+            rows = self._db.execute(
+                "SELECT * FROM usage WHERE key_id = ? AND day >= ? AND day <= ?"
+                " ORDER BY day, model",
+                (key_id, since or "", until or "~"),
+            ).fetchall()
+            return [UsageRow(*row) for row in rows]
+
+        return await self._run(read)
+
+    async def prune_limits(self, idle_s: float) -> int:
+        def prune() -> int:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                gone = db.execute(
+                    "DELETE FROM limits WHERE kind = ? AND at < ?", (BUCKET, time.time() - idle_s)
+                ).rowcount
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            return gone
+
+        return await self._run(prune)
 
     def status(self) -> StoreStatus:
         return StoreStatus()

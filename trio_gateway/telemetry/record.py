@@ -52,6 +52,7 @@ class RequestRecord:
         "done",
         "ended",
         "ended_ns",
+        "endpoint",
         "error",
         "first_byte",
         "gateway",
@@ -94,6 +95,7 @@ class RequestRecord:
         self.gateway: Any = None
         self.key: Any = None
         self.rule: Any = None
+        self.endpoint: str | None = None
         self.route: Any = None
         #: From the body: the model asked for, and whether it streams (``None``: not read).
         self.model: str | None = None

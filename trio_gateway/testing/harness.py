@@ -26,6 +26,7 @@ import trio
 from trio_gateway.config.file import load_file, parse
 from trio_gateway.serve import Running, serve
 from trio_gateway.settings import Settings
+from trio_gateway.store import Store
 from trio_gateway.testing.fake import RecordedRequest
 
 
@@ -50,12 +51,16 @@ async def open_gateway(
     environ: Mapping[str, str] | None = None,
     transport: httpx2.AsyncBaseTransport | None = None,
     tracing: Any = None,
+    store: Store | None = None,
     **overrides: Any,
 ) -> AsyncIterator[Running]:
     """Start a gateway (memory store unless ``data_dir=`` is given) and yield it running.
 
     ``transport`` replaces every target's HTTP transport (``httpx2.MockTransport``
-    scripts a provider byte by byte, for what no fake provider does). ``tracing``: a
+    scripts a provider byte by byte, for what no fake provider does). ``store``
+    replaces the store the settings name: gateways on handles of one
+    :class:`~trio_gateway.store.MemoryStore` (``store.connect()``) behave like
+    instances on one database, in virtual time. ``tracing``: a
     :class:`~trio_gateway.telemetry.Tracing` to send spans to (an in-memory exporter's
     provider, in tests); ``None``: the ``OTEL_*`` variables decide.
     """
@@ -67,7 +72,9 @@ async def open_gateway(
         declarations = parse(config, environ or {})
     async with trio.open_nursery() as nursery:
         running = await nursery.start(
-            partial(serve, settings, declarations, transport=transport, tracing=tracing)
+            partial(
+                serve, settings, declarations, transport=transport, store=store, tracing=tracing
+            )
         )
         yield running
         nursery.cancel_scope.cancel()

@@ -35,7 +35,7 @@ from werkzeug.exceptions import HTTPException
 
 from trio_gateway import __version__, serde
 from trio_gateway.config.catalog import Catalog
-from trio_gateway.config.models import Entity, Kind
+from trio_gateway.config.models import Entity, Gateway, Kind
 from trio_gateway.errors import (
     AuthenticationFailed,
     GatewayError,
@@ -47,6 +47,7 @@ from trio_gateway.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
+from trio_gateway.runtime.injection import Injection
 from trio_gateway.runtime.target import TargetStatistics, wall_time
 from trio_gateway.web.http import from_http_exception, json_response, read_json
 
@@ -209,11 +210,13 @@ def create_admin_app(
     allowed_hosts: Iterable[str] = (),
     metrics: Callable[[], bytes] | None = None,
     explain: Callable[[str, Any], Awaitable[dict[str, Any]]] | None = None,
+    fault_injection: Callable[[str], Injection | None] | None = None,
 ) -> QuartTrio:
     """The admin app. ``admin_token`` set: every ``/api`` call needs ``Authorization: Bearer``.
 
     ``applied(generation)`` returns once the proxy uses that catalog generation;
-    ``build_failure(upstream_id)`` says why the runtime could not build an upstream.
+    ``build_failure(upstream_id)`` says why the runtime could not build an upstream;
+    ``fault_injection(gateway_id)`` is a gateway's fault injection in force, if any.
     ``allowed_hosts``: see :class:`CrossSiteGuard`. ``metrics()``: the Prometheus
     exposition served at ``/metrics`` (behind the token too); ``explain(gateway_id,
     data)``: the explanation of a request (:mod:`trio_gateway.web.explain`).
@@ -308,6 +311,7 @@ def create_admin_app(
                 "version": __version__,
                 "gateways": f"{API}/gateways",
                 "collections": sorted(f"{API}/gateways/{{gateway_id}}/{c}" for c in COLLECTIONS),
+                "faults": f"{API}/faults",
             }
         )
 
@@ -399,6 +403,52 @@ def create_admin_app(
             raise NotFound("explain is not available here")
         return json_response(await explain(gateway_id, await read_json(max_body)))
 
+    # --- fault injection on live traffic (docs/testing.md) ------------------------------
+
+    def faults_view(gateway: Gateway) -> dict[str, Any]:
+        injection = fault_injection(gateway.id) if fault_injection is not None else None
+        return _faults_json(gateway, injection, catalog)
+
+    @app.get(f"{API}/faults")
+    async def list_faults() -> Response:
+        """Every gateway whose fault injection is enabled."""
+        return json_response(
+            {
+                "gateways": [
+                    {"id": g.id, "name": g.name, **faults_view(g)}
+                    for g in catalog.list(Kind.GATEWAY)
+                    if g.fault_injection.enabled
+                ]
+            }
+        )
+
+    @app.delete(f"{API}/faults")
+    async def delete_all_faults() -> Response:
+        """The kill switch of every gateway at once."""
+        gateways = await catalog.switch_off_all_faults()
+        for gateway in gateways:
+            _log_write("updated", gateway)
+        await settle()
+        return json_response({"switched_off": [{"id": g.id, "name": g.name} for g in gateways]})
+
+    @app.get(f"{API}/gateways/<gateway_id>/faults")
+    async def get_faults(gateway_id: str) -> Response:
+        return json_response(faults_view(catalog.get(Kind.GATEWAY, gateway_id)))
+
+    @app.put(f"{API}/gateways/<gateway_id>/faults")
+    async def put_faults(gateway_id: str) -> Response:
+        gateway = await catalog.set_fault_injection(gateway_id, await read_json(max_body))
+        _log_write("updated", gateway)
+        await settle()
+        return json_response(faults_view(gateway))
+
+    @app.delete(f"{API}/gateways/<gateway_id>/faults")
+    async def delete_faults(gateway_id: str) -> Response:
+        gateway = await catalog.switch_off_faults(gateway_id)
+        _log_write("updated", gateway)
+        await settle()
+        return json_response(faults_view(gateway))
+
     @app.get(f"{API}/gateways/<gateway_id>/upstreams/<upstream_id>/health")
     async def health(gateway_id: str, upstream_id: str) -> Response:
         upstream = catalog.get(Kind.UPSTREAM, upstream_id, gateway_id)
@@ -417,6 +467,51 @@ def create_admin_app(
         )
 
     return app
+
+
+def _faults_json(gateway: Gateway, injection: Injection | None, catalog: Catalog) -> dict[str, Any]:
+    """A gateway's fault injection as ``.../faults`` shows it: the setting, whether it is in
+    force in this process, its counters here, and references that match nothing."""
+    setting = gateway.fault_injection
+    data: dict[str, Any] = serde.API.unstructure(setting)
+    if injection is not None and injection.setting != setting:
+        injection = None  # not applied yet (another instance's write, being followed)
+    data["active"] = injection is not None and not injection.lifted()
+    statistics = None
+    if injection is not None:
+        stats = injection.statistics()
+        statistics = {
+            "header_faults": stats.header_faults,
+            "faults": [{"matched": f.matched, "fired": f.fired} for f in stats.faults],
+        }
+    data["statistics"] = statistics
+    data["warnings"] = _fault_warnings(gateway, catalog)
+    return data
+
+
+def _fault_warnings(gateway: Gateway, catalog: Catalog) -> list[str]:
+    """What a setting names that does not exist (a key's name mistyped selects nothing)."""
+    snapshot = catalog.snapshot
+    setting = gateway.fault_injection
+    keys = {k.id for k in snapshot.in_gateway(Kind.API_KEY, gateway.id)} | {
+        k.name for k in snapshot.in_gateway(Kind.API_KEY, gateway.id)
+    }
+    targets = {t.id for u in snapshot.in_gateway(Kind.UPSTREAM, gateway.id) for t in u.targets}
+    warnings = []
+    if setting.faults and not setting.enabled:
+        warnings.append("'enabled' is false: nothing is injected")
+    for i, fault in enumerate(setting.faults):
+        warnings += [
+            f"faults[{i}].keys[{j}]: no API key of this gateway has the name or id {key!r}"
+            for j, key in enumerate(fault.keys)
+            if key not in keys
+        ]
+        warnings += [
+            f"faults[{i}].targets[{j}]: no target of this gateway has the id {target!r}"
+            for j, target in enumerate(fault.targets)
+            if target not in targets
+        ]
+    return warnings
 
 
 def _health(stats: TargetStatistics) -> dict[str, Any]:

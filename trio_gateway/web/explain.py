@@ -106,7 +106,7 @@ async def explain(runtime: Runtime, max_body: int, gateway_id: str, data: Any) -
     }
     try:
         client_request = await proxy.prepare(
-            runtime, method, path, wanted, candidates, request_id, read_body, found
+            runtime, method, path, wanted, candidates, request_id, read_body, found, inject=False
         )
         _same_gateway(found, gateway_id)
         if client_request is not None:

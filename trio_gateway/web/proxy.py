@@ -1,4 +1,8 @@
-"""The proxy front end: ``POST /v1/chat/completions``, ``POST /v1/messages``, ``GET /v1/models``.
+"""The proxy front end: the API endpoints of OpenAI and Anthropic clients.
+
+``POST /v1/chat/completions``, ``/v1/responses``, ``/v1/embeddings`` (OpenAI),
+``POST /v1/messages``, ``/v1/messages/count_tokens`` (Anthropic), and
+``GET /v1/models``, ``/v1/models/{id}`` (either, answered from configuration).
 
 Per request, in order: the method (``405`` with ``Allow`` for a wrong one on an API
 path), the caller's key (``X-Api-Key`` or ``Authorization: Bearer``) naming its
@@ -11,6 +15,10 @@ Only lookups happen here: the route table was compiled when the configuration
 changed, the body is parsed once and forwarded as the bytes it came as unless
 the model or the dialect changes. Of the client's headers only an explicit set
 per dialect is forwarded (:data:`FORWARDED`).
+
+A request may name a fault for itself (``X-Gateway-Fault``, never forwarded): it is
+refused (``403``) unless its gateway's fault injection is enabled and takes such
+faults (:mod:`trio_gateway.runtime.injection`).
 """
 
 from __future__ import annotations
@@ -20,9 +28,10 @@ import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import attrs
 from quart import Response, request
 from quart.wrappers.response import DataBody
 from quart_trio import QuartTrio
@@ -30,6 +39,8 @@ from werkzeug.exceptions import HTTPException
 
 from trio_gateway import jsonio
 from trio_gateway.config.secrets import hash_api_key
+from trio_gateway.core.injection import HEADER as FAULT_HEADER
+from trio_gateway.core.listing import API_ENDPOINTS, MODELS_ENDPOINT, ListedModel, ModelList, page
 from trio_gateway.core.routing import match_rule
 from trio_gateway.errors import (
     AuthenticationFailed,
@@ -43,8 +54,9 @@ from trio_gateway.errors import (
     ServiceUnavailable,
     UnsupportedMediaType,
 )
-from trio_gateway.providers.formats import ApiFormat, error_body
-from trio_gateway.runtime.dispatcher import ClientRequest
+from trio_gateway.providers.formats import Api, ApiFormat, error_body
+from trio_gateway.runtime.dispatcher import EJECTED, ClientRequest
+from trio_gateway.runtime.injection import named_fault, request_faults
 from trio_gateway.runtime.supervisor import (
     GatewayRoute,
     KeyRoute,
@@ -62,15 +74,18 @@ DEFAULT_MAX_BODY = 32 << 20
 MAX_MODEL_NAME = 256
 NO_KEY = "invalid or missing API key: send it as 'X-Api-Key' or 'Authorization: Bearer'"
 
-#: The endpoints, as the path reads once a ``strip_path`` rule's prefix is removed:
-#: the client's dialect (``None``: the model list) and the one method each takes.
-ENDPOINTS: dict[str, tuple[ApiFormat | None, str]] = {
-    "/v1/chat/completions": (ApiFormat.OPENAI, "POST"),
-    "/v1/messages": (ApiFormat.ANTHROPIC, "POST"),
-    "/v1/models": (None, "GET"),
-}
 #: The method each kind of API path takes, by its last segments (before the rules).
-_METHODS = (("/chat/completions", "POST"), ("/messages", "POST"), ("/models", "GET"))
+_METHODS = (
+    ("/chat/completions", "POST"),
+    ("/messages", "POST"),
+    ("/messages/count_tokens", "POST"),
+    ("/responses", "POST"),
+    ("/embeddings", "POST"),
+    ("/models", "GET"),
+)
+#: Anthropic's model list pages: its default and largest ``limit``.
+PAGE_DEFAULT = 20
+PAGE_MAX = 1000
 #: The client headers sent on to providers, by the client's dialect; nothing else is
 #: (the gateway sets its own framing, credentials and content type). A header of
 #: the client's dialect is not sent to a provider of the other one.
@@ -83,14 +98,44 @@ FORWARDED: dict[ApiFormat, frozenset[str]] = {
     ),
 }
 _FORWARDABLE = frozenset().union(*FORWARDED.values())
+#: APIs whose answers are never streams: ``stream`` in their bodies is not read.
+WHOLE_ONLY = frozenset({Api.EMBEDDINGS, Api.COUNT_TOKENS})
+
+
+@attrs.frozen
+class EndpointInfo:
+    """What the proxy needs of an endpoint, looked up once per request."""
+
+    #: ``None``: the model list, answered by the gateway.
+    api: Api | None
+    method: str
+    format: ApiFormat | None = None
+    #: The client headers sent on to a provider of the client's dialect.
+    forwarded: frozenset[str] = frozenset()
+    #: Its answers may be streams (the body's ``stream`` is read).
+    streams: bool = False
+
+
+#: The endpoints, as the path reads once a ``strip_path`` rule's prefix is removed.
+#: ``/v1/models/{id}`` (any id, slashes included) is the one endpoint with a parameter.
+ENDPOINTS: dict[str, EndpointInfo] = {
+    **{
+        path: EndpointInfo(
+            api, "POST", api.format, FORWARDED[api.format], streams=api not in WHOLE_ONLY
+        )
+        for path, api in API_ENDPOINTS.items()
+    },
+    MODELS_ENDPOINT: EndpointInfo(None, "GET"),
+}
+MODEL_PREFIX = MODELS_ENDPOINT + "/"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def client_format(path: str) -> ApiFormat | None:
     """The dialect a path's last segments suggest (for errors before the endpoint is known)."""
-    if path.endswith("/chat/completions"):
+    if path.endswith(("/chat/completions", "/responses", "/embeddings")):
         return ApiFormat.OPENAI
-    if path.endswith("/messages"):
+    if path.endswith(("/messages", "/messages/count_tokens")):
         return ApiFormat.ANTHROPIC
     return None
 
@@ -100,6 +145,8 @@ def allowed_method(path: str) -> str | None:
     for suffix, method in _METHODS:
         if path.endswith(suffix):
             return method
+    if "/models/" in path:
+        return "GET"  # a model's page: /v1/models/{id}
     return None
 
 
@@ -181,12 +228,13 @@ ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 class Resolution:
     """What :func:`prepare` found, as it found it (a :class:`RequestRecord` is one too)."""
 
-    __slots__ = ("gateway", "key", "model", "route", "rule", "stream")
+    __slots__ = ("endpoint", "gateway", "key", "model", "route", "rule", "stream")
 
     def __init__(self) -> None:
         self.gateway: GatewayRoute | None = None
         self.key: KeyRoute | None = None
         self.rule: Any = None
+        self.endpoint: str | None = None
         self.route: ServiceRoute | None = None
         self.model: str | None = None
         self.stream: bool | None = None
@@ -211,9 +259,11 @@ async def _proxy(
         lambda: _read_body(max_body),
         found,
     )
-    route = found.route
     if client_request is None:
-        return _models(route, wanted, request_id)
+        return _models(
+            runtime.table, found.gateway, found.key is not None, found.endpoint, wanted, request_id
+        )
+    route = found.route
     upstream_id = route.service.upstream_id
     result = await route.dispatcher.exchange(
         client_request,
@@ -237,14 +287,17 @@ async def prepare(
     request_id: str,
     read_body: Callable[[], Awaitable[bytes]],
     found: Any,
+    *,
+    inject: bool = True,
 ) -> ClientRequest | None:
     """Every check the proxy makes before the dispatcher, in the order it makes them.
 
     Raises the :class:`GatewayError` the client gets; fills ``found`` (gateway, key,
-    rule, service route, model, stream) as it resolves them. Returns the request for
-    the dispatcher, or ``None`` for the model list (``found.route`` answers it). The
-    proxy and ``explain`` (the admin API) both use it, so that what ``explain`` says
-    is what the proxy does.
+    rule, endpoint, service route, model, stream) as it resolves them. Returns the
+    request for the dispatcher, or ``None`` for a model list (the gateway answers it).
+    The proxy and ``explain`` (the admin API) both use it, so that what ``explain``
+    says is what the proxy does; ``inject=False`` (explain) draws no fault of the
+    gateway's fault injection.
     """
     allowed = allowed_method(path)
     if allowed is not None and method != allowed:
@@ -270,19 +323,23 @@ async def prepare(
     if rule is None:
         raise NotFound(f"no route for {method} {path} in gateway {gateway.gateway.name!r}")
     found.rule = rule
-    endpoint = rule.endpoint_path(path)
+    endpoint = found.endpoint = rule.endpoint_path(path)
     known = ENDPOINTS.get(endpoint)
-    if known is None:
+    if known is None and not endpoint.startswith(MODEL_PREFIX):
         stripped = (
             f" ({endpoint} once rule {rule.name!r} strips its path)" if rule.strip_path else ""
         )
         raise NotFound(
             f"{path}{stripped} is not an API endpoint: use /v1/chat/completions, "
-            "/v1/messages or /v1/models"
+            "/v1/responses, /v1/embeddings, /v1/messages, /v1/messages/count_tokens or "
+            "/v1/models"
         )
-    fmt, _ = known
     found.route = _service_route(table, rule.service_id)  # before reading a body for nothing
-    if fmt is None:
+    header = wanted.get(FAULT_HEADER)
+    named = (
+        named_fault(gateway.injection, header, gateway.gateway.name) if header is not None else None
+    )
+    if known is None or known.api is None:
         return None
     encoding = wanted.get("content-encoding", "identity").strip().lower()
     if encoding != "identity":
@@ -305,17 +362,31 @@ async def prepare(
     stream = body.get("stream")
     if stream is not None and type(stream) is not bool:
         raise ClientError("'stream' must be true or false")
-    found.stream = stream is True
+    streams = stream is True and known.streams
+    found.stream = streams
     # Reading the body took time: follow the configuration as it is now.
-    found.route = _service_route(runtime.table, rule.service_id)
+    route = found.route = _service_route(runtime.table, rule.service_id)
+    faults = None
+    if inject and (named is not None or gateway.injection is not None):
+        faults = request_faults(
+            gateway.injection,
+            named,
+            path=endpoint,
+            key_id=key.id if key is not None else None,
+            key_name=key.name if key is not None else None,
+            stream=streams,
+            targets=[t.id for t in route.dispatcher.upstream.targets],
+        )
     return ClientRequest(
-        format=fmt,
-        body=body,
-        raw=raw,
-        model=model or None,
-        stream=stream is True,
-        headers=[(n, v) for n, v in candidates if n in FORWARDED[fmt]],
-        request_id=request_id,
+        known.format,  # type: ignore[arg-type]
+        body,
+        raw,
+        model or None,
+        streams,
+        [(n, v) for n, v in candidates if n in known.forwarded],
+        request_id,
+        known.api,
+        faults,
     )
 
 
@@ -339,6 +410,7 @@ WANTED = frozenset(
         "host",
         "anthropic-version",
         "content-encoding",
+        FAULT_HEADER,
     }
 )
 
@@ -453,30 +525,66 @@ def render(fmt: ApiFormat, error: GatewayError, request_id: str) -> Response:
     )
 
 
-def _models(route: ServiceRoute, wanted: dict[str, str], request_id: str) -> Response:
-    """The models of the service the rule routes ``GET /v1/models`` to, in the caller's dialect."""
-    providers: dict[str, str] = {}
-    for target in route.dispatcher.upstream.targets:
-        for name in (*target.models, *((target.default_model,) if target.default_model else ())):
-            providers.setdefault(name, target.provider.value)
-    models = sorted(providers.items())
-    names = [name for name, _ in models]
-    if _dialect(wanted) is ApiFormat.ANTHROPIC:
-        body: dict[str, Any] = {
-            "data": [
-                {"type": "model", "id": m, "display_name": m, "created_at": "1970-01-01T00:00:00Z"}
-                for m in names
-            ],
-            "has_more": False,
-            "first_id": names[0] if names else None,
-            "last_id": names[-1] if names else None,
-        }
-    else:
-        body = {
-            "object": "list",
-            "data": [
-                {"id": m, "object": "model", "created": 0, "owned_by": provider}
-                for m, provider in models
-            ],
-        }
-    return json_response(body, headers={"X-Request-Id": request_id})
+def _models(
+    table: RouteTable,
+    gateway: GatewayRoute,
+    keyed: bool,
+    endpoint: str,
+    wanted: dict[str, str],
+    request_id: str,
+) -> Response:
+    """``GET <base>/models`` and ``<base>/models/{id}``: the models the caller reaches
+    from that base through its gateway's rules (:mod:`trio_gateway.core.listing`),
+    in the caller's dialect. Nothing is asked of a provider."""
+    path = request.path
+    base = path[: len(path) - len(endpoint)] + "/v1"
+    lists = gateway.models.get(base)
+    listed = ModelList() if lists is None else lists.keyed if keyed else lists.public
+    dialect = _dialect(wanted)
+    headers = {"X-Request-Id": request_id}
+
+    def ejected(upstream_id: str, index: int) -> bool:
+        dispatcher = table.dispatchers.get(upstream_id)
+        if dispatcher is None or index >= len(dispatcher.actors):
+            return False
+        return dispatcher.actors[index].health.state in EJECTED
+
+    if endpoint != MODELS_ENDPOINT:
+        model_id = endpoint[len(MODEL_PREFIX) :]
+        found = listed.get(model_id, ejected)
+        if found is None:
+            raise NotFound(
+                f"model {model_id!r} is not served here (GET {base}/models lists what is)"
+            )
+        return json_response(
+            found.anthropic() if dialect is ApiFormat.ANTHROPIC else found.openai(),
+            headers=headers,
+        )
+    models = listed.visible(ejected)
+    if dialect is ApiFormat.ANTHROPIC:
+        return json_response(_anthropic_page(models), headers=headers)
+    body = {"object": "list", "data": [m.openai() for m in models]}
+    return json_response(body, headers=headers)
+
+
+def _anthropic_page(models: Sequence[ListedModel]) -> dict[str, Any]:
+    """One page of Anthropic's model list, as its ``limit``, ``after_id`` and
+    ``before_id`` query parameters ask (the anthropic SDK's pager follows ``last_id``)."""
+    args = request.args
+    raw_limit = args.get("limit")
+    limit = PAGE_DEFAULT
+    if raw_limit is not None:
+        try:
+            limit = int(raw_limit)
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= PAGE_MAX:
+            raise ClientError(f"limit: must be an integer from 1 to {PAGE_MAX}")
+    found, has_more = page(models, limit, args.get("after_id"), args.get("before_id"))
+    data = [m.anthropic() for m in found]
+    return {
+        "data": data,
+        "has_more": has_more,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+    }

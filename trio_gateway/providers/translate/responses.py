@@ -51,6 +51,7 @@ __all__ = [
     "ResponsesPassthroughStream",
     "chat_request",
     "check_stateless",
+    "next_sequence_number",
 ]
 
 log = logging.getLogger(__name__)
@@ -1363,6 +1364,16 @@ def _empty_part(kind: str) -> bytes:
 # --- the same API on both sides --------------------------------------------------------
 
 _SEQUENCE = re.compile(rb'"sequence_number":\s*(\d+)')
+
+
+def next_sequence_number(data: bytes) -> int:
+    """The sequence number after the last one in ``data`` (Responses events), else 0."""
+    at = data.rfind(b'"sequence_number"')
+    if at >= 0:
+        m = _SEQUENCE.match(data, at)
+        if m is not None:
+            return int(m[1]) + 1
+    return 0
 
 
 class ResponsesPassthroughStream:

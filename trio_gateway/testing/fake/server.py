@@ -414,7 +414,10 @@ class FakeProvider:
             try:
                 await TCPServer(app, config, context, {}, connection).run()  # type: ignore[arg-type]
             finally:
-                del self._connections[peer]
+                # A client port is reused at once after a reset or close fault: a new
+                # connection from the same peer may already stand in this one's place.
+                if self._connections.get(peer) is connection:
+                    del self._connections[peer]
                 for record in list(connection.pending):
                     self._finish(record, Outcome.DISCONNECTED)
                 stream.socket.close()  # synchronous: also right when cancelled
