@@ -483,3 +483,28 @@ async def test_with_telemetry_off_the_provider_gets_the_clients_own_bytes():
         assert response.status_code == 200
         (received,) = [r for r in s.fakes[0].requests if not is_health_check(r)]
         assert received.body == sent  # nothing asked on the client's behalf
+
+
+async def test_an_injected_fault_is_named_in_the_access_log_and_counted(access_lines):
+    _, structured = access_lines
+
+    def injecting(fakes):
+        made = tiers(fakes)
+        made["gateways"][0]["fault_injection"] = {"enabled": True}
+        return made
+
+    async with setup([{}, {}], injecting) as s:
+        primary, backup = s.target_ids()
+        response = await s.client.post(
+            "/v1/chat/completions",
+            json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]},
+            headers={"X-Gateway-Fault": f"503; target={primary}"},
+        )
+        assert response.status_code == 200
+        samples = await scrape(s)
+        assert value(samples, "trio_gateway_attempts_total", target=primary, outcome="503") == 1
+    (line,) = access_records(structured)
+    assert [(a["target"], a["outcome"], a.get("fault")) for a in line["attempts"]] == [
+        (primary, "503", "error"),
+        (backup, "200", None),
+    ]

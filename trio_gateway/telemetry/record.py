@@ -209,6 +209,15 @@ class RequestRecord:
                     "outcome": a.outcome,
                     "ms": round(a.ms),
                 }
+                if a.fault is None
+                else {
+                    "target": a.target_id,
+                    "provider": a.provider,
+                    "model": a.model,
+                    "outcome": a.outcome,
+                    "ms": round(a.ms),
+                    "fault": a.fault,  # injected by the gateway's fault injection
+                }
                 for a in self.trail
             ],
         }
