@@ -54,13 +54,13 @@ from trio_gateway.core.limits import (
     LimitOp,
     Shortfall,
     Ticket,
-    TokenUsage,
     cost_of,
     period_of,
     row_level,
 )
 from trio_gateway.core.usage import UsageBook, UsageRow
 from trio_gateway.errors import KeyLimitExceeded
+from trio_gateway.providers.usage import Usage
 from trio_gateway.store import Store
 
 log = logging.getLogger("trio_gateway.limits")
@@ -228,12 +228,12 @@ class Limiter:
             for allowance, n in waiting:
                 allowance.wanted -= n
 
-    def settle(self, ticket: Ticket, usage: TokenUsage | None, model: str | None = None) -> float:
+    def settle(self, ticket: Ticket, usage: Usage | None, model: str | None = None) -> float:
         """Settle a request once it is over; return its cost (0 without a price).
 
         ``usage``: what the providers reported, summed over every attempt that
         reported any (a failed-over request is charged once, for all of it);
-        ``TokenUsage()`` when no provider answered; ``None`` when one answered but
+        ``NOTHING`` when no provider answered; ``None`` when one answered but
         did not say (the estimate is charged). ``model``: the model that answered.
         """
         if ticket.settled:
@@ -248,7 +248,7 @@ class Limiter:
             if usage is not None and policy is not None and policy.prices:
                 cost = cost_of(usage, policy.price(served))
         if usage is None and ticket.estimate is not None:
-            usage = TokenUsage(ticket.estimate.input_tokens, ticket.estimate.output_tokens)
+            usage = Usage(ticket.estimate.input_tokens, ticket.estimate.output_tokens)
         self.book.add(
             ticket.key_id, ticket.gateway_id, served, self._offset + self._clock(), usage, cost
         )
