@@ -819,6 +819,21 @@ class KeyState:
                 ticket.budget_cost, ticket.budget_cost_reserved = allowance, n
         return ticket
 
+    def check(
+        self, estimate: Estimate | None, model: str | None, now: float, wall: float
+    ) -> KeyLimitExceeded | None:
+        """What :meth:`admit` would refuse now, reserving nothing (``explain``).
+
+        ``None``: the request would pass, at once or after the next exchange.
+        """
+        self.roll(wall)
+        hopeless = [
+            (a, n)
+            for a, n in self.needs(estimate, model)
+            if not a.has(n, now) and not a.may_get(n, now)
+        ]
+        return self._refusal(hopeless, now, wall) if hopeless else None
+
     def refuse(self, shortfall: Shortfall, now: float, wall: float) -> KeyLimitExceeded:
         """The refusal of a request still short after its exchange."""
         short = [(a, n) for a, n in shortfall.waiting if not a.has(n, now)]
