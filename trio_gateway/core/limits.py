@@ -300,10 +300,15 @@ class Allowance:
         return self.seen
 
     def remaining(self, now: float) -> float:
-        """What this process believes is left: its lease and the shared row as last seen."""
+        """What this process believes is left: its lease and the shared row as last seen.
+
+        Never more than a bucket holds: leased units drain from the shared row's use
+        like spent ones, so the lease and the row's level may add up to more.
+        """
         if self.alone:
             return max(0.0, self.local)
-        return max(0.0, self.local + self.shared_level(now))
+        left = max(0.0, self.local + self.shared_level(now))
+        return min(left, self.capacity) if self.kind == BUCKET else left
 
     def may_get(self, n: float, now: float) -> bool:
         """Could an exchange bring the lease to ``n``? (No: refuse without waiting.)"""

@@ -348,6 +348,12 @@ class Dispatcher:
                     else f"no eligible target serves {model!r}, and it has no default_model"
                 )
                 return actor, False, f"model: {why}"
+            if request.models is not None and route.default_model not in request.models:
+                return (
+                    actor,
+                    False,
+                    f"model: this API key may not use its default_model {route.default_model!r}",
+                )
         elif not route.serves(model):
             return actor, False, f"model: it does not serve {model!r}"
         if choice is not None and not choice.last_resort:

@@ -61,7 +61,7 @@ from trio_gateway.core.limits import (
 from trio_gateway.core.usage import UsageBook, UsageRow
 from trio_gateway.errors import KeyLimitExceeded
 from trio_gateway.providers.usage import NOTHING, Usage
-from trio_gateway.store import Store
+from trio_gateway.store import Store, StoreUnavailable
 
 log = logging.getLogger("trio_gateway.limits")
 
@@ -488,8 +488,18 @@ class Limiter:
     async def usage(
         self, key_id: str, since: str | None = None, until: str | None = None
     ) -> list[UsageRow]:
-        """The key's usage from the store, this process's included (flushed first)."""
+        """The key's usage from the store, this process's included (flushed first).
+
+        Raises :class:`~trio_gateway.store.StoreUnavailable` while the store is away
+        (this process's usage is kept meanwhile, and written once it is back).
+        """
         await self.flush()
+        if self.registry.alone_since is not None:
+            raise StoreUnavailable(
+                "the store is unreachable, so the usage of every process cannot be read "
+                "now (each keeps counting it, and writes it once the store is back); "
+                "try again shortly"
+            )
         return await self._store.read_usage(key_id, since, until)
 
     async def budget(self, key_id: str) -> BudgetStatus | None:
