@@ -282,3 +282,60 @@ async def test_limits_follow_the_configuration(autojump_clock):
         assert (len(tickets), len(refusals)) == (1, 2)
         limiter.update(snapshot())  # the key deleted: its state goes
         assert limiter.keys == {}
+
+
+async def test_a_charge_settles_once_by_the_rules_of_docs_keys_md(autojump_clock):
+    """What a request's :class:`Charge` settles, as its attempts went."""
+    budget = Budget(period=BudgetPeriod.LIFETIME, tokens=1_000_000)
+    store = MemoryStore()
+    guess = Estimate(100, 400)
+    async with running(store, key(budget=budget, requests_per_minute=100)) as limiter:
+        limiter.cancel(await limiter.admit("k", "g", "gpt-4o", guess))  # the budget's period
+
+        async def charged(*steps) -> tuple[float, float]:
+            """Budget tokens and requests used by one request going through ``steps``."""
+            before = limiter.keys["k"].budget_tokens.remaining(trio.current_time())
+            requests = limiter.keys["k"].requests.remaining(trio.current_time())
+            charge = limiter.charge(await limiter.admit("k", "g", "gpt-4o", guess))
+            for step in steps:
+                step(charge)
+            charge.end()
+            charge.end()  # ended once: a second end changes nothing
+            now = trio.current_time()
+            after = limiter.keys["k"].budget_tokens.remaining(now)
+            return before - after, requests - limiter.keys["k"].requests.remaining(now)
+
+        def sent(charge):
+            charge.sent("gpt-4o")
+
+        def failed(usage=None):
+            return lambda charge: charge.reported(usage, answered=False)
+
+        def answered(usage=None):
+            return lambda charge: charge.reported(usage, answered=True)
+
+        # Failed over: what each provider reported, summed.
+        both = await charged(sent, failed(Usage(30, 1)), sent, answered(Usage(30, 70)))
+        assert both == (131, 1)
+        # The answer said nothing, or an attempt was still out (client gone): the estimate.
+        assert await charged(sent, answered(Usage(model="gpt-4o"))) == (500, 1)
+        assert await charged(sent, failed(Usage(30, 1)), sent) == (500, 1)
+        # No provider answered: no tokens, the request counts.
+        assert await charged(sent, failed(), sent, failed()) == (0, 1)
+        # No attempt at all (nothing could take it): it does not count.
+        assert await charged() == (0, 0)
+        await trio.sleep(runtime_limits.FLUSH_S + runtime_limits.TICK_S)
+    [row] = await store.read_usage("k")
+    assert (row.requests, row.input_tokens, row.output_tokens) == (4, 60 + 100 + 100, 71 + 800)
+
+
+async def test_explain_checks_the_limits_without_taking_anything(autojump_clock):
+    async with running(MemoryStore(), key(requests_per_minute=2)) as limiter:
+        for _ in range(5):
+            assert limiter.check("k", "gpt-4o", None) is None
+        tickets, _ = await burst(limiter, 2)
+        assert len(tickets) == 2
+        refusal = limiter.check("k", "gpt-4o", None)
+        assert isinstance(refusal, KeyLimitExceeded) and refusal.headers["Retry-After"] == "30"
+        assert limiter.book.pending("k") == []  # a check is not a refusal
+        assert limiter.check("plain", "gpt-4o", None) is None  # a key without limits
