@@ -255,6 +255,7 @@ async def _serve(
                     else None,
                     explain=partial(explain, runtime, settings.proxy_max_body),
                     fault_injection=runtime.fault_injection,
+                    limiter=runtime.limiter,
                 ),
                 server.ConnectionLimits(settings.admin_max_body, settings.body_timeout),
                 closing=shutdown.is_set,

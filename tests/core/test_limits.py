@@ -29,7 +29,6 @@ from trio_gateway.core.limits import (
     LimitRow,
     Shortfall,
     Ticket,
-    TokenUsage,
     apply_op,
     cost_of,
     duration,
@@ -37,6 +36,7 @@ from trio_gateway.core.limits import (
     period_of,
 )
 from trio_gateway.errors import BudgetExhausted, KeyLimitExceeded
+from trio_gateway.providers.usage import Usage
 
 # 2026-05-31T23:59:00Z: a minute before a day and a month end.
 MAY_31 = 1780271940.0
@@ -199,7 +199,7 @@ def test_a_budget_is_charged_exactly_what_was_used(limit, requests):
         found = _admit(key, Estimate(estimate // 2, estimate - estimate // 2), now, store)
         if isinstance(found, Ticket):
             actual = int(estimate * share)
-            key.settle(found, TokenUsage(actual // 2, actual - actual // 2), None)
+            key.settle(found, Usage(actual // 2, actual - actual // 2), None)
             used += actual
         now += 0.1
     now += 10  # every key idle: leases go back
@@ -335,7 +335,7 @@ def test_a_request_larger_than_the_whole_limit_waits_for_a_full_bucket():
     lease_everything(key)
     ticket = key.admit(Estimate(10, 4096), None, 0.0, MAY_31)
     assert isinstance(ticket, Ticket) and ticket.tokens_reserved == 1000
-    key.settle(ticket, TokenUsage(10, 2000), None)
+    key.settle(ticket, Usage(10, 2000), None)
     assert key.tokens.local == 0 and key.tokens.put == -1010  # the rest charged: debt
 
 
@@ -344,7 +344,7 @@ def test_settling_gives_back_what_the_estimate_did_not_use():
     lease_everything(key)
     ticket = key.admit(Estimate(1000, 4000), None, 0.0, MAY_31)
     assert key.tokens.local == 5000
-    key.settle(ticket, TokenUsage(900, 100), None)
+    key.settle(ticket, Usage(900, 100), None)
     assert key.tokens.local == 9000
     assert key.tokens.open == 0
 
@@ -371,7 +371,7 @@ def test_a_budget_refusal_says_when_it_renews():
     key = key_state(budget=Budget(period=BudgetPeriod.DAY, tokens=1000))
     key.roll(MAY_31)
     lease_everything(key)
-    key.settle(key.admit(Estimate(100, 800), None, 0.0, MAY_31), TokenUsage(100, 800), None)
+    key.settle(key.admit(Estimate(100, 800), None, 0.0, MAY_31), Usage(100, 800), None)
     with pytest.raises(BudgetExhausted) as info:
         key.admit(Estimate(50, 100), None, 0.0, MAY_31)
     assert info.value.status == 429 and info.value.type == "insufficient_quota"
@@ -381,7 +381,7 @@ def test_a_budget_refusal_says_when_it_renews():
         "150 tokens (its prompt and max_tokens: a lower max_tokens may fit); it renews at "
         "2026-06-01T00:00:00Z"
     )
-    key.settle(key.admit(Estimate(50, 50), None, 0.0, MAY_31), TokenUsage(50, 50), None)
+    key.settle(key.admit(Estimate(50, 50), None, 0.0, MAY_31), Usage(50, 50), None)
     with pytest.raises(BudgetExhausted) as info:
         key.admit(Estimate(1, 1), None, 0.0, MAY_31)
     assert "budget of 1000 tokens per day is used up; it renews at" in info.value.message
@@ -406,7 +406,7 @@ def test_an_unpriced_model_is_charged_to_a_cost_budget_at_the_highest_price():
     lease_everything(key)
     ticket = key.admit(Estimate(1_000_000, 0), "unknown-model", 0.0, MAY_31)
     assert ticket.budget_cost_reserved == pytest.approx(10)  # the top input price
-    cost = key.settle(ticket, TokenUsage(1_000_000, 0), "unknown-model")
+    cost = key.settle(ticket, Usage(1_000_000, 0), "unknown-model")
     assert cost == 0  # no price: the usage shows no cost...
     assert key.budget_cost.local == pytest.approx(90)  # ...but the budget was charged
 
@@ -456,7 +456,7 @@ def test_budget_headers():
     key = key_state(budget=Budget(period=BudgetPeriod.MONTH, tokens=5000, cost=2.5))
     key.roll(MAY_31)
     lease_everything(key)
-    key.settle(key.admit(Estimate(100, 100), "cheap", 0.0, MAY_31), TokenUsage(100, 100), "cheap")
+    key.settle(key.admit(Estimate(100, 100), "cheap", 0.0, MAY_31), Usage(100, 100), "cheap")
     assert key.headers(True, 0.0, MAY_31) == [
         ("x-gateway-budget-remaining-tokens", "4800"),
         ("x-gateway-budget-remaining-cost", "2.4997"),
@@ -490,14 +490,14 @@ def test_periods_are_utc_calendar_days_and_months():
 
 def test_cost_per_million_tokens_with_cached_input():
     price = Price(input=3, output=15, cached=0.3)
-    assert cost_of(TokenUsage(1_000_000, 0), price) == pytest.approx(3)
-    assert cost_of(TokenUsage(2000, 500, cached=1000), price) == pytest.approx(
+    assert cost_of(Usage(1_000_000, 0), price) == pytest.approx(3)
+    assert cost_of(Usage(2000, 500, cached_tokens=1000), price) == pytest.approx(
         (1000 * 3 + 1000 * 0.3 + 500 * 15) / 1e6
     )
-    assert cost_of(TokenUsage(1000, 0, cached=1000), Price(input=2, output=4)) == pytest.approx(
+    assert cost_of(Usage(1000, 0, cached_tokens=1000), Price(input=2, output=4)) == pytest.approx(
         0.002
     )  # no cached price: as input
-    assert cost_of(TokenUsage(1000, 1000), None) == 0
+    assert cost_of(Usage(1000, 1000), None) == 0
 
 
 def test_a_model_the_key_may_not_use_is_refused_per_dialect():

@@ -216,3 +216,64 @@ def test_a_peeked_choice_is_the_next_real_choice(algorithm, targets, requests, r
 
     for model, down in requests:
         assert pick(model, down, True) == pick(model, down, True) == pick(model, down, False)
+
+
+# --- the models the client's API key may use ------------------------------------------------------
+
+
+@given(
+    targets=st.lists(
+        st.tuples(
+            st.integers(1, 2),  # priority
+            st.sets(st.sampled_from(["a", "b", "c"])),  # models (empty: any)
+            st.sampled_from([None, "a", "b", "c"]),  # default model
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+    allowed=st.sets(st.sampled_from(["a", "b", "c"]), min_size=1),
+    model=st.sampled_from([None, "a", "b", "c", "d"]),
+    down=st.sets(st.integers(0, 4)),
+)
+def test_a_key_never_gets_a_model_it_may_not_use(targets, allowed, model, down):
+    """Whatever the request (no model, one nobody serves) and the targets' health: the
+    model sent is the one asked for or one the key may use; and a choice is refused by
+    the key only when every choice would have sent a model the key may not use."""
+    routes = [
+        route(i, priority, models, default if not models or default in models else None)
+        for i, (priority, models, default) in enumerate(targets)
+    ]
+    plan = UpstreamPlan.compile(routes, Algorithm.ROUND_ROBIN)
+    if model is not None and model not in allowed:
+        return  # the proxy refuses it before routing
+    kwargs = dict(
+        admits=lambda i: i not in down,
+        excluded=lambda i: False,
+        loads=[Idle()] * len(routes),
+        now=0.0,
+        rank=lambda i: float(i),
+        peek=True,
+    )
+    choice = plan.choose(model, allowed=frozenset(allowed), **kwargs)
+    if choice is not None:
+        assert choice.model == model or choice.model in allowed
+        return
+    anything = plan.choose(model, **kwargs)
+    if anything is not None:  # what the key would have got: a model it may not use
+        assert anything.model != model and anything.model not in allowed
+
+
+def test_a_request_without_a_model_skips_targets_whose_default_the_key_may_not_use():
+    plan = UpstreamPlan.compile(
+        [route(0, 1, ["a"], "a"), route(1, 2, ["b"], "b")], Algorithm.ROUND_ROBIN
+    )
+    assert choose(plan, None).index == 0
+    choice = plan.choose(
+        None,
+        admits=lambda i: True,
+        excluded=lambda i: False,
+        loads=[Idle()] * 2,
+        now=0.0,
+        allowed=frozenset({"b"}),
+    )
+    assert (choice.index, choice.model) == (1, "b")  # the lower tier, with a default it may use

@@ -284,3 +284,54 @@ async def test_a_shared_ejection_on_a_is_seen_by_b_within_a_second(tmp_path, pos
                 before = len(bad.requests)
                 assert await status_of(b) == 200
                 assert len(bad.requests) == before  # B sends nothing to it now
+
+
+async def test_a_keys_rate_limit_holds_across_two_instances(tmp_path, postgres: Schema):
+    """``requests_per_minute: 10``, 30 concurrent requests, 15 on each instance: at most
+    10 pass in all (and at least 10 less one lease per instance: docs/keys.md). The
+    usage endpoint of either instance answers for both."""
+    free = "tgk_e2e_free_key_0123456789"
+    with trio.fail_after(TIMEOUT):
+        async with open_fake_provider(name="one", api_key="sk-fake-0") as one:
+            made = config([target(one, default_model="gpt-4o-mini")])
+            keys = made["gateways"][0]["api_keys"]
+            keys[0]["limits"] = {"requests_per_minute": 10}
+            keys.append({"name": "free", "key": free})
+            path = tmp_path / "gateway.yaml"
+            path.write_text(yaml.safe_dump(made))
+            async with (
+                open_instance(
+                    ["--store", postgres.url, "--config", str(path)], tmp_path / "a.log"
+                ) as a,
+                open_instance(["--store", postgres.url], tmp_path / "b.log") as b,
+            ):
+                for instance in (a, b):  # both serve the configuration, before the burst
+                    await within(10, lambda i=instance: _serves(i, free))
+                passed = {"a": 0, "b": 0}
+
+                async def call(name: str, instance: Instance) -> None:
+                    status = await status_of(instance)
+                    assert status in (200, 429)
+                    passed[name] += status == 200
+
+                async with trio.open_nursery() as nursery:
+                    for _ in range(15):
+                        nursery.start_soon(call, "a", a)
+                        nursery.start_soon(call, "b", b)
+                total = passed["a"] + passed["b"]
+                print(f"\n{total} of 30 passed over two instances: {passed}")
+                assert 10 - 2 <= total <= 10
+                async with b.api() as api:
+                    gateway = (await api.get("/gateways")).json()["items"][0]["id"]
+                    listed = (await api.get(f"/gateways/{gateway}/keys")).json()["items"]
+                    key_id = next(k["id"] for k in listed if k["name"] == "k")
+                    await trio.sleep(1.5)  # A writes its usage about once a second
+                    told = await api.get(f"/gateways/{gateway}/keys/{key_id}/usage")
+                assert told.status_code == 200, told.text
+                assert told.json()["totals"]["requests"] == total
+                assert told.json()["totals"]["refused"] == 30 - total
+    assert a.process.returncode == 0 and b.process.returncode == 0
+
+
+async def _serves(instance: Instance, key: str) -> bool:
+    return await status_of(instance, key) == 200

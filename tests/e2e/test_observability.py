@@ -472,17 +472,31 @@ async def test_no_tracing_without_otel_variables(monkeypatch):
 
 
 async def test_with_telemetry_off_the_provider_gets_the_clients_own_bytes():
+    """Usage is asked for telemetry and for an API key's usage (docs/keys.md): without
+    either (telemetry off, a public rule), the provider gets the client's bytes."""
     quiet = {"metrics": False, "access_log": False}
-    async with setup([{}], lambda f: config([target(f[0], default_model=MODEL)]), **quiet) as s:
+
+    def public(fakes):
+        made = config([target(fakes[0], default_model=MODEL)])
+        made["gateways"][0]["rules"][0]["public"] = True
+        return made
+
+    async with setup([{}], public, **quiet) as s:
         assert s.gateway.telemetry is not None and not s.gateway.telemetry.enabled
         body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "stream": True}
         sent = json.dumps(body).encode()
-        response = await s.client.post(
-            "/v1/chat/completions", content=sent, headers={"content-type": "application/json"}
-        )
+        headers = {"content-type": "application/json", "x-gateway-id": s.gateway_id}
+        async with httpx2.AsyncClient(base_url=s.gateway.proxy_url) as anonymous:
+            response = await anonymous.post("/v1/chat/completions", content=sent, headers=headers)
         assert response.status_code == 200
         (received,) = [r for r in s.fakes[0].requests if not is_health_check(r)]
         assert received.body == sent  # nothing asked on the client's behalf
+        # With a key, the gateway asks for the stream's usage: it counts the key's tokens.
+        response = await s.client.post("/v1/chat/completions", content=sent, headers=headers)
+        assert response.status_code == 200
+        assert b"data: [DONE]" in response.content and b'"usage"' not in response.content
+        received = [r for r in s.fakes[0].requests if not is_health_check(r)][-1]
+        assert json.loads(received.body)["stream_options"] == {"include_usage": True}
 
 
 async def test_an_injected_fault_is_named_in_the_access_log_and_counted(access_lines):

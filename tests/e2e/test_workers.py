@@ -200,3 +200,87 @@ async def test_one_scrape_shows_the_metrics_of_every_worker(tmp_path):
                 process.terminate()
                 await process.wait()
             assert process.returncode == 0
+
+
+#: A second key of the gateway, without limits: to see both processes serving first.
+FREE_KEY = "tgk_e2e_free_key_0123456789"
+
+
+def limited_config(fake, requests_per_minute: int) -> dict:
+    made = config([target(fake, default_model="gpt-4o-mini")])
+    keys = made["gateways"][0]["api_keys"]
+    keys[0]["limits"] = {"requests_per_minute": requests_per_minute}
+    keys.append({"name": "free", "key": FREE_KEY})
+    return made
+
+
+def served_by(response: httpx2.Response) -> str:
+    """The process that answered: request ids start with a prefix of its own."""
+    return response.headers["x-request-id"][:12]
+
+
+async def test_a_keys_rate_limit_holds_across_two_workers(tmp_path, store_args):
+    """``requests_per_minute: 10`` and 30 requests at once over both processes: at most
+    10 pass, and at least 10 less one lease per process (docs/keys.md)."""
+    with trio.fail_after(60):
+        async with open_fake_provider(name="f", api_key="sk-fake-0") as fake:
+            path = tmp_path / "gateway.yaml"
+            path.write_text(yaml.safe_dump(limited_config(fake, 10)))
+            process = await trio.lowlevel.open_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "trio_gateway",
+                    "serve",
+                    "--workers",
+                    "2",
+                    *store_args,
+                    "--config",
+                    str(path),
+                    "--admin-listen",
+                    "127.0.0.1:0",
+                    "--proxy-listen",
+                    "127.0.0.1:0",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                text = ""
+                while "gateway 'e2e'" not in text:
+                    text += (await process.stdout.receive_some()).decode()
+                proxy = re.search(r"proxy: +(\S+)", text).group(1)
+                body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}
+                no_reuse = httpx2.Limits(max_keepalive_connections=0)
+                async with httpx2.AsyncClient(
+                    base_url=proxy, headers={"X-Api-Key": FREE_KEY}, limits=no_reuse
+                ) as free:
+                    seen: set[str] = set()
+                    while len(seen) < 2:  # both processes serve
+                        response = await free.post("/v1/chat/completions", json=body)
+                        if response.status_code == 200:
+                            seen.add(served_by(response))
+                        else:
+                            await trio.sleep(0.1)
+                async with httpx2.AsyncClient(
+                    base_url=proxy, headers={"X-Api-Key": KEY}, limits=no_reuse, timeout=10
+                ) as client:
+                    responses: list[httpx2.Response] = []
+
+                    async def call() -> None:
+                        responses.append(await client.post("/v1/chat/completions", json=body))
+
+                    async with trio.open_nursery() as nursery:
+                        for _ in range(30):
+                            nursery.start_soon(call)
+                passed = [r for r in responses if r.status_code == 200]
+                assert {r.status_code for r in responses} <= {200, 429}
+                assert 10 - 2 <= len(passed) <= 10
+                print(
+                    f"\n{len(passed)} of 30 passed; answered by process:",
+                    {p: sum(served_by(r) == p for r in responses) for p in seen},
+                )
+            finally:
+                process.terminate()
+                await process.wait()
+            assert process.returncode == 0

@@ -13,18 +13,36 @@ from trio_gateway.providers.watch import StreamWatch
 
 
 def test_tokens_in_each_dialect():
-    assert tokens({"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}) == (12, 5)
-    assert tokens({"input_tokens": 10, "output_tokens": 3}) == (10, 3)
-    # Anthropic's cache reads and writes are input too.
+    openai = {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}
+    assert tokens(openai) == (12, 5, None)
+    assert tokens({"input_tokens": 10, "output_tokens": 3}) == (10, 3, None)
+    # Anthropic's cache reads and writes are input too; the reads are the cached tokens.
     anthropic = {
         "input_tokens": 10,
         "cache_creation_input_tokens": 100,
         "cache_read_input_tokens": 1000,
         "output_tokens": 3,
     }
-    assert tokens(anthropic) == (1110, 3)
-    assert tokens(None) == (None, None) == tokens({"prompt_tokens": "12"})
-    assert tokens({"output_tokens": 7}) == (None, 7)
+    assert tokens(anthropic) == (1110, 3, 1000)
+    assert tokens(None) == (None, None, None) == tokens({"prompt_tokens": "12"})
+    assert tokens({"output_tokens": 7}) == (None, 7, None)
+    # OpenAI's cached prompt tokens are part of prompt_tokens (chat, and the Responses API).
+    cached = {"prompt_tokens": 2006, "completion_tokens": 300}
+    cached["prompt_tokens_details"] = {"cached_tokens": 1920, "audio_tokens": 0}
+    assert tokens(cached) == (2006, 300, 1920)
+    responses = {"input_tokens": 900, "output_tokens": 20}
+    responses["input_tokens_details"] = {"cached_tokens": 512}
+    assert tokens(responses) == (900, 20, 512)
+    # Embeddings: the prompt only.
+    assert tokens({"prompt_tokens": 8, "total_tokens": 8}) == (8, None, None)
+
+
+def test_usage_adds_up_over_the_attempts_of_a_request():
+    first, second = Usage(40, None, "a"), Usage(900, 300, "b", 128)
+    assert first + second == Usage(940, 300, "b", 128)
+    assert (first + second).total == 1240
+    assert Usage() + Usage(model="m") == Usage(model="m") and not Usage(model="m").reported
+    assert Usage(None, 0).reported
 
 
 def test_usage_of_whole_answers():
@@ -111,14 +129,21 @@ def test_anthropic_stream_usage():
     watch = StreamWatch(ApiFormat.ANTHROPIC, hide_usage=True)  # no effect on Messages
     out, _ = watch.feed(body)
     assert out == body
-    assert watch.usage() == Usage(30, 15, "claude-x")
+    assert watch.usage() == Usage(30, 15, "claude-x", cached_tokens=5)
 
 
 def test_responses_stream_usage():
     done = {
         "type": "response.completed",
-        "response": {"model": "gpt-4o", "usage": {"input_tokens": 3, "output_tokens": 4}},
+        "response": {
+            "model": "gpt-4o",
+            "usage": {
+                "input_tokens": 3,
+                "output_tokens": 4,
+                "input_tokens_details": {"cached_tokens": 2},
+            },
+        },
     }
     watch = StreamWatch(Api.RESPONSES)
     watch.feed(b"event: response.completed\ndata: " + json.dumps(done).encode() + b"\n\n")
-    assert watch.usage() == Usage(3, 4, "gpt-4o")
+    assert watch.usage() == Usage(3, 4, "gpt-4o", 2)

@@ -25,8 +25,8 @@ from trio_gateway.config.models import (
     Price,
 )
 from trio_gateway.core.estimate import Estimate
-from trio_gateway.core.limits import TokenUsage
 from trio_gateway.errors import BudgetExhausted, KeyLimitExceeded
+from trio_gateway.providers.usage import NOTHING, Usage
 from trio_gateway.runtime import limits as runtime_limits
 from trio_gateway.runtime.limits import Limiter
 from trio_gateway.store import MemoryStore
@@ -82,7 +82,7 @@ async def test_requests_per_minute_holds_exactly_on_one_process(autojump_clock):
         for _ in range(600):
             await trio.sleep(1)
             try:
-                limiter.settle(await limiter.admit("k", "g", "gpt-4o", None), TokenUsage())
+                limiter.settle(await limiter.admit("k", "g", "gpt-4o", None), NOTHING)
                 passed += 1
             except KeyLimitExceeded as exc:
                 assert 1 <= int(exc.headers["Retry-After"]) <= 6
@@ -123,10 +123,10 @@ async def test_tokens_are_reserved_before_the_call_and_settled_after(autojump_cl
         headers = dict(limiter.headers(first, openai=True))
         assert headers["x-ratelimit-remaining-tokens"] == "400"
         # It used 150: the rest comes back at once.
-        limiter.settle(first, TokenUsage(100, 50))
+        limiter.settle(first, Usage(100, 50))
         assert dict(limiter.headers("k", openai=True))["x-ratelimit-remaining-tokens"] == "850"
         second = await limiter.admit("k", "g", "gpt-4o", Estimate(100, 500))
-        limiter.settle(second, TokenUsage(100, 500))
+        limiter.settle(second, Usage(100, 500))
         assert dict(limiter.headers("k", openai=True))["x-ratelimit-remaining-tokens"] == "250"
 
 
@@ -136,8 +136,8 @@ async def test_a_settled_ticket_is_not_charged_again(autojump_clock):
     store = MemoryStore()
     async with running(store, key(budget=budget)) as limiter:
         ticket = await limiter.admit("k", "g", "gpt-4o", Estimate(1000, 1000))
-        limiter.settle(ticket, TokenUsage(40, 0) + TokenUsage(900, 300), "gpt-4o")
-        limiter.settle(ticket, TokenUsage(900, 300), "gpt-4o")  # a second settle: ignored
+        limiter.settle(ticket, Usage(40, 0) + Usage(900, 300), "gpt-4o")
+        limiter.settle(ticket, Usage(900, 300), "gpt-4o")  # a second settle: ignored
         await trio.sleep(5)  # idle: the lease goes back
     assert store._data.limits["bt:k:lifetime"].value == 1240
 
@@ -147,14 +147,14 @@ async def test_a_daily_budget_runs_out_and_renews_at_midnight(autojump_clock):
     async with running(MemoryStore(), key(budget=budget)) as limiter:
         for _ in range(4):
             ticket = await limiter.admit("k", "g", "gpt-4o", Estimate(50, 200))
-            limiter.settle(ticket, TokenUsage(50, 200))
+            limiter.settle(ticket, Usage(50, 200))
         with pytest.raises(BudgetExhausted) as info:
             await limiter.admit("k", "g", "gpt-4o", Estimate(50, 200))
         assert info.value.limit == "budget"
         assert info.value.headers["Retry-After"] == "3600"  # until midnight UTC
         await trio.sleep(3600)
         ticket = await limiter.admit("k", "g", "gpt-4o", Estimate(50, 200))
-        limiter.settle(ticket, TokenUsage(50, 200))
+        limiter.settle(ticket, Usage(50, 200))
         status = await limiter.budget("k")
         assert (status.label, status.tokens_used, status.tokens_limit) == ("2026-06-01", 250, 1000)
 
@@ -163,7 +163,7 @@ async def test_a_cost_budget_is_charged_at_the_models_price(autojump_clock):
     budget = Budget(period=BudgetPeriod.MONTH, cost=1.0)
     async with running(MemoryStore(), key(budget=budget)) as limiter:
         ticket = await limiter.admit("k", "g", "gpt-4o", Estimate(100_000, 10_000))
-        cost = limiter.settle(ticket, TokenUsage(100_000, 10_000), "gpt-4o")
+        cost = limiter.settle(ticket, Usage(100_000, 10_000), "gpt-4o")
         assert cost == pytest.approx(0.35)
         status = await limiter.budget("k")
         assert status.cost_used == pytest.approx(0.35) and status.label == "2026-05"
@@ -181,7 +181,7 @@ async def test_usage_is_counted_for_every_key_and_flushed_to_the_store(autojump_
         for limiter in (a, b):
             ticket = await limiter.admit("plain", "g", "gpt-4o", None)
             assert ticket.key is None  # no limits: nothing reserved
-            limiter.settle(ticket, TokenUsage(1000, 100, cached=500), "gpt-4o")
+            limiter.settle(ticket, Usage(1000, 100, cached_tokens=500), "gpt-4o")
         limiter.settle(await a.admit("k", "g", "mini", None), None, "mini")  # no usage reported
         with pytest.raises(KeyLimitExceeded):
             await b.admit("k", "g", "mini", None)
@@ -207,15 +207,15 @@ async def test_the_store_away_each_instance_enforces_the_limit_alone(autojump_cl
     async with running(cut, key(**limits)) as a, running(store.connect(), key(**limits)) as b:
         cut.set_outage("the database went away")
         ticket = await a.admit("k", "g", "gpt-4o", Estimate(10, 10))  # finds out, goes alone
-        a.settle(ticket, TokenUsage(10, 10))
+        a.settle(ticket, Usage(10, 10))
         assert a.statistics().alone
         tickets_a, _ = await burst(a, 15, Estimate(10, 10))
         tickets_b, _ = await burst(b, 15, Estimate(10, 10))
         assert 1 + len(tickets_a) == 10 and len(tickets_b) == 10  # N x the limit, N = 2
         for ticket in tickets_a:
-            a.settle(ticket, TokenUsage(10, 10))
+            a.settle(ticket, Usage(10, 10))
         for ticket in tickets_b:
-            b.settle(ticket, TokenUsage(10, 10))
+            b.settle(ticket, Usage(10, 10))
         cut.set_outage(None)
         await trio.sleep(runtime_limits.RETRY_S + 3)
         assert not a.statistics().alone
@@ -227,7 +227,7 @@ async def test_the_store_away_each_instance_enforces_the_limit_alone(autojump_cl
         assert 9 <= sum(len(tickets) for tickets, _ in results) <= 10
         for limiter, (tickets, _) in zip((a, b), results, strict=True):
             for ticket in tickets:
-                limiter.settle(ticket, TokenUsage(1, 1))
+                limiter.settle(ticket, Usage(1, 1))
         await trio.sleep(5)
     admitted = 20 + sum(len(tickets) for tickets, _ in results)
     assert store._data.limits["bt:k:lifetime"].value == 20 * 20 + (admitted - 20) * 2
@@ -243,7 +243,7 @@ async def test_shutdown_gives_the_leases_back(autojump_clock):
     async with running(store, key(budget=budget)) as limiter:
         for _ in range(50):
             ticket = await limiter.admit("k", "g", "gpt-4o", Estimate(1000, 1000))
-            limiter.settle(ticket, TokenUsage(500, 500))
+            limiter.settle(ticket, Usage(500, 500))
             await trio.sleep(0.01)
         assert store._data.limits["bt:k:lifetime"].value > 50_000  # leased ahead
     assert store._data.limits["bt:k:lifetime"].value == 50_000
@@ -252,7 +252,7 @@ async def test_shutdown_gives_the_leases_back(autojump_clock):
 async def test_a_busy_key_is_leased_in_bulk_not_per_request(autojump_clock):
     async with running(MemoryStore(), key(requests_per_minute=600_000)) as limiter:
         for _ in range(4000):  # 1000 a second for 4 s
-            limiter.settle(await limiter.admit("k", "g", "gpt-4o", None), TokenUsage())
+            limiter.settle(await limiter.admit("k", "g", "gpt-4o", None), NOTHING)
             await trio.sleep(0.001)
         stats = limiter.statistics()
         assert stats.exchanges < 60  # about one per lease of ~a second, plus the ramp-up
@@ -282,3 +282,60 @@ async def test_limits_follow_the_configuration(autojump_clock):
         assert (len(tickets), len(refusals)) == (1, 2)
         limiter.update(snapshot())  # the key deleted: its state goes
         assert limiter.keys == {}
+
+
+async def test_a_charge_settles_once_by_the_rules_of_docs_keys_md(autojump_clock):
+    """What a request's :class:`Charge` settles, as its attempts went."""
+    budget = Budget(period=BudgetPeriod.LIFETIME, tokens=1_000_000)
+    store = MemoryStore()
+    guess = Estimate(100, 400)
+    async with running(store, key(budget=budget, requests_per_minute=100)) as limiter:
+        limiter.cancel(await limiter.admit("k", "g", "gpt-4o", guess))  # the budget's period
+
+        async def charged(*steps) -> tuple[float, float]:
+            """Budget tokens and requests used by one request going through ``steps``."""
+            before = limiter.keys["k"].budget_tokens.remaining(trio.current_time())
+            requests = limiter.keys["k"].requests.remaining(trio.current_time())
+            charge = limiter.charge(await limiter.admit("k", "g", "gpt-4o", guess))
+            for step in steps:
+                step(charge)
+            charge.end()
+            charge.end()  # ended once: a second end changes nothing
+            now = trio.current_time()
+            after = limiter.keys["k"].budget_tokens.remaining(now)
+            return before - after, requests - limiter.keys["k"].requests.remaining(now)
+
+        def sent(charge):
+            charge.sent("gpt-4o")
+
+        def failed(usage=None):
+            return lambda charge: charge.reported(usage, answered=False)
+
+        def answered(usage=None):
+            return lambda charge: charge.reported(usage, answered=True)
+
+        # Failed over: what each provider reported, summed.
+        both = await charged(sent, failed(Usage(30, 1)), sent, answered(Usage(30, 70)))
+        assert both == (131, 1)
+        # The answer said nothing, or an attempt was still out (client gone): the estimate.
+        assert await charged(sent, answered(Usage(model="gpt-4o"))) == (500, 1)
+        assert await charged(sent, failed(Usage(30, 1)), sent) == (500, 1)
+        # No provider answered: no tokens, the request counts.
+        assert await charged(sent, failed(), sent, failed()) == (0, 1)
+        # No attempt at all (nothing could take it): it does not count.
+        assert await charged() == (0, 0)
+        await trio.sleep(runtime_limits.FLUSH_S + runtime_limits.TICK_S)
+    [row] = await store.read_usage("k")
+    assert (row.requests, row.input_tokens, row.output_tokens) == (4, 60 + 100 + 100, 71 + 800)
+
+
+async def test_explain_checks_the_limits_without_taking_anything(autojump_clock):
+    async with running(MemoryStore(), key(requests_per_minute=2)) as limiter:
+        for _ in range(5):
+            assert limiter.check("k", "gpt-4o", None) is None
+        tickets, _ = await burst(limiter, 2)
+        assert len(tickets) == 2
+        refusal = limiter.check("k", "gpt-4o", None)
+        assert isinstance(refusal, KeyLimitExceeded) and refusal.headers["Retry-After"] == "30"
+        assert limiter.book.pending("k") == []  # a check is not a refusal
+        assert limiter.check("plain", "gpt-4o", None) is None  # a key without limits

@@ -118,6 +118,9 @@ class Record:
         self.malformed = 0
         self.usage = Usage(1, 2)
         self.key = type("Key", (), {"name": "app"})()
+        self.model = model
+        self.cost = 0.001
+        self.refused_by = None
 
 
 def test_model_label_values_are_bounded():
@@ -132,6 +135,9 @@ def test_model_label_values_are_bounded():
     models = {lab["model"] for lab in labels_of(metrics, "trio_gateway_tokens_total")}
     assert "listed" in models and OTHER_MODEL in models
     assert len(models) == MAX_MODELS + 2
+    costs = {lab["model"] for lab in labels_of(metrics, "trio_gateway_cost_total")}
+    assert costs == models
+    assert len(metrics._costs) == MAX_MODELS + 2  # nothing kept per unlisted name beyond
     other = [
         s.value
         for s in samples(metrics)

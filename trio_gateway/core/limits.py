@@ -86,6 +86,7 @@ from trio_gateway.config.models import (
 )
 from trio_gateway.core.estimate import Estimate
 from trio_gateway.errors import BudgetExhausted, KeyLimitExceeded, ModelNotAllowed
+from trio_gateway.providers.usage import NOTHING, Usage
 
 BUCKET = "bucket"
 COUNTER = "counter"
@@ -299,10 +300,15 @@ class Allowance:
         return self.seen
 
     def remaining(self, now: float) -> float:
-        """What this process believes is left: its lease and the shared row as last seen."""
+        """What this process believes is left: its lease and the shared row as last seen.
+
+        Never more than a bucket holds: leased units drain from the shared row's use
+        like spent ones, so the lease and the row's level may add up to more.
+        """
         if self.alone:
             return max(0.0, self.local)
-        return max(0.0, self.local + self.shared_level(now))
+        left = max(0.0, self.local + self.shared_level(now))
+        return min(left, self.capacity) if self.kind == BUCKET else left
 
     def may_get(self, n: float, now: float) -> bool:
         """Could an exchange bring the lease to ``n``? (No: refuse without waiting.)"""
@@ -499,33 +505,21 @@ def day_of(wall: float) -> tuple[str, float]:
 # --- cost ----------------------------------------------------------------------------------
 
 
-@attrs.frozen
-class TokenUsage:
-    """Tokens a provider reported for one request (``cached``: part of ``input``)."""
+def cost_of(usage: Usage, price: Price | None) -> float:
+    """What ``usage`` costs at ``price`` (per million tokens; ``None``: unpriced, 0).
 
-    input: int = 0
-    output: int = 0
-    cached: int = 0
-
-    @property
-    def total(self) -> int:
-        return self.input + self.output
-
-    def __add__(self, other: TokenUsage) -> TokenUsage:
-        """Usage of several attempts of one request, charged once."""
-        return TokenUsage(
-            self.input + other.input, self.output + other.output, self.cached + other.cached
-        )
-
-
-def cost_of(usage: TokenUsage, price: Price | None) -> float:
-    """What ``usage`` costs at ``price`` (per million tokens; ``None``: unpriced, 0)."""
+    ``(input - cached) * input + cached * cached + output * output``; what the
+    provider did not say counts as none.
+    """
     if price is None:
         return 0.0
-    cached = min(usage.cached, usage.input)
+    given = usage.input_tokens or 0
+    cached = min(usage.cached_tokens or 0, given)
     cached_price = price.input if price.cached is None else price.cached
     return (
-        (usage.input - cached) * price.input + cached * cached_price + usage.output * price.output
+        (given - cached) * price.input
+        + cached * cached_price
+        + (usage.output_tokens or 0) * price.output
     ) / PER_PRICE
 
 
@@ -598,7 +592,7 @@ class KeyPolicy:
 
     def cost_estimate(self, estimate: Estimate, model: str | None) -> float:
         return cost_of(
-            TokenUsage(estimate.input_tokens, estimate.output_tokens), self.budget_price(model)
+            Usage(estimate.input_tokens, estimate.output_tokens), self.budget_price(model)
         )
 
 
@@ -830,6 +824,21 @@ class KeyState:
                 ticket.budget_cost, ticket.budget_cost_reserved = allowance, n
         return ticket
 
+    def check(
+        self, estimate: Estimate | None, model: str | None, now: float, wall: float
+    ) -> KeyLimitExceeded | None:
+        """What :meth:`admit` would refuse now, reserving nothing (``explain``).
+
+        ``None``: the request would pass, at once or after the next exchange.
+        """
+        self.roll(wall)
+        hopeless = [
+            (a, n)
+            for a, n in self.needs(estimate, model)
+            if not a.has(n, now) and not a.may_get(n, now)
+        ]
+        return self._refusal(hopeless, now, wall) if hopeless else None
+
     def refuse(self, shortfall: Shortfall, now: float, wall: float) -> KeyLimitExceeded:
         """The refusal of a request still short after its exchange."""
         short = [(a, n) for a, n in shortfall.waiting if not a.has(n, now)]
@@ -895,7 +904,7 @@ class KeyState:
             retry_after=retry,
         )
 
-    def settle(self, ticket: Ticket, usage: TokenUsage | None, model: str | None) -> float:
+    def settle(self, ticket: Ticket, usage: Usage | None, model: str | None) -> float:
         """Settle ``ticket`` once with what the providers reported; return the cost.
 
         ``usage`` ``None``: the provider answered without saying: the estimate is
@@ -905,7 +914,7 @@ class KeyState:
         actual = usage
         if actual is None:
             est = ticket.estimate
-            actual = TokenUsage(est.input_tokens, est.output_tokens) if est else TokenUsage()
+            actual = Usage(est.input_tokens, est.output_tokens) if est else NOTHING
         total = float(actual.total)
         if ticket.requests is not None:
             ticket.requests.open -= 1

@@ -26,6 +26,12 @@ Target choice (:meth:`UpstreamPlan.choose`), in order:
 
 ``choose(..., peek=True)`` answers the same without moving any balancer: what the
 next request would get when nothing changes in between (``explain``).
+
+``choose(..., allowed=...)``: the models the client's API key may use
+(docs/keys.md). A model the client names was checked before (the proxy refuses it);
+here it matters for the models the gateway picks itself: a ``default_model`` for a
+request without a model, a fallback, a last resort. A target whose default the key
+may not use is not chosen for them.
 """
 
 from __future__ import annotations
@@ -92,6 +98,17 @@ def match_rule(rules: Sequence[CompiledRule], method: str, path: str) -> Compile
 
 
 # --- targets -----------------------------------------------------------------------------
+
+
+def _default_refused(target: TargetRoute, model: str | None, allowed: frozenset[str]) -> bool:
+    """Would ``target`` be chosen only to send a default model the key may not use?
+
+    Only for a target that does not serve ``model`` itself (or when there is no
+    model): those are chosen for their ``default_model``.
+    """
+    if model is not None and target.serves(model):
+        return False
+    return target.default_model not in allowed
 
 
 @attrs.frozen
@@ -168,6 +185,7 @@ class UpstreamPlan:
         now: float,
         rank: Callable[[int], float] | None = None,
         peek: bool = False,
+        allowed: frozenset[str] | None = None,
     ) -> Choice | None:
         """The target and model for this attempt, or ``None`` when none can serve.
 
@@ -175,10 +193,19 @@ class UpstreamPlan:
         that ``admits`` refuses are the last resort, best ``rank`` first, when ``rank``
         is given. Raises :class:`ModelNotServed` when ``model`` is listed by no target
         and the upstream rejects unknown models. ``peek``: change no balancer's state.
+        ``allowed``: the models the client's key may use (``None``: any); a target is
+        never chosen to send its ``default_model`` outside them.
         """
-        choice = self._choose(model, admits, excluded, loads, now, peek)
+        out = excluded
+        if allowed is not None:
+            targets = self.targets
+
+            def out(i: int) -> bool:
+                return excluded(i) or _default_refused(targets[i], model, allowed)
+
+        choice = self._choose(model, admits, out, loads, now, peek)
         if choice is None and rank is not None:
-            choice = self._last_resort(model, excluded, rank)
+            choice = self._last_resort(model, out, rank)
         return choice
 
     def _choose(

@@ -14,7 +14,8 @@ from collections.abc import Iterable
 
 import attrs
 
-from trio_gateway.core.limits import TokenUsage, day_of
+from trio_gateway.core.limits import day_of
+from trio_gateway.providers.usage import Usage
 
 #: A row's amounts, by index in the book's lists.
 REQUESTS, INPUT, OUTPUT, CACHED, COST, REFUSED = range(6)
@@ -74,16 +75,16 @@ class UsageBook:
         gateway_id: str,
         model: str | None,
         wall: float,
-        usage: TokenUsage | None,
+        usage: Usage | None,
         cost: float,
     ) -> None:
         """One request that went out, with what it used (``None``: nothing reported)."""
         row = self._row(key_id, gateway_id, model, wall)
         row[REQUESTS] += 1
         if usage is not None:
-            row[INPUT] += usage.input
-            row[OUTPUT] += usage.output
-            row[CACHED] += usage.cached
+            row[INPUT] += usage.input_tokens or 0
+            row[OUTPUT] += usage.output_tokens or 0
+            row[CACHED] += usage.cached_tokens or 0
         row[COST] += cost
 
     def refuse(self, key_id: str, gateway_id: str, model: str | None, wall: float) -> None:

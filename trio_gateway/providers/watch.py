@@ -94,7 +94,8 @@ class StreamWatch:
     the first content. ``error``: the provider's error type, or :data:`MALFORMED` (a
     malformed event before any content); once set, ``feed`` releases nothing more (an
     error event itself is released, a malformed one not). ``input_tokens``,
-    ``output_tokens``, ``model``: what the provider reported so far (:meth:`usage`).
+    ``output_tokens``, ``cached_tokens``, ``model``: what the provider reported so
+    far (:meth:`usage`).
     """
 
     def __init__(self, fmt: ApiFormat | Api, *, hide_usage: bool = False) -> None:
@@ -112,20 +113,23 @@ class StreamWatch:
         self.hide_usage = hide_usage and self._classify is _openai
         self.input_tokens: int | None = None
         self.output_tokens: int | None = None
+        self.cached_tokens: int | None = None
         self.model: str | None = None
 
     def usage(self) -> Usage | None:
         """The provider's usage and model as far as the stream went (``None``: nothing)."""
         if self.input_tokens is None and self.output_tokens is None and self.model is None:
             return None
-        return Usage(self.input_tokens, self.output_tokens, self.model)
+        return Usage(self.input_tokens, self.output_tokens, self.model, self.cached_tokens)
 
     def _tokens(self, usage: Any) -> None:
-        given, taken = tokens(usage)
+        given, taken, cached = tokens(usage)
         if given is not None:
             self.input_tokens = given
         if taken is not None:
             self.output_tokens = taken
+        if cached is not None:
+            self.cached_tokens = cached
 
     def feed(self, data: bytes) -> tuple[bytes, bool]:
         """The whole events ``data`` completes, and whether any of them carries content.

@@ -59,6 +59,7 @@ from trio_gateway.errors import (
     AttemptError,
     ClientError,
     DeadlineExceeded,
+    ModelNotAllowed,
     QueueTimeout,
     TargetBusy,
     Untranslatable,
@@ -79,6 +80,7 @@ from trio_gateway.runtime.injection import RequestFaults
 from trio_gateway.runtime.target import Committed, Ended, Failed, Job, Reply, TargetActor, Whole
 
 if TYPE_CHECKING:
+    from trio_gateway.runtime.limits import Charge
     from trio_gateway.telemetry import RequestRecord
 
 log = logging.getLogger("trio_gateway.dispatch")
@@ -121,6 +123,11 @@ class ClientRequest:
     )
     #: Its gateway's fault injection, when enabled (``None``: nothing is injected).
     faults: RequestFaults | None = None
+    #: The models the client's API key may use (``None``: any): the gateway sends no
+    #: other as a default or a fallback (docs/keys.md).
+    models: frozenset[str] | None = None
+    #: The request's account with its key's limits and usage (``None``: no key).
+    charge: Charge | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen
@@ -225,9 +232,18 @@ class Dispatcher:
     # --- choosing -------------------------------------------------------------------
 
     def choose(
-        self, model: str | None, tried: set[str], now: float, *, peek: bool = False
+        self,
+        model: str | None,
+        tried: set[str],
+        now: float,
+        *,
+        peek: bool = False,
+        allowed: frozenset[str] | None = None,
     ) -> Choice | None:
-        """The next attempt's target; ``peek``: what it would be, moving no balancer."""
+        """The next attempt's target; ``peek``: what it would be, moving no balancer.
+
+        ``allowed``: the models the client's key may use (``None``: any).
+        """
         actors = self.actors
         return self.plan.choose(
             model,
@@ -237,6 +253,25 @@ class Dispatcher:
             now=now,
             rank=lambda i: actors[i].health.out_until(now),
             peek=peek,
+            allowed=allowed,
+        )
+
+    def refuse_default(self, request: ClientRequest, tried: set[str], now: float) -> None:
+        """Nothing the key may use was chosen: if that is because of the key's ``models``
+        (a default model, or a fallback, it may not use), refuse naming that model."""
+        if request.models is None:
+            return
+        other = self.choose(request.model, tried, now, peek=True)
+        if other is None:
+            return
+        why = (
+            "sent for a request that names no model"
+            if request.model is None
+            else f"sent for {request.model!r}, which no target serves"
+        )
+        raise ModelNotAllowed(
+            f"this API key may not use the model {other.model!r}, which this route would "
+            f"have {why}; name a model the key may use"
         )
 
     # --- explain: the next request, without calling anyone ---------------------------------
@@ -256,8 +291,12 @@ class Dispatcher:
         skipped: list[tuple[TargetActor, AttemptError]] = []
         choice = None
         while exchange.may_try(now):
-            choice = self.choose(request.model, exchange.tried, now, peek=True)
+            choice = self.choose(
+                request.model, exchange.tried, now, peek=True, allowed=request.models
+            )
             if choice is None:
+                if not exchange.trail:
+                    self.refuse_default(request, exchange.tried, now)
                 break
             actor = self.actors[choice.index]
             problem = self._blocked(request, actor, choice)
@@ -309,6 +348,12 @@ class Dispatcher:
                     else f"no eligible target serves {model!r}, and it has no default_model"
                 )
                 return actor, False, f"model: {why}"
+            if request.models is not None and route.default_model not in request.models:
+                return (
+                    actor,
+                    False,
+                    f"model: this API key may not use its default_model {route.default_model!r}",
+                )
         elif not route.serves(model):
             return actor, False, f"model: it does not serve {model!r}"
         if choice is not None and not choice.last_resort:
@@ -338,7 +383,32 @@ class Dispatcher:
         change between two attempts, and the next attempt follows it (targets
         already tried, by id, are not tried again). ``record`` (telemetry) gets the
         trail, the answering attempt and its usage; a stream's body finishes it.
+
+        The request's ``charge`` (its key's limits and usage) ends here for a whole
+        answer or an error, however the exchange ends (the client leaving included),
+        and with its body for a stream.
         """
+        charge = request.charge
+        if charge is None:
+            return await self._exchange(request, limits, current, record)
+        streaming = False
+        try:
+            response = await self._exchange(request, limits, current, record)
+            streaming = not isinstance(response.body, bytes)
+            return response
+        finally:
+            if not streaming:
+                cost = charge.end()
+                if record is not None:
+                    record.cost = cost
+
+    async def _exchange(
+        self,
+        request: ClientRequest,
+        limits: Limits,
+        current: Callable[[], Dispatcher | None] | None,
+        record: RequestRecord | None,
+    ) -> ProxyResponse:
         now = trio.current_time()
         exchange = Exchange(
             deadline=now + limits.request_timeout,
@@ -351,12 +421,16 @@ class Dispatcher:
             if exchange.trail and current is not None:
                 dispatcher = current() or dispatcher
             try:
-                choice = dispatcher.choose(request.model, exchange.tried, now)
+                choice = dispatcher.choose(
+                    request.model, exchange.tried, now, allowed=request.models
+                )
             except ModelNotServed:
                 if not exchange.trail:
                     raise
                 break  # the configuration changed under a failover: answer with what we have
             if choice is None:
+                if not exchange.trail:
+                    dispatcher.refuse_default(request, exchange.tried, now)
                 break
             actor = dispatcher.actors[choice.index]
             response = await dispatcher._attempt(request, limits, actor, choice, exchange, record)
@@ -401,9 +475,12 @@ class Dispatcher:
                 translator, provider_api = None, actor.api  # the common case, inline
             else:
                 translator, provider_api = self.plan_attempt(request, actor)
-            # Usage is read for telemetry only: with it all off, nothing is asked or parsed.
+            # Usage is read for telemetry and for the key's usage: without either (a public
+            # rule, telemetry off), nothing is asked or parsed.
+            charge = request.charge
+            wants_usage = observe is not None or charge is not None
             hide_usage = (
-                observe is not None
+                wants_usage
                 and translator is None
                 and api is _CHAT
                 and provider_api is _CHAT
@@ -420,6 +497,9 @@ class Dispatcher:
             # request is the client's 400 (the exception leaves the exchange).
             answer = jsonio.dumpb(count_tokens_estimate(request.body))
             record("estimate")
+            if charge is not None:
+                charge.sent(choice.model)  # answered by the gateway: no tokens
+                charge.reported(None, answered=False)
             return ProxyResponse(
                 200, [("content-type", JSON_TYPE), (ESTIMATE_HEADER, "estimate")], answer
             )
@@ -439,7 +519,7 @@ class Dispatcher:
             translator=translator,
             last_resort=choice.last_resort,
             hide_usage=hide_usage,
-            usage=observe is not None,
+            usage=wants_usage,
         )
         if not actor.submit(job, started):
             reply_send.close()
@@ -447,6 +527,8 @@ class Dispatcher:
             error = TargetBusy("the target's queue is full")
             record(error.word, error)
             return None
+        if charge is not None:
+            charge.sent(choice.model)
         if request.faults is not None:
             # Decided once the job is taken (a refused one spends no fault), before any
             # checkpoint: the actor has not dequeued it yet.
@@ -462,6 +544,8 @@ class Dispatcher:
             if isinstance(message, Whole):
                 answer = message.answer
                 record(str(answer.status))
+                if charge is not None:
+                    charge.reported(message.usage, answered=answer.status < 400)
                 return ProxyResponse(
                     answer.status, list(answer.headers), answer.body, message.usage
                 )
@@ -477,18 +561,26 @@ class Dispatcher:
                         limits.budgets.idle_timeout + STREAM_GRACE_S,
                         self.end_streams,
                         observe,
+                        charge,
                     ),
                     job,
                     reply_receive,
                     observe,
+                    charge,
                 )
                 return ProxyResponse(message.status, list(message.headers), body_stream)
             if isinstance(message, Failed):
                 error = message.error
-            elif isinstance(message, AttemptError):
-                error = message
+                usage = message.usage
             else:
-                error = AttemptCrashed("the attempt ended without an answer")
+                error = (
+                    message
+                    if isinstance(message, AttemptError)
+                    else AttemptCrashed("the attempt ended without an answer")
+                )
+                usage = None
+            if charge is not None:
+                charge.reported(usage, answered=False)
             record(error.word, error)
             return None
         finally:
@@ -696,7 +788,7 @@ class _StreamBody:
     (CPython frees it at once) abandons the job and closes the reply channel instead.
     """
 
-    __slots__ = ("_body", "_channel", "_job", "_record")
+    __slots__ = ("_body", "_channel", "_charge", "_job", "_record")
 
     def __init__(
         self,
@@ -704,9 +796,11 @@ class _StreamBody:
         job: Job,
         channel: trio.MemoryReceiveChannel[Reply],
         record: RequestRecord | None = None,
+        charge: Charge | None = None,
     ) -> None:
         self._body, self._job, self._channel = body, job, channel
         self._record = record
+        self._charge = charge
 
     def __aiter__(self) -> _StreamBody:
         return self
@@ -721,8 +815,10 @@ class _StreamBody:
         self._job.abandon()
         self._channel.close()
         record = self._record
+        cost = self._charge.end() if self._charge is not None else None
         if record is not None and not record.done:
             record.stream_end = "client_left"
+            record.cost = cost
             record.finish(sent=0)
 
 
@@ -734,6 +830,7 @@ async def _stream_body(
     safety_s: float,
     end: EndStreams,
     record: RequestRecord | None = None,
+    charge: Charge | None = None,
 ) -> AsyncIterator[bytes]:
     """The committed stream: the actor's client bytes as they come, until it ends.
 
@@ -742,7 +839,9 @@ async def _stream_body(
     (it crashed) or stays silent past its own idle budget, the stream still ends with
     an error event; so it does when ``end`` is set (shutdown), waiting or not.
     Leaving (client gone, generator closed) abandons the job. ``record`` (telemetry)
-    is finished when the stream is over, with how it ended.
+    is finished when the stream is over, with how it ended, and ``charge`` (the key's
+    limits and usage) ended before it: with the stream's usage, or with the estimate
+    when the stream did not end with one (cut, client gone).
     """
     last = first
     sent = len(first)
@@ -768,6 +867,11 @@ async def _stream_body(
                 yield message
             elif isinstance(message, Ended):
                 how = "complete" if message.error is None else message.error.word
+                if charge is not None:
+                    usage = message.usage
+                    if message.error is not None and (usage is None or usage.output_tokens is None):
+                        usage = None  # cut before its usage: the estimate is charged
+                    charge.reported(usage, answered=True)
                 if record is not None:
                     record.usage = message.usage or record.usage
                     record.malformed = message.malformed
@@ -781,8 +885,10 @@ async def _stream_body(
     finally:
         job.abandon()
         channel.close()
+        cost = charge.end() if charge is not None else None
         if record is not None:
             record.stream_end = how
+            record.cost = cost
             record.finish(sent=sent)
 
 

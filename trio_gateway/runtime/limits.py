@@ -54,14 +54,14 @@ from trio_gateway.core.limits import (
     LimitOp,
     Shortfall,
     Ticket,
-    TokenUsage,
     cost_of,
     period_of,
     row_level,
 )
 from trio_gateway.core.usage import UsageBook, UsageRow
 from trio_gateway.errors import KeyLimitExceeded
-from trio_gateway.store import Store
+from trio_gateway.providers.usage import NOTHING, Usage
+from trio_gateway.store import Store, StoreUnavailable
 
 log = logging.getLogger("trio_gateway.limits")
 
@@ -104,6 +104,74 @@ class BudgetStatus:
     tokens_used: float | None
     cost_limit: float | None
     cost_used: float | None
+
+
+class Charge:
+    """One admitted request's account: what its attempts reported, settled once.
+
+    The proxy opens it with the request's :class:`~trio_gateway.core.limits.Ticket`
+    (:meth:`Limiter.charge`); the dispatcher tells it about each attempt as it goes
+    (:meth:`sent`, :meth:`reported`); whoever sees the request end calls :meth:`end`
+    (the dispatcher for a whole answer or an error, a stream's body after its last
+    byte, whichever way it ends). Only the first :meth:`end` counts.
+
+    What is settled (:meth:`Limiter.settle`), by the rules of docs/keys.md:
+
+    * the sum of what every attempt's provider reported, failed attempts included
+      (a failed-over request is charged once, for all of it);
+    * the estimate (``None``) when the answer did not say, or when the request ended
+      with an attempt still out (the client left mid-answer, a stream was cut): the
+      provider may have used up to it;
+    * nothing (:data:`~trio_gateway.providers.usage.NOTHING`) when no provider
+      answered: its request still counts;
+    * and when no attempt was ever made (no target could take it, the request was
+      refused before any was), the ticket is cancelled: the request does not count.
+    """
+
+    __slots__ = ("_limiter", "cost", "model", "open", "ticket", "tried", "unreported", "usage")
+
+    def __init__(self, limiter: Limiter, ticket: Ticket) -> None:
+        self._limiter = limiter
+        self.ticket = ticket
+        #: What the attempts reported, summed (``None``: nothing yet).
+        self.usage: Usage | None = None
+        #: The model the request was last sent as (its price), else the one asked for.
+        self.model = ticket.model
+        #: An attempt is out and has not said how it ended.
+        self.open = False
+        #: The answer did not report its usage.
+        self.unreported = False
+        #: An attempt was made (or the gateway answered itself).
+        self.tried = False
+        #: What the request cost, once it has ended (``None`` before).
+        self.cost: float | None = None
+
+    def sent(self, model: str) -> None:
+        """An attempt went out, sending ``model``."""
+        self.tried = self.open = True
+        self.model = model
+
+    def reported(self, usage: Usage | None, *, answered: bool) -> None:
+        """The attempt out ended: with the client's answer (``answered``) or not."""
+        self.open = False
+        if usage is not None and usage.reported:
+            self.usage = usage if self.usage is None else self.usage + usage
+        elif answered:
+            self.unreported = True
+
+    def end(self) -> float:
+        """The request is over: settle it (once); return its cost."""
+        cost = self.cost
+        if cost is not None:
+            return cost
+        if not self.tried:
+            self._limiter.cancel(self.ticket)
+            cost = 0.0
+        else:
+            usage = None if self.open or self.unreported else (self.usage or NOTHING)
+            cost = self._limiter.settle(self.ticket, usage, self.model)
+        self.cost = cost
+        return cost
 
 
 class Limiter:
@@ -198,6 +266,16 @@ class Limiter:
                 break
         return found
 
+    def check(
+        self, key_id: str, model: str | None, estimate: Estimate | None
+    ) -> KeyLimitExceeded | None:
+        """The refusal :meth:`admit` would raise now, reserving and counting nothing."""
+        state = self.keys.get(key_id)
+        if state is None:
+            return None
+        now = self._clock()
+        return state.check(estimate, model, now, self._offset + now)
+
     async def _wait(
         self,
         state: KeyState,
@@ -228,12 +306,12 @@ class Limiter:
             for allowance, n in waiting:
                 allowance.wanted -= n
 
-    def settle(self, ticket: Ticket, usage: TokenUsage | None, model: str | None = None) -> float:
+    def settle(self, ticket: Ticket, usage: Usage | None, model: str | None = None) -> float:
         """Settle a request once it is over; return its cost (0 without a price).
 
         ``usage``: what the providers reported, summed over every attempt that
         reported any (a failed-over request is charged once, for all of it);
-        ``TokenUsage()`` when no provider answered; ``None`` when one answered but
+        ``NOTHING`` when no provider answered; ``None`` when one answered but
         did not say (the estimate is charged). ``model``: the model that answered.
         """
         if ticket.settled:
@@ -248,11 +326,15 @@ class Limiter:
             if usage is not None and policy is not None and policy.prices:
                 cost = cost_of(usage, policy.price(served))
         if usage is None and ticket.estimate is not None:
-            usage = TokenUsage(ticket.estimate.input_tokens, ticket.estimate.output_tokens)
+            usage = Usage(ticket.estimate.input_tokens, ticket.estimate.output_tokens)
         self.book.add(
             ticket.key_id, ticket.gateway_id, served, self._offset + self._clock(), usage, cost
         )
         return cost
+
+    def charge(self, ticket: Ticket) -> Charge:
+        """The account of an admitted request (see :class:`Charge`)."""
+        return Charge(self, ticket)
 
     def cancel(self, ticket: Ticket) -> None:
         """The request never went out (refused before dispatch): give everything back."""
@@ -406,8 +488,18 @@ class Limiter:
     async def usage(
         self, key_id: str, since: str | None = None, until: str | None = None
     ) -> list[UsageRow]:
-        """The key's usage from the store, this process's included (flushed first)."""
+        """The key's usage from the store, this process's included (flushed first).
+
+        Raises :class:`~trio_gateway.store.StoreUnavailable` while the store is away
+        (this process's usage is kept meanwhile, and written once it is back).
+        """
         await self.flush()
+        if self.registry.alone_since is not None:
+            raise StoreUnavailable(
+                "the store is unreachable, so the usage of every process cannot be read "
+                "now (each keeps counting it, and writes it once the store is back); "
+                "try again shortly"
+            )
         return await self._store.read_usage(key_id, since, until)
 
     async def budget(self, key_id: str) -> BudgetStatus | None:

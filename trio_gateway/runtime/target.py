@@ -145,6 +145,9 @@ class Whole:
 @attrs.frozen
 class Failed:
     error: AttemptError
+    #: What the provider reported before the attempt failed (a stream that broke
+    #: before its first content), charged to the key with the rest of the request.
+    usage: Usage | None = None
 
 
 @attrs.frozen
@@ -694,7 +697,7 @@ class TargetActor:
         if error is None:
             error = StreamIncomplete("the provider's stream ended before it was complete")
         if not committed:
-            return await self._failed(job, error), False
+            return await self._failed(job, error, watch.usage()), False
         if not isinstance(error, StreamErrorEvent):
             tail = stream.fail(
                 "upstream_timeout" if isinstance(error, UpstreamTimeout) else "upstream_error",
@@ -734,8 +737,10 @@ class TargetActor:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, _Stalled):
             await self._deliver(job, message)
 
-    async def _failed(self, job: Job, error: AttemptError) -> AttemptError:
-        await self._last(job, Failed(error))
+    async def _failed(
+        self, job: Job, error: AttemptError, usage: Usage | None = None
+    ) -> AttemptError:
+        await self._last(job, Failed(error, usage))
         return error
 
     # --- verdicts ---------------------------------------------------------------------------

@@ -258,6 +258,18 @@ class Metrics:
             "Tokens the providers reported, by API key name and model sent.",
             ("gateway", "key", "model", "direction"),
         )
+        self.cost = counter(
+            "trio_gateway_cost",
+            "What requests cost at their gateway's prices (docs/keys.md), by API key name "
+            "and model sent.",
+            ("gateway", "key", "model"),
+        )
+        self.key_refusals = counter(
+            "trio_gateway_key_refusals",
+            "Requests an API key's own limits refused, by the limit (requests, tokens, "
+            "budget, model).",
+            ("gateway", "key", "limit"),
+        )
         self.malformed = counter(
             "trio_gateway_malformed_events",
             "Provider stream events passed on unread or skipped after a stream's first content.",
@@ -277,6 +289,8 @@ class Metrics:
         ).labels(__version__).set(1)
         self._none: dict[str, UpstreamMetrics] = {}
         self._tokens: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._costs: dict[tuple[str, str, str], Any] = {}
+        self._refusals: dict[tuple[str, str, str], Any] = {}
         #: Model label values by gateway name: listed by a target, or seen (bounded).
         self._listed: dict[str, frozenset[str]] = {}
         self._seen: dict[str, set[str]] = {}
@@ -397,19 +411,46 @@ class Metrics:
                         counters[0].inc(given)
                     if taken:
                         counters[1].inc(taken)
+        cost = record.cost
+        if cost:
+            model = answered.model if answered is not None else record.model or NONE
+            self._cost_counter(upstream.gateway, record.key.name, model).inc(cost)
+        elif record.refused_by is not None:
+            self._refusal_counter(upstream.gateway, record.key.name, record.refused_by).inc()
+
+    def _cost_counter(self, gateway: str, key: str, model: str) -> Any:
+        found = self._costs.get((gateway, key, model))
+        if found is None:
+            label = self._model_label(gateway, model)
+            found = self._costs.get((gateway, key, label))
+            if found is None:
+                found = self._costs[gateway, key, label] = self.cost.labels(gateway, key, label)
+        return found
+
+    def _refusal_counter(self, gateway: str, key: str, limit: str) -> Any:
+        found = self._refusals.get((gateway, key, limit))
+        if found is None:
+            found = self._refusals[gateway, key, limit] = self.key_refusals.labels(
+                gateway, key, limit
+            )
+        return found
+
+    def _model_label(self, gateway: str, model: str) -> str:
+        """``model`` as a label value: listed or among the first seen, else ``other``."""
+        if model in self._listed.get(gateway, ()):
+            return model
+        seen = self._seen.setdefault(gateway, set())
+        if model not in seen:
+            if len(seen) >= MAX_MODELS:
+                return OTHER_MODEL
+            seen.add(model)
+        return model
 
     def _token_counters(self, gateway: str, key: str, model: str) -> tuple[Any, Any]:
         found = self._tokens.get((gateway, key, model))
         if found is not None:
             return found
-        label = model
-        if model not in self._listed.get(gateway, ()):
-            seen = self._seen.setdefault(gateway, set())
-            if model not in seen:
-                if len(seen) >= MAX_MODELS:
-                    label = OTHER_MODEL
-                else:
-                    seen.add(model)
+        label = self._model_label(gateway, model)
         found = self._tokens.get((gateway, key, label))
         if found is None:
             found = (

@@ -49,6 +49,7 @@ class RequestRecord:
         "bytes",
         "client",
         "client_format",
+        "cost",
         "done",
         "ended",
         "ended_ns",
@@ -61,6 +62,7 @@ class RequestRecord:
         "method",
         "model",
         "path",
+        "refused_by",
         "request_id",
         "route",
         "rule",
@@ -113,6 +115,12 @@ class RequestRecord:
         self.stream_end: str | None = None
         #: The error type of a request that was refused or failed (never a message).
         self.error: str | None = None
+        #: What the request cost its key (its gateway's prices), once settled; ``None``:
+        #: no key, or not settled (docs/keys.md).
+        self.cost: float | None = None
+        #: The key's limit that refused the request (``requests``, ``tokens``,
+        #: ``budget``, ``model``), if one did.
+        self.refused_by: str | None = None
         self.traceparent: str | None = None
         self.done = False
         self.ended = 0.0
@@ -201,6 +209,7 @@ class RequestRecord:
             else None,
             "input_tokens": self.usage.input_tokens if self.usage is not None else None,
             "output_tokens": self.usage.output_tokens if self.usage is not None else None,
+            "cost": round(self.cost, 9) if self.cost is not None else None,
             "attempts": [
                 {
                     "target": a.target_id,
@@ -227,4 +236,8 @@ class RequestRecord:
             fields["malformed_events"] = self.malformed
         if self.error is not None:
             fields["error"] = self.error
+        if self.refused_by is not None:
+            fields["refused_by"] = self.refused_by
+        if self.usage is not None and self.usage.cached_tokens:
+            fields["cached_tokens"] = self.usage.cached_tokens
         return fields

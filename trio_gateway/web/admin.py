@@ -36,6 +36,7 @@ from werkzeug.exceptions import HTTPException
 from trio_gateway import __version__, serde
 from trio_gateway.config.catalog import Catalog
 from trio_gateway.config.models import Entity, Gateway, Kind
+from trio_gateway.core.usage import UsageRow
 from trio_gateway.errors import (
     AuthenticationFailed,
     GatewayError,
@@ -48,7 +49,9 @@ from trio_gateway.errors import (
     ValidationFailed,
 )
 from trio_gateway.runtime.injection import Injection
+from trio_gateway.runtime.limits import BudgetStatus, Limiter
 from trio_gateway.runtime.target import TargetStatistics, wall_time
+from trio_gateway.store import StoreUnavailable
 from trio_gateway.web.http import from_http_exception, json_response, read_json
 
 log = logging.getLogger("trio_gateway.admin")
@@ -211,12 +214,14 @@ def create_admin_app(
     metrics: Callable[[], bytes] | None = None,
     explain: Callable[[str, Any], Awaitable[dict[str, Any]]] | None = None,
     fault_injection: Callable[[str], Injection | None] | None = None,
+    limiter: Limiter | None = None,
 ) -> QuartTrio:
     """The admin app. ``admin_token`` set: every ``/api`` call needs ``Authorization: Bearer``.
 
     ``applied(generation)`` returns once the proxy uses that catalog generation;
     ``build_failure(upstream_id)`` says why the runtime could not build an upstream;
-    ``fault_injection(gateway_id)`` is a gateway's fault injection in force, if any.
+    ``fault_injection(gateway_id)`` is a gateway's fault injection in force, if any;
+    ``limiter``: the API keys' limits and usage (the usage endpoint, docs/keys.md).
     ``allowed_hosts``: see :class:`CrossSiteGuard`. ``metrics()``: the Prometheus
     exposition served at ``/metrics`` (behind the token too); ``explain(gateway_id,
     data)``: the explanation of a request (:mod:`trio_gateway.web.explain`).
@@ -389,6 +394,28 @@ def create_admin_app(
         _log_write("deleted", entity)
         await settle()
         return Response(b"", 204)
+
+    @app.get(f"{API}/gateways/<gateway_id>/<collection>/<key_id>/usage")
+    async def key_usage(gateway_id: str, collection: str, key_id: str) -> Response:
+        """A key's usage per day and model, and its budget, from the shared counters."""
+        if kind_of(collection) is not Kind.API_KEY:
+            raise NotFound(f"no route for {request.method} {request.path}")
+        key = catalog.get(Kind.API_KEY, key_id, gateway_id)
+        since, until = _query_day("since"), _query_day("until")
+        if since is not None and until is not None and until < since:
+            raise ValidationFailed.single("until", f"must not be before since ({since})")
+        if limiter is None:
+            raise NotFound("usage is not available here")
+        try:
+            rows = await limiter.usage(key.id, since, until)
+            budget = await limiter.budget(key.id)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            raise StoreUnavailable(
+                f"the store could not be read ({type(exc).__name__}); try again shortly"
+            ) from exc
+        return json_response(_usage_json(key.id, since, until, rows, budget))
 
     @app.get(METRICS)
     async def scrape() -> Response:
@@ -564,6 +591,87 @@ def _why(health: Any) -> dict[str, Any]:
     elif health.state.value == "parked" and last is not None and last.cause == "rate_limited":
         why["retry_after_s"] = last.retry_after
     return why
+
+
+_USAGE_FIELDS = (
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "cost",
+    "refused",
+)
+
+
+def _usage_json(
+    key_id: str,
+    since: str | None,
+    until: str | None,
+    rows: list[UsageRow],
+    budget: BudgetStatus | None,
+) -> dict[str, Any]:
+    """The usage endpoint's answer: totals, then each day's models (rows come by day)."""
+
+    def amounts(sums: list[float]) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            name: int(value) for name, value in zip(_USAGE_FIELDS, sums, strict=True)
+        }
+        out["cost"] = round(sums[4], 9)
+        return out
+
+    totals = [0.0] * len(_USAGE_FIELDS)
+    days: list[dict[str, Any]] = []
+    day_sums: list[float] = []
+    for row in rows:
+        values = [getattr(row, name) for name in _USAGE_FIELDS]
+        if not days or days[-1]["day"] != row.day:
+            day_sums = [0.0] * len(_USAGE_FIELDS)
+            days.append({"day": row.day, "models": [], "totals": day_sums})
+        days[-1]["models"].append({"model": row.model or None, **amounts(values)})
+        for i, value in enumerate(values):
+            totals[i] += value
+            day_sums[i] += value
+    for day in days:
+        day["totals"] = amounts(day["totals"])
+    return {
+        "key_id": key_id,
+        "since": since,
+        "until": until,
+        "totals": amounts(totals),
+        "days": days,
+        "budget": _budget_json(budget) if budget is not None else None,
+    }
+
+
+def _budget_json(budget: BudgetStatus) -> dict[str, Any]:
+    def part(limit: float | None, used: float | None, whole: bool) -> dict[str, Any] | None:
+        if limit is None:
+            return None
+        used = max(0.0, used or 0.0)
+        return {"limit": limit, "used": round(used) if whole else round(used, 9)}
+
+    return {
+        "period": budget.period,
+        "label": budget.label,
+        "ends": _iso_seconds(budget.ends) if budget.ends is not None else None,
+        "tokens": part(budget.tokens_limit, budget.tokens_used, True),
+        "cost": part(budget.cost_limit, budget.cost_used, False),
+    }
+
+
+def _iso_seconds(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _query_day(name: str) -> str | None:
+    """A ``YYYY-MM-DD`` query parameter (a UTC day), or ``None`` when absent."""
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    try:
+        return datetime.strptime(raw, "%Y-%m-%d").date().isoformat()
+    except ValueError:
+        raise ValidationFailed.single(name, "must be a day as YYYY-MM-DD") from None
 
 
 def _iso(epoch: float) -> str:

@@ -13,7 +13,10 @@ the model it would send, every target with ``eligible`` and the reason (retired,
 health, model, tier, capacity, translation), and ``next_target``: the target the
 next real request would get when nothing changes in between (balancers are peeked at,
 not moved). A request the proxy would refuse is explained with the error it would
-get (``refused``: status, type, message and the body in the client's dialect).
+get (``refused``: status, type, message and the body in the client's dialect),
+a refusal by the key's own limits included (a model it may not use, a rate limit or
+budget with no room now: checked without reserving or counting anything); a key
+with limits also gets ``rate_limits``: the headers its responses would carry now.
 
 It runs the proxy's own checks (:func:`trio_gateway.web.proxy.prepare`) and the
 dispatcher's own choice (:meth:`~trio_gateway.runtime.dispatcher.Dispatcher.explain`),
@@ -106,7 +109,16 @@ async def explain(runtime: Runtime, max_body: int, gateway_id: str, data: Any) -
     }
     try:
         client_request = await proxy.prepare(
-            runtime, method, path, wanted, candidates, request_id, read_body, found, inject=False
+            runtime,
+            method,
+            path,
+            wanted,
+            candidates,
+            request_id,
+            read_body,
+            found,
+            inject=False,
+            admit=False,
         )
         _same_gateway(found, gateway_id)
         if client_request is not None:
@@ -116,15 +128,30 @@ async def explain(runtime: Runtime, max_body: int, gateway_id: str, data: Any) -
     except GatewayError as error:
         _same_gateway(found, gateway_id)
         answer.update(_resolved(found))
-        answer["refused"] = _refusal(fmt, error.status, error.type, error.message, error.headers)
+        limited = _rate_limits(runtime, found, fmt)
+        answer["refused"] = _refusal(
+            fmt, error.status, error.type, error.message, {**error.headers, **limited}
+        )
+        if limited:
+            answer["rate_limits"] = limited
         return answer
     answer.update(_resolved(found))
+    if limited := _rate_limits(runtime, found, fmt):
+        answer["rate_limits"] = limited
     answer["request"].update(model=found.model, stream=found.stream)
     if client_request is None:
         answer["answered_by"] = "the gateway (the service's model list)"
         return answer
     answer.update(_explained(dispatcher, explanation, fmt))
     return answer
+
+
+def _rate_limits(runtime: Runtime, found: proxy.Resolution, fmt: ApiFormat) -> dict[str, str]:
+    """The rate-limit headers the proxy would add to the answer (a limited key's)."""
+    key = found.key
+    if key is None:
+        return {}
+    return dict(runtime.limiter.headers(key.id, fmt is ApiFormat.OPENAI))
 
 
 def _same_gateway(found: proxy.Resolution, gateway_id: str) -> None:

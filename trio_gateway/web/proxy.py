@@ -19,6 +19,14 @@ per dialect is forwarded (:data:`FORWARDED`).
 A request may name a fault for itself (``X-Gateway-Fault``, never forwarded): it is
 refused (``403``) unless its gateway's fault injection is enabled and takes such
 faults (:mod:`trio_gateway.runtime.injection`).
+
+The caller's key may carry limits (docs/keys.md): a model it may not use is refused
+(``404`` for OpenAI clients, ``403`` for Anthropic's), a request its limits refuse
+gets ``429`` with ``Retry-After``; an admitted request carries its
+:class:`~trio_gateway.runtime.limits.Charge` to the dispatcher, which settles it
+when the request is over; every response of a limited key carries its rate-limit
+headers, in the naming of the client's dialect. A key without limits costs a
+dictionary lookup and its usage count.
 """
 
 from __future__ import annotations
@@ -39,7 +47,9 @@ from werkzeug.exceptions import HTTPException
 
 from trio_gateway import jsonio
 from trio_gateway.config.secrets import hash_api_key
+from trio_gateway.core.estimate import estimate
 from trio_gateway.core.injection import HEADER as FAULT_HEADER
+from trio_gateway.core.limits import model_not_allowed
 from trio_gateway.core.listing import API_ENDPOINTS, MODELS_ENDPOINT, ListedModel, ModelList, page
 from trio_gateway.core.routing import match_rule
 from trio_gateway.errors import (
@@ -47,7 +57,9 @@ from trio_gateway.errors import (
     ClientError,
     GatewayError,
     InternalError,
+    KeyLimitExceeded,
     MethodNotAllowed,
+    ModelNotAllowed,
     NotFound,
     PayloadTooLarge,
     PermissionDenied,
@@ -196,12 +208,17 @@ def create_proxy_app(
         )
         if record is not None and tracing:
             record.traceparent = next((v for n, v in candidates if n == "traceparent"), None)
+        found: Any = record if record is not None else Resolution()
         try:
-            response = await _proxy(runtime, wanted, candidates, request_id, max_body, record)
+            response = await _proxy(runtime, wanted, candidates, request_id, max_body, found)
         except GatewayError as error:
             response = render(fmt or _dialect(wanted), error, request_id)
             if record is not None:
                 record.error = error.type
+                if isinstance(error, KeyLimitExceeded):
+                    record.refused_by = error.limit
+                elif isinstance(error, ModelNotAllowed):
+                    record.refused_by = "model"
         except Exception as error:
             log.error(
                 "proxy request failed",
@@ -215,6 +232,12 @@ def create_proxy_app(
             )
             if record is not None:
                 record.error = InternalError.type
+        key = found.key
+        if key is not None and key.id in runtime.limiter.keys:
+            # Every response of a limited key: its limits as they stand, in the client's naming.
+            response.headers.extend(
+                runtime.limiter.headers(key.id, (fmt or _dialect(wanted)) is ApiFormat.OPENAI)
+            )
         if record is not None and isinstance(response.response, DataBody):
             record.finish(response.status_code, len(response.response.data))
         return response
@@ -246,9 +269,10 @@ async def _proxy(
     candidates: list[tuple[str, str]],
     request_id: str,
     max_body: int,
-    record: RequestRecord | None = None,
+    found: Any,
 ) -> Response:
-    found: Any = record if record is not None else Resolution()
+    """``found``: a :class:`Resolution`, or the request's :class:`RequestRecord` (telemetry)."""
+    record: RequestRecord | None = found if isinstance(found, RequestRecord) else None
     client_request = await prepare(
         runtime,
         request.method,
@@ -289,6 +313,7 @@ async def prepare(
     found: Any,
     *,
     inject: bool = True,
+    admit: bool = True,
 ) -> ClientRequest | None:
     """Every check the proxy makes before the dispatcher, in the order it makes them.
 
@@ -297,7 +322,8 @@ async def prepare(
     request for the dispatcher, or ``None`` for a model list (the gateway answers it).
     The proxy and ``explain`` (the admin API) both use it, so that what ``explain``
     says is what the proxy does; ``inject=False`` (explain) draws no fault of the
-    gateway's fault injection.
+    gateway's fault injection; ``admit=False`` (explain) reserves nothing of the
+    key's limits, only says whether they would refuse the request now.
     """
     allowed = allowed_method(path)
     if allowed is not None and method != allowed:
@@ -377,6 +403,35 @@ async def prepare(
             stream=streams,
             targets=[t.id for t in route.dispatcher.upstream.targets],
         )
+    # The key's limits, last: nothing after the admission may fail (the ticket would
+    # stay open), and a request refused for another reason takes nothing of them.
+    models = charge = None
+    if key is not None:
+        limiter = runtime.limiter
+        policy = limiter.policies.get(key.id)
+        if policy is not None:
+            models = policy.models
+            if models is not None and model and model not in models:
+                raise model_not_allowed(model, openai=known.format is ApiFormat.OPENAI)
+            guess = None
+            if policy.counts_tokens and key.id in limiter.keys:
+                api = known.api
+                guess = (
+                    None
+                    if api is Api.COUNT_TOKENS  # counting tokens costs none
+                    else estimate(
+                        body,
+                        0
+                        if api is Api.EMBEDDINGS  # no output
+                        else route.dispatcher.upstream.default_max_tokens,
+                    )
+                )
+            if admit:
+                charge = limiter.charge(
+                    await limiter.admit(key.id, key.gateway_id, model or None, guess)
+                )
+            elif (refusal := limiter.check(key.id, model or None, guess)) is not None:
+                raise refusal
     return ClientRequest(
         known.format,  # type: ignore[arg-type]
         body,
@@ -387,6 +442,8 @@ async def prepare(
         request_id,
         known.api,
         faults,
+        models,
+        charge,
     )
 
 
