@@ -42,7 +42,8 @@ def main() -> int:
             run.Server("floor", floor, floor_port),
             run.Server("gateway", gateway, gateway_port),
         ]
-        out = Path(tmp)
+        out = Path(os.environ.get("PROFILE_DIR", tmp))
+        out.mkdir(parents=True, exist_ok=True)
         found: dict[tuple[str, str], dict] = {}
         try:
             for case in cases:

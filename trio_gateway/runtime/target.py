@@ -53,7 +53,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from typing import Any
 
 import attrs
@@ -604,7 +604,7 @@ class TargetActor:
         body = bytearray()
         with trio.move_on_at(budget.timer) as scope:
             try:
-                async for chunk in response.aiter_bytes():
+                async for chunk in _chunks(response):
                     body += chunk
                     if len(body) > MAX_BODY:
                         return UpstreamProtocolError("the answer's body is too large")
@@ -778,7 +778,7 @@ class _Relay:
             if job.provider_api is Api.RESPONSES
             else PassthroughStream(job.client_format, watch)
         )
-        self.chunks = response.aiter_bytes()
+        self.chunks = _chunks(response).__aiter__()
         self.closed = False  # the provider ended its body cleanly
         self.sent = 0
 
@@ -1042,11 +1042,20 @@ async def _drain(chunks: object) -> bool:
     return False
 
 
+def _chunks(response: httpx2.Response) -> AsyncIterable[bytes]:
+    """The answer's body as it comes: the connection's own stream when nothing is to be
+    decoded (the gateway asks for no compression), else httpx's decoding iterator."""
+    encoding = response.headers.get("content-encoding")
+    if encoding is None or encoding == "identity":
+        return response.stream  # type: ignore[return-value]
+    return response.aiter_bytes()
+
+
 async def _release(response: httpx2.Response | None, complete: bool) -> None:
     """Give the connection back to the pool (read to the end) or close it."""
     if response is None:
         return
-    if complete and response.is_stream_consumed:
+    if complete:
         await response.aclose()
     else:
         with trio.CancelScope(shield=True), trio.move_on_after(1.0):
