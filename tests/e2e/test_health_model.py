@@ -294,11 +294,11 @@ async def test_an_actor_waiting_to_restart_is_not_eligible(autojump_clock, monke
     crash = trio.Event()
     original = TargetActor._probe_loop
 
-    async def crashing_probe_loop(self, client, scope):
+    async def crashing_probe_loop(self, scope):
         if self.target.priority == 1 and not crash.is_set():
             await crash.wait()
             raise RuntimeError("boom")
-        await original(self, client, scope)
+        await original(self, scope)
 
     monkeypatch.setattr(TargetActor, "_probe_loop", crashing_probe_loop)
     caplog.set_level(logging.ERROR)
@@ -318,9 +318,9 @@ async def test_the_restart_backoff_starts_over_after_a_healthy_run(autojump_cloc
     crash = [trio.Event()]
     original = TargetActor.run
 
-    async def run(self, client, *, task_status=trio.TASK_STATUS_IGNORED):
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED):
         if self.target.priority != 1:
-            return await original(self, client, task_status=task_status)
+            return await original(self, task_status=task_status)
         starts.append(trio.current_time())
         await crash[0].wait()
         crash[0] = trio.Event()

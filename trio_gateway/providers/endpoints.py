@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 
 import attrs
 
+from trio_gateway import __version__
 from trio_gateway.config.models import Provider, Target
 from trio_gateway.providers.formats import Api, ApiFormat
 
@@ -136,6 +137,10 @@ def credential_header(target: Target) -> tuple[str, str]:
     return info.auth_header, value
 
 
+#: Headers every provider request carries unless the target sets its own.
+GATEWAY_HEADERS = (("user-agent", f"trio-gateway/{__version__}"),)
+
+
 @attrs.frozen
 class Endpoint:
     """A target's resolved URL templates and headers, computed once per configuration.
@@ -195,7 +200,9 @@ class Endpoint:
             url=urls[info.api],
             base_url=base,
             probe_path=info.probe_path,
-            defaults=tuple((n, v) for n, v in info.headers.items() if n not in own),
+            defaults=tuple(
+                (n, v) for n, v in (*info.headers.items(), *GATEWAY_HEADERS) if n not in own
+            ),
             headers=tuple(own.items()),
             own_names=frozenset(own),
             urls=tuple(urls.items()),

@@ -1,19 +1,25 @@
-"""HTTP clients for the target actors: one pooled client per origin, shared.
+"""HTTP transports for the target actors: one connection pool per origin, shared.
 
 Theory of operation
 -------------------
-Building an ``httpx2.AsyncClient`` the default way loads the CA bundle into a new
-SSL context: about 23 ms of CPU and most of a megabyte each, on the event loop.
-So the process builds one verifying SSL context, once, in a worker thread, the
-first time an ``https`` origin needs it, and every ``https`` client shares it (a
-client is then ~0.1 ms). An ``http`` origin never uses TLS: its client gets a
-context that verifies nothing and so could connect nowhere, built in microseconds.
-Targets with the same origin (scheme, host, port) share one client and so its
+Building an httpx transport the default way loads the CA bundle into a new SSL
+context: about 23 ms of CPU and most of a megabyte each, on the event loop. So the
+process builds one verifying SSL context, once, in a worker thread, the first time
+an ``https`` origin needs it, and every ``https`` transport shares it (a transport
+is then ~0.1 ms). An ``http`` origin never uses TLS: its transport gets a context
+that verifies nothing and so could connect nowhere, built in microseconds. Targets
+with the same origin (scheme, host, port) share one transport and so its
 connection pool: a thousand targets on one provider hold one pool, not a thousand.
 
-A client is acquired when an actor is made and released when that actor has
+The actors send through the transport itself, not an ``httpx2.AsyncClient``: a
+client's per-request layers (auth, redirects, cookies, default headers, event
+hooks) would cost about 0.1 ms of CPU per request for nothing the gateway uses.
+Each transport is wrapped in a :class:`~trio_gateway.runtime.injection.FaultTransport`
+(a gateway's fault injection acts there).
+
+A transport is acquired when an actor is made and released when that actor has
 finished for good; the last release closes it, in the pool's own nursery. Each
-actor bounds its own requests in flight, so the clients' pools are not bounded.
+actor bounds its own requests in flight, so the pools are not bounded.
 
 Every client's transport is wrapped in a
 :class:`~trio_gateway.runtime.injection.FaultTransport`: a request that carries an
@@ -62,12 +68,12 @@ def origin_of(url: str) -> Origin:
 
 @attrs.define
 class _Shared:
-    client: httpx2.AsyncClient
+    transport: httpx2.AsyncBaseTransport
     users: int = 0
 
 
 class ClientPool:
-    """Shared clients by origin. Open with :meth:`open`; it owns their closing."""
+    """Shared transports by origin. Open with :meth:`open`; it owns their closing."""
 
     def __init__(
         self, nursery: trio.Nursery, transport: httpx2.AsyncBaseTransport | None = None
@@ -88,16 +94,30 @@ class ClientPool:
             finally:
                 pool._close_all()
 
-    async def acquire(self, url: str) -> httpx2.AsyncClient:
-        """The shared client for ``url``'s origin; :meth:`release` it when done."""
+    def acquire_nowait(self, url: str) -> httpx2.AsyncBaseTransport | None:
+        """:meth:`acquire` when it need not wait (``None``: an ``https`` origin whose TLS
+        context is not loaded yet)."""
+        key = origin_of(url)
+        if key not in self._clients:
+            if key[0] == "https" and _verifying is None:
+                return None
+            self._clients[key] = _Shared(
+                self._new_transport(_verifying if key[0] == "https" else _NO_TLS)  # type: ignore[arg-type]
+            )
+        shared = self._clients[key]
+        shared.users += 1
+        return shared.transport
+
+    async def acquire(self, url: str) -> httpx2.AsyncBaseTransport:
+        """The shared transport for ``url``'s origin; :meth:`release` it when done."""
         key = origin_of(url)
         if key not in self._clients:
             context = await verifying_context() if key[0] == "https" else _NO_TLS
             if key not in self._clients:  # another task may have made it meanwhile
-                self._clients[key] = _Shared(self._new_client(context))
+                self._clients[key] = _Shared(self._new_transport(context))
         shared = self._clients[key]
         shared.users += 1
-        return shared.client
+        return shared.transport
 
     def release(self, url: str) -> None:
         key = origin_of(url)
@@ -107,12 +127,12 @@ class ClientPool:
         shared.users -= 1
         if shared.users <= 0:
             del self._clients[key]
-            self._nursery.start_soon(_close, shared.client)
+            self._nursery.start_soon(_close, shared.transport)
 
     def statistics(self) -> dict[str, int]:
         return {"clients": len(self._clients)}
 
-    def _new_client(self, context: ssl.SSLContext) -> httpx2.AsyncClient:
+    def _new_transport(self, context: ssl.SSLContext) -> httpx2.AsyncBaseTransport:
         transport = self._transport or httpx2.AsyncHTTPTransport(
             verify=context,
             limits=httpx2.Limits(
@@ -120,19 +140,14 @@ class ClientPool:
             ),
             trust_env=False,
         )
-        return httpx2.AsyncClient(
-            transport=FaultTransport(transport),
-            timeout=httpx2.Timeout(SAFETY_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
-            follow_redirects=False,
-            trust_env=False,
-        )
+        return FaultTransport(transport)
 
     def _close_all(self) -> None:
         for shared in self._clients.values():
-            self._nursery.start_soon(_close, shared.client)
+            self._nursery.start_soon(_close, shared.transport)
         self._clients.clear()
 
 
-async def _close(client: httpx2.AsyncClient) -> None:
+async def _close(transport: httpx2.AsyncBaseTransport) -> None:
     with trio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
-        await client.aclose()
+        await transport.aclose()

@@ -16,18 +16,18 @@ This loop only carries one to the other. Per attempt:
    a request that cannot be is skipped: ``untranslatable``). A token count for a
    target that cannot count is answered here, with an estimate (``estimate``);
 3. submit a :class:`~trio_gateway.runtime.target.Job` to the target's actor
-   (a full queue skips it: ``overloaded``) and wait for its first reply:
+   (a full queue skips it: ``overloaded``) and run it, in this task
+   (:meth:`TargetActor.attempt`):
 
    * ``Whole``: the client's answer (a success, or the client's own error): done;
-   * ``Committed``: a stream with content: the response streams the job's further
-     replies, and nothing can fail over any more; the runtime's ``end_streams``
-     signal (the last moment of a shutdown) ends it with an error event;
+   * ``Committed``: a stream with content: the response streams its body, and
+     nothing can fail over any more; the runtime's ``end_streams`` signal (the last
+     moment of a shutdown) ends it with an error event;
    * ``Failed``: recorded; the exchange says whether another target may be tried.
 
-While the job waits in the actor's queue the wait is bounded by the first-byte
-budget (``queue_timeout``, nobody blamed); once the actor has it, the actor's own
-budgets bound it, and the request's deadline (plus a little) is a safety net. When
-the client leaves, the request's task is cancelled and the job abandoned.
+The actor bounds the wait for a slot of a busy target by the first-byte budget
+(``queue_timeout``, nobody blamed), and the attempt by its own budgets. When the
+client leaves, the request's task is cancelled, which aborts the attempt.
 
 Every response, success or error, streamed or not, carries ``X-Selected-*`` for the
 target that answered (or was tried last), ``X-Request-Id`` and the attempt trail.
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -55,29 +56,19 @@ from trio_gateway.core.failover import (
 from trio_gateway.core.health import HealthPolicy, State
 from trio_gateway.core.routing import Choice, ModelNotServed, TargetRoute, UpstreamPlan
 from trio_gateway.errors import (
-    AttemptCrashed,
     AttemptError,
     ClientError,
-    DeadlineExceeded,
     ModelNotAllowed,
-    QueueTimeout,
     TargetBusy,
     Untranslatable,
 )
 from trio_gateway.providers import translate
-from trio_gateway.providers.formats import (
-    Api,
-    ApiFormat,
-    error_body,
-    responses_error_event,
-    stream_error_event,
-)
+from trio_gateway.providers.formats import Api, ApiFormat, error_body
 from trio_gateway.providers.translate.count_tokens import ESTIMATE_HEADER, count_tokens_estimate
-from trio_gateway.providers.translate.responses import next_sequence_number
 from trio_gateway.providers.usage import Usage
 from trio_gateway.runtime.ending import EndStreams
 from trio_gateway.runtime.injection import RequestFaults
-from trio_gateway.runtime.target import Committed, Ended, Failed, Job, Reply, TargetActor, Whole
+from trio_gateway.runtime.target import Committed, Job, StreamEnd, TargetActor, Whole
 
 if TYPE_CHECKING:
     from trio_gateway.runtime.limits import Charge
@@ -85,13 +76,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("trio_gateway.dispatch")
 
-REPLY_BUFFER = 32
-#: How long past the request's deadline the requester waits for an actor's verdict.
-DEADLINE_GRACE_S = 1.0
-#: How long past the idle budget a committed stream's reader waits for the actor.
-STREAM_GRACE_S = 5.0
 JSON_TYPE = "application/json"
-SHUTTING_DOWN = "the gateway is shutting down; the stream was ended before it finished"
 #: Health states that count against the upstream's cap on ejections (not a park).
 EJECTED = frozenset({State.EJECTED, State.CHECKING})
 #: Client headers that belong to the client's own dialect (``anthropic-version``):
@@ -504,7 +489,6 @@ class Dispatcher:
                 200, [("content-type", JSON_TYPE), (ESTIMATE_HEADER, "estimate")], answer
             )
 
-        reply_send, reply_receive = trio.open_memory_channel[Reply](REPLY_BUFFER)
         job = Job(
             body=body,
             headers=request.headers if translator is None else _foreign(request),
@@ -513,80 +497,41 @@ class Dispatcher:
             deadline=exchange.deadline,
             budgets=limits.budgets,
             client_format=request.format,
-            reply=reply_send,
             api=request.api,
             provider_api=provider_api,
             translator=translator,
             last_resort=choice.last_resort,
             hide_usage=hide_usage,
             usage=wants_usage,
+            end=self.end_streams,
+            on_end=partial(_stream_ended, observe, charge) if wants_usage else None,
         )
         if not actor.submit(job, started):
-            reply_send.close()
-            reply_receive.close()
             error = TargetBusy("the target's queue is full")
             record(error.word, error)
             return None
         if charge is not None:
             charge.sent(choice.model)
         if request.faults is not None:
-            # Decided once the job is taken (a refused one spends no fault), before any
-            # checkpoint: the actor has not dequeued it yet.
+            # Decided once the job is taken (a refused one spends no fault).
             fault = job.fault = request.faults.attempt(
                 actor.target.id, choice.model, request.stream, exchange.made + 1, provider_api
             )
-
-        committed = False
-        try:
-            message = await _first_reply(
-                job, reply_receive, started + limits.budgets.first_byte_timeout, exchange.deadline
-            )
-            if isinstance(message, Whole):
-                answer = message.answer
-                record(str(answer.status))
-                if charge is not None:
-                    charge.reported(message.usage, answered=answer.status < 400)
-                return ProxyResponse(
-                    answer.status, list(answer.headers), answer.body, message.usage
-                )
-            if isinstance(message, Committed):
-                record(str(message.status))
-                committed = True
-                body_stream = _StreamBody(
-                    _stream_body(
-                        message.first,
-                        reply_receive,
-                        job,
-                        request.api,
-                        limits.budgets.idle_timeout + STREAM_GRACE_S,
-                        self.end_streams,
-                        observe,
-                        charge,
-                    ),
-                    job,
-                    reply_receive,
-                    observe,
-                    charge,
-                )
-                return ProxyResponse(message.status, list(message.headers), body_stream)
-            if isinstance(message, Failed):
-                error = message.error
-                usage = message.usage
-            else:
-                error = (
-                    message
-                    if isinstance(message, AttemptError)
-                    else AttemptCrashed("the attempt ended without an answer")
-                )
-                usage = None
+        result = await actor.attempt(job)
+        if isinstance(result, Whole):
+            answer = result.answer
+            record(str(answer.status))
             if charge is not None:
-                charge.reported(usage, answered=False)
-            record(error.word, error)
-            return None
-        finally:
-            if not committed:
-                job.abandon()
-                reply_receive.close()
+                charge.reported(result.usage, answered=answer.status < 400)
+            return ProxyResponse(answer.status, list(answer.headers), answer.body, result.usage)
+        if isinstance(result, Committed):
+            record(str(result.status))
+            return ProxyResponse(result.status, list(result.headers), result.body)
+        error = result.error
+        if charge is not None:
+            charge.reported(result.usage, answered=False)
+        record(error.word, error)
+        return None
 
     def plan_attempt(
         self, request: ClientRequest, actor: TargetActor
@@ -685,26 +630,6 @@ class Dispatcher:
 # --- helpers ---------------------------------------------------------------------------------
 
 
-async def _first_reply(
-    job: Job, channel: trio.MemoryReceiveChannel[Reply], first_byte_by: float, deadline: float
-) -> Reply | AttemptError | None:
-    """The job's first reply; ``None`` when the job vanished without one."""
-    with trio.move_on_at(min(deadline, first_byte_by)):
-        return await _receive(channel)
-    if not job.dequeued:
-        return QueueTimeout("the target's queue held the request past its first-byte budget")
-    with trio.move_on_at(deadline + DEADLINE_GRACE_S):
-        return await _receive(channel)
-    return DeadlineExceeded("the request's deadline ran out")
-
-
-async def _receive(channel: trio.MemoryReceiveChannel[Reply]) -> Reply | None:
-    try:
-        return await channel.receive()
-    except trio.EndOfChannel:
-        return None
-
-
 def _health_reason(health: Any, now: float) -> str:
     stats = health.statistics(now)
     if stats.state is State.HEALTHY and health.trial_in_flight:
@@ -779,121 +704,25 @@ def _provider_body(
     return jsonio.dumpb(body)
 
 
-class _StreamBody:
-    """The committed stream's body as Quart iterates it, with a safety net.
-
-    Quart closes the body when it is done with it; but if the client leaves after
-    the response was made and before Quart starts sending it, nothing ever iterates
-    (or closes) the generator, and its ``finally`` never runs. Dropping this object
-    (CPython frees it at once) abandons the job and closes the reply channel instead.
-    """
-
-    __slots__ = ("_body", "_channel", "_charge", "_job", "_record")
-
-    def __init__(
-        self,
-        body: AsyncIterator[bytes],
-        job: Job,
-        channel: trio.MemoryReceiveChannel[Reply],
-        record: RequestRecord | None = None,
-        charge: Charge | None = None,
-    ) -> None:
-        self._body, self._job, self._channel = body, job, channel
-        self._record = record
-        self._charge = charge
-
-    def __aiter__(self) -> _StreamBody:
-        return self
-
-    def __anext__(self) -> Any:
-        return self._body.__anext__()
-
-    async def aclose(self) -> None:
-        await self._body.aclose()  # type: ignore[attr-defined]
-
-    def __del__(self) -> None:
-        self._job.abandon()
-        self._channel.close()
-        record = self._record
-        cost = self._charge.end() if self._charge is not None else None
-        if record is not None and not record.done:
-            record.stream_end = "client_left"
-            record.cost = cost
-            record.finish(sent=0)
+def _stream_ended(record: RequestRecord | None, charge: Charge | None, end: StreamEnd) -> None:
+    """A committed stream is over: the key's ``charge`` ends (with the stream's usage, or
+    with the estimate when the stream did not end with one: cut, client gone, shutdown),
+    then what telemetry keeps of it, and the record finished."""
+    cost = None
+    if charge is not None:
+        if end.how not in _UNSETTLED:
+            usage = end.usage
+            if end.how != "complete" and (usage is None or usage.output_tokens is None):
+                usage = None  # cut before its usage: the estimate is charged
+            charge.reported(usage, answered=True)
+        cost = charge.end()
+    if record is not None:
+        record.usage = end.usage or record.usage
+        record.malformed = end.malformed
+        record.stream_end = end.how
+        record.cost = cost
+        record.finish(sent=end.sent)
 
 
-async def _stream_body(
-    first: bytes,
-    channel: trio.MemoryReceiveChannel[Reply],
-    job: Job,
-    api: Api,
-    safety_s: float,
-    end: EndStreams,
-    record: RequestRecord | None = None,
-    charge: Charge | None = None,
-) -> AsyncIterator[bytes]:
-    """The committed stream: the actor's client bytes as they come, until it ends.
-
-    The actor judges the stream and ends a broken one with an error event; this only
-    carries bytes. No cancel scope is held across a ``yield``. If the actor vanishes
-    (it crashed) or stays silent past its own idle budget, the stream still ends with
-    an error event; so it does when ``end`` is set (shutdown), waiting or not.
-    Leaving (client gone, generator closed) abandons the job. ``record`` (telemetry)
-    is finished when the stream is over, with how it ended, and ``charge`` (the key's
-    limits and usage) ended before it: with the stream's usage, or with the estimate
-    when the stream did not end with one (cut, client gone).
-    """
-    last = first
-    sent = len(first)
-    how = "client_left"
-    try:
-        yield first
-        while True:
-            try:
-                message: Any = channel.receive_nowait()  # usually already there: no cancel scope
-            except trio.WouldBlock:
-                message = None
-                with end.move_on_at(trio.current_time() + safety_s):
-                    message = await _receive(channel)
-            except trio.EndOfChannel:
-                message = None
-            if end.is_set():
-                how = "shutdown"
-                yield _error_event(api, "service_unavailable", SHUTTING_DOWN, last)
-                return
-            if isinstance(message, bytes):
-                last = message
-                sent += len(message)
-                yield message
-            elif isinstance(message, Ended):
-                how = "complete" if message.error is None else message.error.word
-                if charge is not None:
-                    usage = message.usage
-                    if message.error is not None and (usage is None or usage.output_tokens is None):
-                        usage = None  # cut before its usage: the estimate is charged
-                    charge.reported(usage, answered=True)
-                if record is not None:
-                    record.usage = message.usage or record.usage
-                    record.malformed = message.malformed
-                return
-            else:
-                how = "internal_error"
-                yield _error_event(
-                    api, "upstream_error", "the provider's stream ended unexpectedly", last
-                )
-                return
-    finally:
-        job.abandon()
-        channel.close()
-        cost = charge.end() if charge is not None else None
-        if record is not None:
-            record.stream_end = how
-            record.cost = cost
-            record.finish(sent=sent)
-
-
-def _error_event(api: Api, type: str, message: str, last: bytes) -> bytes:
-    """An error event ending a committed stream of ``api``; ``last``: the bytes sent last."""
-    if api is Api.RESPONSES:
-        return responses_error_event(type, message, sequence_number=next_sequence_number(last))
-    return stream_error_event(api.format, type, message)
+#: How a stream ends without its provider's word on it: its charge keeps the estimate.
+_UNSETTLED = frozenset(("client_left", "shutdown"))

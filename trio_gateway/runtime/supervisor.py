@@ -413,7 +413,13 @@ class Runtime:
                 member.health.may_eject = dispatcher.may_eject
                 member.announce = announce
                 member.injection = injection
+        clients = self._clients
+        assert clients is not None
         for actor in fresh:
+            # A plain-HTTP origin's transport is made at once: the actor can serve the
+            # moment the new table is in (an https one may wait for its TLS context).
+            if (transport := clients.acquire_nowait(actor.endpoint.base_url)) is not None:
+                actor.set_transport(transport)
             self._nursery.start_soon(self._supervise, actor)
         for key, actor in self._actors.items():
             if actors.get(key) is not actor:
@@ -536,14 +542,15 @@ class Runtime:
         clients = self._clients
         assert clients is not None
         url = actor.endpoint.base_url
-        client = await clients.acquire(url)
+        if actor.transport is None:
+            actor.set_transport(await clients.acquire(url))
         backoff = RESTART_BACKOFF_S
         try:
             while True:
                 started = trio.current_time()
                 try:
-                    await actor.run(client)
-                    return  # retired and drained
+                    await actor.run()
+                    return  # retired, and nothing in flight any more
                 except Exception:
                     if trio.current_time() - started >= HEALTHY_RUN_S:
                         backoff = RESTART_BACKOFF_S

@@ -1,4 +1,4 @@
-"""The target actor: one supervised task per target, owning its health, its queue and its attempts.
+"""The target actor: one supervised object per target, owning its health, its queue and its attempts.
 
 Theory of operation
 -------------------
@@ -6,43 +6,45 @@ A :class:`TargetActor` owns, for one target:
 
 * its **health** (:class:`~trio_gateway.core.health.Health`) and latency estimate.
   Only the actor's own code changes them: admission when a job is submitted
-  (:meth:`submit`, synchronous, called by the requester: decide, then do the I/O),
-  the verdict when an attempt ends, the results of its probes;
-* its **in-flight count**, raised by :meth:`submit` (so balancers see a request at
-  once) and lowered when the job ends, and a bounded **request channel**:
-  :meth:`submit` never waits, a full queue refuses the job;
-* **every attempt, from its dequeue to its verdict**: the HTTP call, its time
+  (:meth:`submit`, synchronous: decide, then do the I/O), the verdict when an
+  attempt ends, the results of its probes;
+* its **queue**: at most ``max_in_flight`` attempts run at once, and at most
+  :data:`QUEUE_SIZE` more wait for a slot; :meth:`submit` never waits and refuses a
+  job when the queue is full. ``in_flight`` counts both (balancers see a request
+  at once);
+* **every attempt's code**, from its slot to its verdict: the HTTP call, its time
   budgets (:class:`~trio_gateway.core.attempt.AttemptBudget`), reading and judging
   the answer (:func:`~trio_gateway.core.attempt.judge_status`, the stream watch),
   putting it in the client's dialect, and what it means for the target's health.
 
-The requester learns how its job went from the job's own reply channel, in order:
-:class:`Whole` (an answer for the client: a success, or the client's own error),
-or :class:`Failed` (an :class:`~trio_gateway.errors.AttemptError`: fail over; it
-may carry the provider's error answer), or :class:`Committed` (a stream with
-content: status, headers, the first client bytes), then client bytes, then
-:class:`Ended`. The one thing a requester does to a job is :meth:`Job.abandon` it
-(the client left, the queue held it too long): that cancels the job's scope, which
-aborts the provider call at once, connection included, and the attempt says
-nothing about the target.
+An attempt runs in the requester's own task (:meth:`attempt`): no task is spawned
+and no message hops between tasks per request, which is most of what a request
+would otherwise cost to go through an actor. It answers, once: :class:`Whole` (an
+answer for the client: a success, or the client's own error), :class:`Failed` (an
+:class:`~trio_gateway.errors.AttemptError`: fail over; it may carry the provider's
+error answer), or :class:`Committed` (a stream with content: status, headers and
+the body, which goes on reading the provider as it is iterated and settles the
+attempt when it ends). When the requester is cancelled (the client left), the
+provider call is aborted at once, connection included, and the attempt says
+nothing about the target. A bug of ours in an attempt fails it over
+(``internal_error``) without touching the actor.
 
-:meth:`run` serves jobs, each in a task of its own nursery, at most
-``max_in_flight`` at once, and runs the probe loop: the recovery check of an
+:meth:`run` is the actor's own task: the probe loop (the recovery check of an
 ejected target when its out-period is over, and active probes every ``interval``
-when they are configured. A recovery check is two steps: a ``GET`` of the model list
+when they are configured). A recovery check is two steps: a ``GET`` of the model list
 (is a server there at all?) and then, when it answers and ``request_checks`` is on,
 a minimal real request (one output token) shaped like the last one that failed:
 same model, streamed or not. Only a target that passes both is restored: a provider
 whose model list answers while its completions hang stays out without a client
 paying for it. The check runs through the same attempt code as client requests,
-with :data:`CHECK_BUDGETS`. It uses an HTTP client it does not own (shared per
-origin, see :mod:`trio_gateway.runtime.clients`).
+with :data:`CHECK_BUDGETS`. Requests go out through a transport the actor does not
+own (shared per origin, see :mod:`trio_gateway.runtime.clients`), used directly:
+none of an HTTP client's per-request layers (auth, redirects, cookies) apply here.
 
-Retiring (:meth:`retire`) closes the request channel: queued jobs are still served,
-then :meth:`run` returns. If :meth:`run` crashes, its nursery cancels the running
-jobs (their requesters see their reply channels close and fail over); the
-supervisor restarts it with the same channel and health, and the actor is not
-eligible while it waits to restart (:attr:`restarting`).
+Retiring (:meth:`retire`) takes no new jobs; :meth:`run` returns once the attempts
+in flight are over (they still use the transport). If :meth:`run` crashes, the
+supervisor restarts it with the same health; the actor is not eligible while it
+waits to restart (:attr:`restarting`), and attempts in flight go on.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from typing import Any
 
 import attrs
@@ -85,6 +87,7 @@ from trio_gateway.errors import (
     CredentialRejected,
     GatewayError,
     ModelUnavailable,
+    QueueTimeout,
     RateLimited,
     StreamErrorEvent,
     StreamIncomplete,
@@ -95,11 +98,18 @@ from trio_gateway.errors import (
     UpstreamTimeout,
 )
 from trio_gateway.providers.endpoints import Endpoint
-from trio_gateway.providers.formats import Api, ApiFormat
+from trio_gateway.providers.formats import (
+    Api,
+    ApiFormat,
+    responses_error_event,
+    stream_error_event,
+)
 from trio_gateway.providers.passthrough import PassthroughStream
 from trio_gateway.providers.translate import ResponsesPassthroughStream, Translator
+from trio_gateway.providers.translate.responses import next_sequence_number
 from trio_gateway.providers.usage import Usage, usage_of
 from trio_gateway.providers.watch import MALFORMED, StreamWatch
+from trio_gateway.runtime.ending import EndStreams
 from trio_gateway.runtime.injection import EXTENSION, ArmedFault, Injection, check_fault
 
 log = logging.getLogger("trio_gateway.target")
@@ -116,9 +126,8 @@ CHECK_PROMPT = "ping"
 #: How the gateway's own requests (probes, recovery checks) introduce themselves.
 CHECK_USER_AGENT = f"trio-gateway/{__version__} (health check)"
 CHECK_HEADERS = (("user-agent", CHECK_USER_AGENT),)
-#: How long a message may wait for the requester to take it before the job gives up:
-#: the requester is gone or stuck, and the connection must not leak.
-STALL_S = 300.0
+#: httpx2's own timeouts, a safety net only: the attempt's budgets cancel first.
+TIMEOUTS = {"connect": 10.0, "read": 3600.0, "write": 3600.0, "pool": 3600.0}
 #: Response headers of a provider that a client may care about and that stay true
 #: through the gateway (others describe the provider's own connection).
 PASSED_RESPONSE_HEADERS = frozenset(
@@ -130,7 +139,7 @@ SSE_TYPE = "text/event-stream"
 RECENT = 20
 
 
-# --- messages ------------------------------------------------------------------------
+# --- results ------------------------------------------------------------------------
 
 
 @attrs.frozen
@@ -152,33 +161,38 @@ class Failed:
 
 @attrs.frozen
 class Committed:
-    """A stream with content: what the client gets first. Client bytes follow."""
+    """A stream with content. Iterating ``body`` gives the client's bytes, the first
+    ones (held until the first content) included, and settles the attempt at its end."""
 
     status: int
     headers: Sequence[tuple[str, str]]
-    first: bytes
+    body: AsyncIterator[bytes]
+
+
+Result = Whole | Failed | Committed
 
 
 @attrs.frozen
-class Ended:
-    """The committed stream is over; ``error``: how it failed (its error event was sent)."""
+class StreamEnd:
+    """How a committed stream ended, for whoever watches the request (telemetry).
 
-    error: AttemptError | None
+    ``how``: ``complete``, an outcome word, ``shutdown`` or ``client_left``.
+    """
+
+    how: str
+    sent: int
     #: Provider events passed on unread (same dialect) or skipped (translated).
     malformed: int = 0
     #: The provider's token usage and model, as far as the stream reported them.
     usage: Usage | None = None
 
 
-Reply = Whole | Failed | Committed | Ended | bytes
-
-
 @attrs.define(eq=False)
 class Job:
-    """One attempt: what to send, how long it may take, and where to answer.
+    """One attempt: what to send, how long it may take, and how it was admitted.
 
-    Written by the requester before :meth:`TargetActor.submit`; afterwards only the
-    actor writes it (``ticket``, ``dequeued``), except :meth:`abandon`.
+    Written by the requester before :meth:`TargetActor.submit`; then only the actor
+    writes it (``ticket``).
     """
 
     body: bytes
@@ -188,7 +202,6 @@ class Job:
     deadline: float
     budgets: Budgets
     client_format: ApiFormat
-    reply: trio.MemorySendChannel[Reply]
     #: The client's API, and the target's API it is sent to (the same, or the one a
     #: translator writes for): which URL, which stream grammar.
     api: Api
@@ -204,13 +217,11 @@ class Job:
     usage: bool = True
     #: Faults injected into this attempt's provider call (a gateway's fault injection).
     fault: ArmedFault | None = None
-    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    #: The runtime's "end every running stream now" signal (the end of a shutdown).
+    end: EndStreams | None = None
+    #: Told once when a committed stream is over (telemetry).
+    on_end: Callable[[StreamEnd], None] | None = None
     ticket: Ticket = Ticket.NORMAL
-    dequeued: bool = False
-
-    def abandon(self) -> None:
-        """Stop this attempt (idempotent): the provider call is aborted at once."""
-        self.scope.cancel()
 
 
 @attrs.frozen
@@ -228,10 +239,6 @@ class TargetStatistics:
     restarting: bool
     #: ``(trio time, outcome word)`` of the latest attempts, oldest first.
     recent: tuple[tuple[float, str], ...]
-
-
-class _Stalled(Exception):
-    """The requester did not take a message for :data:`STALL_S` seconds."""
 
 
 # --- the actor ---------------------------------------------------------------------------
@@ -257,6 +264,7 @@ class TargetActor:
         self._url = self._urls[self.api]
         self.health = Health(policy)
         self.latency_estimate = PeakEwma()
+        #: Admitted and not over: running, or waiting for a slot.
         self.in_flight = 0
         self.requests = 0
         self.failures = 0
@@ -275,12 +283,17 @@ class TargetActor:
         self.announce: Callable[[TargetActor, Transition], None] | None = None
         #: Its gateway's fault injection, set by the runtime: the checks get its faults too.
         self.injection: Injection | None = None
+        #: Where requests go out (shared per origin); set by the supervisor before the
+        #: first attempt can need it (``None`` only while an ``https`` origin's TLS
+        #: context is being loaded: attempts wait for :attr:`_ready`).
+        self.transport: httpx2.AsyncBaseTransport | None = None
+        self._ready = trio.Event()
         #: At most this many requests at once; as many more may wait in the queue.
         self.max_in_flight = target.max_in_flight or MAX_IN_FLIGHT
-        self._send, self._receive = trio.open_memory_channel[Job](
-            min(self.max_in_flight, QUEUE_SIZE)
-        )
+        self._slots = trio.Semaphore(self.max_in_flight)
+        self._queue_size = min(self.max_in_flight, QUEUE_SIZE)
         self._retired = False
+        self._idle = trio.Event()  # set once retired and nothing is in flight
         self._probes = trio.CancelScope()
         self._sleep = trio.CancelScope()
 
@@ -297,14 +310,26 @@ class TargetActor:
     def admits(self, now: float) -> bool:
         return self.usable and self.health.admits(now)
 
+    @property
+    def queued(self) -> int:
+        """Admitted jobs waiting for a slot."""
+        return max(0, self.in_flight - self.max_in_flight)
+
     def has_room(self) -> bool:
         """Would :meth:`submit` find room in the queue now?"""
-        stats = self._send.statistics()
-        return stats.current_buffer_used < stats.max_buffer_size
+        return self.in_flight < self.max_in_flight + self._queue_size
+
+    def set_transport(self, transport: httpx2.AsyncBaseTransport) -> None:
+        self.transport = transport
+        self._ready.set()
 
     def submit(self, job: Job, now: float) -> bool:
-        """Admit and queue ``job`` without waiting; ``False`` if it cannot be taken now."""
-        if not self.usable:
+        """Admit ``job`` and take its place in the queue, without waiting.
+
+        ``False`` if it cannot be taken now (out of rotation and not a last resort,
+        retired, the queue full). Then run it with :meth:`attempt`, once.
+        """
+        if not self.usable or not self.has_room():
             return False
         if self.health.admits(now):
             job.ticket = self.health.admit(now)
@@ -312,23 +337,20 @@ class TargetActor:
             job.ticket = Ticket.PANIC
         else:
             return False
-        try:
-            self._send.send_nowait(job)
-        except (trio.WouldBlock, trio.ClosedResourceError):
-            return False
         self.in_flight += 1
         self._transitioned()  # admission may have ended a park
         return True
 
     def retire(self) -> None:
-        """Take no new jobs; serve the queued ones, then let :meth:`run` return.
+        """Take no new jobs; :meth:`run` returns once the attempts in flight are over.
 
         Probing stops at once: a retired actor's old credentials must not eject the
         target its successor serves (they may share its health).
         """
         self._retired = True
-        self._send.close()
         self._probes.cancel()
+        if not self.in_flight:
+            self._idle.set()
 
     @property
     def retired(self) -> bool:
@@ -349,33 +371,18 @@ class TargetActor:
 
     # --- the task ---------------------------------------------------------------------------
 
-    async def run(
-        self,
-        client: httpx2.AsyncClient,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Serve jobs until retired and drained; probe meanwhile. Owns the job tasks."""
-        slots = trio.Semaphore(self.max_in_flight)
-        async with trio.open_nursery() as nursery:
-            self._probes = trio.CancelScope()
-            if self._retired:
-                self._probes.cancel()
-            nursery.start_soon(self._probe_loop, client, self._probes)
-            task_status.started()
-            while True:
-                await slots.acquire()
-                try:
-                    job = await self._receive.receive()
-                except trio.EndOfChannel:
-                    slots.release()
-                    break
-                nursery.start_soon(self._serve, client, job, slots)
-            self._probes.cancel()  # retired: the nursery waits for the running jobs
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Probe until retired; return once nothing is in flight any more."""
+        self._probes = scope = trio.CancelScope()
+        if self._retired:
+            scope.cancel()
+        task_status.started()
+        await self._probe_loop(scope)
+        await self._idle.wait()
 
     # --- probes ------------------------------------------------------------------------------
 
-    async def _probe_loop(self, client: httpx2.AsyncClient, scope: trio.CancelScope) -> None:
+    async def _probe_loop(self, scope: trio.CancelScope) -> None:
         """Recovery checks when due; active probes every ``interval`` when configured."""
         with scope:
             next_active = trio.current_time() + self.checks.interval
@@ -390,20 +397,20 @@ class TargetActor:
                 if health.check_due(now):
                     health.start_check(now)
                     self._transitioned()
-                    result, error, wait = await self._probe(client)
+                    result, error, wait = await self._probe()
                     if result is Check.OK and self.checks.request_checks:
-                        result, error, wait = await self._request_check(client)
+                        result, error, wait = await self._request_check()
                     health.checked(trio.current_time(), result, error, wait)
                     self._transitioned()
                 elif self.checks.active and now >= next_active:
-                    result, error, wait = await self._probe(client)
+                    result, error, wait = await self._probe()
                     health.probed(trio.current_time(), result, error, wait)
                     self._transitioned()
                     next_active = trio.current_time() + self.checks.interval
                 elif not self.checks.active:
                     next_active = now + self.checks.interval
 
-    async def _probe(self, client: httpx2.AsyncClient) -> tuple[Check, str, float | None]:
+    async def _probe(self) -> tuple[Check, str, float | None]:
         """``GET`` the probe path with the target's credentials: is the provider answering?
 
         Any answer but a failure (5xx, 408, 401, 403) counts as alive: a 404 still
@@ -417,11 +424,18 @@ class TargetActor:
         self.probes += 1
         result, error, wait = Check.FAILED, "timed out", None
         fault = check_fault(self.injection, self.target.id, None, False, self.api)
+        extensions: dict[str, Any] = {"timeout": TIMEOUTS}
+        if fault is not None:
+            extensions[EXTENSION] = fault
         with trio.move_on_after(min(checks.interval, PROBE_TIMEOUT_S)):
             try:
-                response = await client.get(
-                    url, headers=headers, extensions={EXTENSION: fault} if fault else None
-                )
+                transport = await self._transport()
+                request = httpx2.Request("GET", url, headers=headers, extensions=extensions)
+                response = await transport.handle_async_request(request)
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
             except Exception as exc:  # an unusable probe is a failed probe, never a crash
                 error = type(exc).__name__
             else:
@@ -437,7 +451,7 @@ class TargetActor:
             self.probe_failures += 1
         return result, error, wait
 
-    async def _request_check(self, client: httpx2.AsyncClient) -> tuple[Check, str, float | None]:
+    async def _request_check(self) -> tuple[Check, str, float | None]:
         """A minimal real request, as the last failed one was: does the provider serve now?
 
         Same API too: a target whose embeddings failed is checked with an embedding.
@@ -453,29 +467,30 @@ class TargetActor:
         stream = shape[1] if shape else False
         api = shape[2] if shape and shape[2] in self._urls else self.api
         self.probes += 1
-        send, receive = trio.open_memory_channel[Reply](64)
-        now = trio.current_time()
+        ended: list[AttemptError | None] = []  # how a committed stream ended
         job = Job(
             body=jsonio.dumpb(_check_body(api, self.target.provider.value, model, stream)),
             headers=CHECK_HEADERS,
             model=model,
             stream=stream,
-            deadline=now + 2 * CHECK_BUDGETS.first_byte_timeout,
+            deadline=trio.current_time() + 2 * CHECK_BUDGETS.first_byte_timeout,
             budgets=CHECK_BUDGETS,
             client_format=api.format,
-            reply=send,
             api=api,
             provider_api=api,
             fault=check_fault(self.injection, self.target.id, model, stream, api),
         )
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_discard, receive)
-            try:
-                error = await self._attempt(client, job)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, _Stalled):
-                error = None
-            finally:
-                send.close()
+        error: AttemptError | None = None
+        try:
+            result = await self._exchange(job, ended.append)
+            if isinstance(result, Committed):
+                async for _ in result.body:  # read it to its end: it judges itself
+                    pass
+                error = ended[0] if ended else None
+            elif isinstance(result, Failed):
+                error = result.error
+        except Exception as exc:  # an unusable check is a failed check, never a crash
+            error = AttemptCrashed(type(exc).__name__)
         if error is None or isinstance(error, ModelUnavailable):
             return Check.OK, "", None  # it answered (an error of the model is an answer)
         self.probe_failures += 1
@@ -483,78 +498,116 @@ class TargetActor:
             return Check.RATE_LIMITED, "HTTP 429", error.retry_after
         return Check.FAILED, f"request check: {error.word}", None
 
-    # --- one attempt -------------------------------------------------------------------------
+    # --- one attempt, in the requester's task -------------------------------------------------
 
-    async def _serve(self, client: httpx2.AsyncClient, job: Job, slots: trio.Semaphore) -> None:
-        job.dequeued = True
-        began = trio.current_time()
-        error: AttemptError | None = AttemptAbandoned("the request was abandoned")
-        try:
-            with job.scope:
-                try:
-                    error = await self._attempt(client, job)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, _Stalled):
-                    error = AttemptAbandoned("the requester stopped reading")
-                except Exception:  # a bug of ours: the request fails over, the actor lives on
-                    log.exception("job failed", extra={"fields": {"target_id": self.target.id}})
-                    error = AttemptCrashed("internal error; see the gateway log")
-                    with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
-                        job.reply.send_nowait(Failed(error))
-        finally:
-            job.reply.close()
-            if job.scope.cancelled_caught:
-                error = AttemptAbandoned("the request was abandoned")
-            self._settle(job, error, trio.current_time() - began)
-            self.in_flight -= 1
-            slots.release()
+    async def attempt(self, job: Job) -> Result:
+        """Run ``job`` (taken by :meth:`submit`) in the calling task; see the module docstring.
 
-    async def _attempt(self, client: httpx2.AsyncClient, job: Job) -> AttemptError | None:
-        """The HTTP call; returns how it ended (``None``: the client got its answer).
-
-        Error texts are fixed phrases plus an exception's class name, never its
-        message: an HTTP library's message can quote a header, a credential included.
+        The wait for a slot is bounded by the first-byte budget (``queue_timeout``,
+        nobody blamed); everything after it by the attempt's own budgets. A
+        :class:`Committed` result's body settles the attempt when it ends; any other
+        result has been settled when this returns.
         """
-        now = trio.current_time()
-        budget = AttemptBudget.start(job.budgets, job.deadline, now)
+        began = trio.current_time()
+        try:
+            self._slots.acquire_nowait()
+        except trio.WouldBlock:
+            with trio.move_on_at(
+                min(job.deadline, began + job.budgets.first_byte_timeout)
+            ) as waited:
+                try:
+                    await self._slots.acquire()
+                except BaseException:  # cancelled while queued (the client left): re-raised
+                    self._finish(job, AttemptAbandoned("the request was abandoned"), began, False)
+                    raise
+            if waited.cancelled_caught:
+                error: AttemptError = QueueTimeout(
+                    "the target's queue held the request past its first-byte budget"
+                )
+                self._finish(job, error, began, False)
+                return Failed(error)
+        settled = False
+
+        def settle(error: AttemptError | None) -> None:
+            nonlocal settled
+            if not settled:
+                settled = True
+                self._finish(job, error, began, True)
+
+        result: Result | None = None
+        try:
+            result = await self._exchange(job, settle)
+        except Exception:  # a bug of ours: the request fails over, the actor lives on
+            log.exception("attempt failed", extra={"fields": {"target_id": self.target.id}})
+            result = Failed(AttemptCrashed("internal error; see the gateway log"))
+        finally:
+            if result is None:  # cancelled (the client left): nothing learnt
+                settle(AttemptAbandoned("the request was abandoned"))
+            elif not isinstance(result, Committed):
+                settle(result.error if isinstance(result, Failed) else None)
+        return result
+
+    async def _transport(self) -> httpx2.AsyncBaseTransport:
+        transport = self.transport
+        if transport is None:  # an https origin's TLS context is still loading
+            await self._ready.wait()
+            transport = self.transport
+            assert transport is not None
+        return transport
+
+    async def _exchange(self, job: Job, settle: Callable[[AttemptError | None], None]) -> Result:
+        """The HTTP call and what its answer means for the client.
+
+        A :class:`Committed` stream's body calls ``settle`` when it is over; for any
+        other result the caller settles. Error texts are fixed phrases plus an
+        exception's class name, never its message: an HTTP library's message can
+        quote a header, a credential included.
+        """
+        transport = self.transport or await self._transport()
+        budget = AttemptBudget.start(job.budgets, job.deadline, trio.current_time())
         url = self._url if job.provider_api is self.api else self._urls[job.provider_api]
-        request = client.build_request(
+        extensions: dict[str, Any] = {"timeout": TIMEOUTS}
+        if job.fault is not None:
+            extensions[EXTENSION] = job.fault
+        request = httpx2.Request(
             "POST",
             url if type(url) is not str else url.replace("{model}", job.model),
             headers=self.endpoint.request_headers(job.headers),
             content=job.body,
+            extensions=extensions,
         )
-        if job.fault is not None:
-            request.extensions[EXTENSION] = job.fault
         response = None
         with trio.move_on_at(budget.timer):
             try:
-                response = await client.send(request, stream=True)
+                response = await transport.handle_async_request(request)
             except httpx2.HTTPError as exc:
-                return await self._failed(job, _transport_error(exc, answered=False))
+                return Failed(_transport_error(exc, answered=False))
         if response is None:
-            return await self._failed(job, budget.expired())
-        complete = False
+            return Failed(budget.expired())
+        handed_off = complete = False
         try:
             status = response.status_code
             if job.stream and 200 <= status < 300:
                 budget.headers(trio.current_time(), stream=True)
-                error, complete = await self._relay_stream(job, budget, response)
-                return error
+                result = await _Relay(self, job, budget, response, settle).open()
+                handed_off = isinstance(result, Committed)
+                return result
             budget.headers(trio.current_time(), stream=False)
             body = await self._read(response, budget)
             if isinstance(body, AttemptError):
-                return await self._failed(job, body)
+                return Failed(body)
             complete = True
-            return await self._judge(job, response, body, budget)
+            return self._judge(job, response, body, budget)
         finally:
-            await _release(response, complete and not job.scope.cancel_called)
+            if not handed_off:
+                await _release(response, complete)
 
     async def _read(self, response: httpx2.Response, budget: AttemptBudget) -> bytes | AttemptError:
         """A whole answer's body, each piece within the body budget."""
         body = bytearray()
         with trio.move_on_at(budget.timer) as scope:
             try:
-                async for chunk in response.aiter_bytes():
+                async for chunk in _chunks(response):
                     body += chunk
                     if len(body) > MAX_BODY:
                         return UpstreamProtocolError("the answer's body is too large")
@@ -566,10 +619,10 @@ class TargetActor:
             return budget.expired()
         return bytes(body)
 
-    async def _judge(
+    def _judge(
         self, job: Job, response: httpx2.Response, body: bytes, budget: AttemptBudget
-    ) -> AttemptError | None:
-        """What a whole answer means; the client's version of it goes to the requester."""
+    ) -> Whole | Failed:
+        """What a whole answer means, and the client's version of it."""
         status = response.status_code
         meaning = judge_status(status, body if status in (400, 404, 413) else b"")
         translator = job.translator
@@ -577,9 +630,7 @@ class TargetActor:
             if translator is not None:
                 client_body, usage = _translate_answer(translator, body)
                 if client_body is None:
-                    return await self._failed(
-                        job, UpstreamProtocolError("the provider's answer is not valid")
-                    )
+                    return Failed(UpstreamProtocolError("the provider's answer is not valid"))
                 headers = passed_headers(response.headers, JSON_TYPE)
             else:
                 client_body, usage = body, _usage_of_bytes(body) if job.usage else None
@@ -587,10 +638,9 @@ class TargetActor:
                     response.headers, response.headers.get("content-type", JSON_TYPE)
                 )
             self._observe_first_byte(budget)
-            await self._last(job, Whole(Answer(status, headers, client_body), usage))
-            return None
+            return Whole(Answer(status, headers, client_body), usage)
         if meaning is Meaning.CREDENTIAL:
-            return await self._failed(job, CredentialRejected(status, self.target.id))
+            return Failed(CredentialRejected(status, self.target.id))
         if translator is not None:
             status_out, body_out = translator.error(status, body)
             answer = Answer(status_out, passed_headers(response.headers, JSON_TYPE), body_out)
@@ -602,148 +652,31 @@ class TargetActor:
             )
         match meaning:
             case Meaning.CLIENT_ERROR:
-                await self._last(job, Whole(answer))
-                return None
+                return Whole(answer)
             case Meaning.RATE_LIMITED:
-                error: AttemptError = RateLimited(
-                    "HTTP 429", retry_after=retry_after(response.headers), answer=answer
+                return Failed(
+                    RateLimited(
+                        "HTTP 429", retry_after=retry_after(response.headers), answer=answer
+                    )
                 )
             case Meaning.MODEL:
-                error = ModelUnavailable(
-                    status, f"HTTP {status} (an error of the model)", answer=answer
+                return Failed(
+                    ModelUnavailable(
+                        status, f"HTTP {status} (an error of the model)", answer=answer
+                    )
                 )
-            case _:
-                error = UpstreamStatusError(status, f"HTTP {status}", answer=answer)
-        return await self._failed(job, error)
-
-    async def _relay_stream(
-        self, job: Job, budget: AttemptBudget, response: httpx2.Response
-    ) -> tuple[AttemptError | None, bool]:
-        """Judge the provider's events, translate them, commit on the first content.
-
-        Returns how the attempt ended and whether the provider's body was read to its
-        end (its connection can then be reused).
-        """
-        watch = StreamWatch(job.provider_api, hide_usage=job.hide_usage)
-        stream = (
-            job.translator.stream()
-            if job.translator is not None
-            else ResponsesPassthroughStream()
-            if job.provider_api is Api.RESPONSES
-            else PassthroughStream(job.client_format, watch)
-        )
-        headers = passed_headers(response.headers, SSE_TYPE)
-        held: list[bytes] = []
-        committed = False
-        chunks = response.aiter_bytes()
-        error: AttemptError | None = None
-        closed = False  # the provider ended its body cleanly
-        while True:
-            chunk = None
-            with trio.move_on_at(budget.timer) as wait:
-                try:
-                    chunk = await anext(chunks)
-                except StopAsyncIteration:
-                    closed = True
-                except httpx2.HTTPError as exc:
-                    error = _transport_error(exc, answered=True)
-            if wait.cancelled_caught:
-                error = budget.expired()
-            if error is not None:
-                break
-            if closed:
-                out, content = watch.flush()
-            else:
-                assert chunk is not None
-                out, content = watch.feed(chunk)
-            if watch.error is not None and not watch.started:
-                if watch.error == MALFORMED:
-                    error = UpstreamProtocolError("the stream began with a malformed event")
-                else:
-                    error = StreamErrorEvent(f"the stream began with an error ({watch.error})")
-                break
-            client_bytes = stream.feed(out) if out else b""
-            if not committed:
-                if stream.skipped or stream.error is not None:
-                    error = UpstreamProtocolError("the provider's stream is not valid")
-                    break
-                if client_bytes:
-                    held.append(client_bytes)
-                if content and held and not watch.complete:
-                    committed = await self._commit(job, budget, response.status_code, headers, held)
-            else:
-                if client_bytes:
-                    await self._deliver(job, client_bytes)
-                if content:
-                    budget.content(trio.current_time())
-            if watch.complete or closed:
-                break
-            if watch.error is not None:
-                # An error event after the first content: relayed already, the stream is over.
-                error = StreamErrorEvent(f"the stream broke ({watch.error})")
-                break
-
-        malformed = watch.malformed + stream.skipped
-        if error is None and (watch.complete or watch.finished):
-            tail = stream.finish()
-            if not committed:
-                held.append(tail)
-                await self._commit(job, budget, response.status_code, headers, held)
-            elif tail:
-                await self._deliver(job, tail)
-            await self._last(job, Ended(None, malformed, watch.usage()))
-            complete = closed or await _drain(chunks)
-            return None, complete
-        if error is None:
-            error = StreamIncomplete("the provider's stream ended before it was complete")
-        if not committed:
-            return await self._failed(job, error, watch.usage()), False
-        if not isinstance(error, StreamErrorEvent):
-            tail = stream.fail(
-                "upstream_timeout" if isinstance(error, UpstreamTimeout) else "upstream_error",
-                error.message,
-            )
-            if tail:
-                await self._deliver(job, tail)
-        await self._last(job, Ended(error, malformed, watch.usage()))
-        return error, False
-
-    async def _commit(
-        self,
-        job: Job,
-        budget: AttemptBudget,
-        status: int,
-        headers: Sequence[tuple[str, str]],
-        held: list[bytes],
-    ) -> bool:
-        budget.content(trio.current_time())
-        self._observe_first_byte(budget)
-        await self._deliver(job, Committed(status, headers, b"".join(held)))
-        held.clear()
-        return True
-
-    async def _deliver(self, job: Job, message: Reply) -> None:
-        """Hand ``message`` to the requester; :class:`_Stalled` if it does not take it."""
-        try:
-            job.reply.send_nowait(message)
-        except trio.WouldBlock:
-            with trio.move_on_after(STALL_S) as stalled:
-                await job.reply.send(message)
-            if stalled.cancelled_caught:
-                raise _Stalled from None
-
-    async def _last(self, job: Job, message: Reply) -> None:
-        """The job's final message: the verdict stands whatever the requester does now."""
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, _Stalled):
-            await self._deliver(job, message)
-
-    async def _failed(
-        self, job: Job, error: AttemptError, usage: Usage | None = None
-    ) -> AttemptError:
-        await self._last(job, Failed(error, usage))
-        return error
+        return Failed(UpstreamStatusError(status, f"HTTP {status}", answer=answer))
 
     # --- verdicts ---------------------------------------------------------------------------
+
+    def _finish(self, job: Job, error: AttemptError | None, began: float, slot: bool) -> None:
+        """An attempt is over: its slot and place back, its verdict to the health."""
+        if slot:
+            self._slots.release()
+        self.in_flight -= 1
+        if self._retired and not self.in_flight:
+            self._idle.set()
+        self._settle(job, error, trio.current_time() - began)
 
     def _observe_first_byte(self, budget: AttemptBudget) -> None:
         now = trio.current_time()
@@ -806,7 +739,7 @@ class TargetActor:
             provider=self.target.provider.value,
             health=self.health.statistics(now),
             in_flight=self.in_flight,
-            queued=self._send.statistics().current_buffer_used,
+            queued=self.queued,
             latency_s=self.latency(now),
             requests=self.requests,
             failures=self.failures,
@@ -817,7 +750,223 @@ class TargetActor:
         )
 
 
+# --- a stream -------------------------------------------------------------------------------
+
+
+class _Relay:
+    """One streamed attempt: the provider's events judged, translated, and relayed.
+
+    :meth:`open` reads until the first content (the commit) or a failure, in the
+    requester's task; then :meth:`body` goes on as the client's response is sent,
+    each wait for the provider under its own cancel scope (none across a
+    ``yield``). The body settles the attempt, closes the provider's response and
+    tells ``job.on_end`` when it is over, however it ends.
+    """
+
+    def __init__(
+        self,
+        actor: TargetActor,
+        job: Job,
+        budget: AttemptBudget,
+        response: httpx2.Response,
+        settle: Callable[[AttemptError | None], None],
+    ) -> None:
+        self.actor, self.job, self.budget, self.response = actor, job, budget, response
+        self.settle = settle
+        self.watch = watch = StreamWatch(job.provider_api, hide_usage=job.hide_usage)
+        self.stream = (
+            job.translator.stream()
+            if job.translator is not None
+            else ResponsesPassthroughStream()
+            if job.provider_api is Api.RESPONSES
+            else PassthroughStream(job.client_format, watch)
+        )
+        self.chunks = _chunks(response).__aiter__()
+        self.closed = False  # the provider ended its body cleanly
+        self.sent = 0
+
+    async def _next(self, end: EndStreams | None) -> bytes | AttemptError | None:
+        """The provider's next chunk, an error, or ``None`` once its body ended cleanly.
+
+        ``end`` set (a shutdown's last moment) interrupts the wait: :data:`_ENDED`.
+        """
+        chunk = None
+        scope = end.move_on_at(self.budget.timer) if end is not None else None
+        with scope or trio.move_on_at(self.budget.timer) as wait:
+            try:
+                chunk = await anext(self.chunks)
+            except StopAsyncIteration:
+                self.closed = True
+            except httpx2.HTTPError as exc:
+                return _transport_error(exc, answered=True)
+        if wait.cancelled_caught:
+            return _ENDED if end is not None and end.is_set() else self.budget.expired()
+        return chunk
+
+    def _feed(self, chunk: bytes | None) -> tuple[bytes, bool]:
+        out, content = self.watch.flush() if chunk is None else self.watch.feed(chunk)
+        return (self.stream.feed(out) if out else b""), content
+
+    def _broken(self) -> AttemptError | None:
+        """The provider's stream went wrong at the event just fed."""
+        error = self.watch.error
+        if error is None:
+            return None
+        if not self.watch.started and error != MALFORMED:
+            return StreamErrorEvent(f"the stream began with an error ({error})")
+        if error == MALFORMED:
+            return UpstreamProtocolError("the provider's stream carries a malformed event")
+        return StreamErrorEvent(f"the stream broke ({error})")  # relayed already
+
+    async def open(self) -> Result:
+        """Read until the first content: then :class:`Committed`; or how it failed."""
+        held: list[bytes] = []
+        watch, stream = self.watch, self.stream
+        while True:
+            chunk = await self._next(None)  # nothing was sent: a shutdown is not ours here
+            if isinstance(chunk, AttemptError):
+                return self._failed(chunk)
+            client_bytes, content = self._feed(chunk)
+            if watch.error is not None and not watch.started:
+                return self._failed(self._broken() or UpstreamProtocolError("broken stream"))
+            if stream.skipped or stream.error is not None:
+                return self._failed(UpstreamProtocolError("the provider's stream is not valid"))
+            if client_bytes:
+                held.append(client_bytes)
+            if watch.complete or (self.closed and watch.finished):
+                held.append(stream.finish())  # a whole stream before any content: it is all
+                break
+            if content and held:
+                break
+            if self.closed:
+                return self._failed(StreamIncomplete("the stream ended before its first content"))
+        now = trio.current_time()
+        self.budget.content(now)
+        self.actor.latency_estimate.observe(now - self.budget.started, now)
+        headers = passed_headers(self.response.headers, SSE_TYPE)
+        return Committed(self.response.status_code, headers, _StreamBody(self, b"".join(held)))
+
+    def _failed(self, error: AttemptError) -> Failed:
+        """The stream failed before its first content, with what its provider reported."""
+        return Failed(error, self.watch.usage())
+
+    async def body(self, first: bytes) -> AsyncIterator[bytes]:
+        """The committed stream, from its first bytes to its end. See the class docstring."""
+        watch, stream, job = self.watch, self.stream, self.job
+        #: What settles the attempt: until decided, the client left (nothing learnt).
+        outcome: AttemptError | None = AttemptAbandoned("the client left")
+        how = "client_left"
+        complete = False
+        try:
+            self.last = first
+            yield first
+            self.sent += len(first)
+            failure = self._broken()
+            done = failure is not None or watch.complete or (self.closed and watch.finished)
+            while not done:
+                chunk = await self._next(job.end)
+                if chunk is _ENDED:
+                    how, outcome = "shutdown", AttemptAbandoned("the gateway is shutting down")
+                    yield stream_end_event(job.api, "service_unavailable", SHUTTING_DOWN, self.last)
+                    return
+                if isinstance(chunk, AttemptError):
+                    failure = chunk
+                    break
+                client_bytes, content = self._feed(chunk)
+                if client_bytes:
+                    self.last = client_bytes
+                    yield client_bytes
+                    self.sent += len(client_bytes)
+                if content:
+                    self.budget.content(trio.current_time())
+                failure = self._broken()
+                done = failure is not None or watch.complete or self.closed
+            if failure is None and (watch.complete or watch.finished):
+                how, outcome = "complete", None
+                tail = stream.finish()
+                if tail:
+                    yield tail
+                    self.sent += len(tail)
+                complete = self.closed or await _drain(self.chunks)
+                return
+            if failure is None:
+                failure = StreamIncomplete("the provider's stream ended before it was complete")
+            how, outcome = failure.word, failure
+            if not isinstance(failure, StreamErrorEvent):  # an error event went out already
+                tail = stream.fail(
+                    "upstream_timeout"
+                    if isinstance(failure, UpstreamTimeout)
+                    else "upstream_error",
+                    failure.message,
+                )
+                if tail:
+                    yield tail
+                    self.sent += len(tail)
+        finally:
+            self.settle(outcome)
+            await _release(self.response, complete)
+            if job.on_end is not None:
+                usage = watch.usage()
+                job.on_end(StreamEnd(how, self.sent, watch.malformed + stream.skipped, usage))
+
+    last: bytes = b""
+
+    def dropped(self) -> None:
+        """The body was never iterated (the client left before it began): clean up anyway."""
+        self.settle(AttemptAbandoned("the client left"))
+        if self.job.on_end is not None:
+            self.job.on_end(StreamEnd("client_left", 0))
+        with contextlib.suppress(RuntimeError):  # no Trio run any more: nothing to close with
+            trio.lowlevel.spawn_system_task(_release, self.response, False)
+
+
+#: What :meth:`_Relay._next` returns when the runtime's ``end_streams`` interrupted it.
+_ENDED: Any = object()
+SHUTTING_DOWN = "the gateway is shutting down; the stream was ended before it finished"
+
+
+class _StreamBody:
+    """A committed stream's body as Quart iterates it, with a safety net.
+
+    Quart closes the body when it is done with it; but if the client leaves after
+    the response was made and before Quart starts sending it, nothing ever iterates
+    (or closes) the generator, and its ``finally`` never runs. Dropping this object
+    unstarted (CPython frees it at once) settles the attempt and closes the
+    provider's response instead.
+    """
+
+    __slots__ = ("_body", "_relay", "_started")
+
+    def __init__(self, relay: _Relay, first: bytes) -> None:
+        self._relay = relay
+        self._body = relay.body(first)
+        self._started = False
+
+    def __aiter__(self) -> _StreamBody:
+        return self
+
+    def __anext__(self) -> Any:
+        self._started = True
+        return self._body.__anext__()
+
+    async def aclose(self) -> None:
+        self._started = True
+        await self._body.aclose()  # type: ignore[attr-defined]
+
+    def __del__(self) -> None:
+        if not self._started:
+            self._relay.dropped()
+
+
 # --- helpers ---------------------------------------------------------------------------------
+
+
+def stream_end_event(api: Api, type: str, message: str, last: bytes) -> bytes:
+    """An error event ending a committed stream of ``api``; ``last``: the bytes sent last
+    (a Responses event carries the next sequence number)."""
+    if api is Api.RESPONSES:
+        return responses_error_event(type, message, sequence_number=next_sequence_number(last))
+    return stream_error_event(api.format, type, message)
 
 
 def passed_headers(headers: httpx2.Headers, content_type: str) -> list[tuple[str, str]]:
@@ -851,12 +1000,6 @@ def _check_body(api: Api, provider: str, model: str, stream: bool) -> dict[str, 
     else:
         body["max_completion_tokens"] = 1
     return body
-
-
-async def _discard(channel: trio.MemoryReceiveChannel[Reply]) -> None:
-    async with channel:
-        async for _ in channel:
-            pass
 
 
 def _translate_answer(translator: Translator, body: bytes) -> tuple[bytes | None, Usage | None]:
@@ -906,11 +1049,20 @@ async def _drain(chunks: object) -> bool:
     return False
 
 
+def _chunks(response: httpx2.Response) -> AsyncIterable[bytes]:
+    """The answer's body as it comes: the connection's own stream when nothing is to be
+    decoded (the gateway asks for no compression), else httpx's decoding iterator."""
+    encoding = response.headers.get("content-encoding")
+    if encoding is None or encoding == "identity":
+        return response.stream  # type: ignore[return-value]
+    return response.aiter_bytes()
+
+
 async def _release(response: httpx2.Response | None, complete: bool) -> None:
     """Give the connection back to the pool (read to the end) or close it."""
     if response is None:
         return
-    if complete and response.is_stream_consumed:
+    if complete:
         await response.aclose()
     else:
         with trio.CancelScope(shield=True), trio.move_on_after(1.0):
