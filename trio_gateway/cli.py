@@ -43,7 +43,12 @@ EXIT_FAILED = 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # `serve` starts without the testing tools' parsers: building them imports the
+    # fake providers and the scenario runner (and through trio.testing, pytest), a
+    # tenth of a second or more of every start for nothing (docs/benchmarks.md).
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    parser = build_parser(tools=command != "serve")
     args = parser.parse_args(argv)
     if not hasattr(args, "run"):
         parser.print_help()
@@ -51,7 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return args.run(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, tools: bool = True) -> argparse.ArgumentParser:
+    """Every command; ``tools=False`` leaves out ``fake-provider`` and ``scenario``."""
     parser = argparse.ArgumentParser(
         prog="trio-gateway",
         description="A self-hosted AI gateway: one OpenAI- and Anthropic-compatible endpoint "
@@ -205,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("version", help="print the version", description="Print the version.")
     p.set_defaults(run=lambda args: print(f"trio-gateway {__version__}") or 0)
+    if not tools:
+        return parser
 
     from trio_gateway.testing.fake import cli as fake_cli
 
