@@ -1,26 +1,32 @@
-"""`make bench`: the gateway against a direct call and the floor proxy, in one run.
+"""`make bench`: the gateway against the floor proxy (and a direct call), interleaved, in rounds.
 
-    .venv/bin/python benchmarks/run.py [--duration 8] [--warmup 2] [--repeat 1] [--profile]
+    .venv/bin/python benchmarks/run.py [--repeat 3] [--duration 8] [--warmup 2] [--profile]
 
 Starts, and stops at the end:
 
 * the **mock provider**: nginx answering from memory (benchmarks/nginx.conf.template,
-  bodies from benchmarks/mock_bodies.py), one process;
+  bodies from benchmarks/mock_bodies.py), one process, on the load core;
 * the **floor**: benchmarks/floor_proxy.py, the thinnest pass-through on our stack;
 * the **gateway**: ``trio-gateway serve`` with benchmarks/gateway.yaml (API key, rule,
-  service, two-target round-robin upstream, passive health), on the memory store.
+  service, two-target round-robin upstream, passive health, metrics and access log on)
+  on the SQLite store, as a user runs it; ``gateway-quiet``, the same with
+  ``--metrics off --access-log off`` (issue 11);
+* ``floor-2w`` and ``gateway-2w``: the same with two worker processes on both cores.
 
-Floor and gateway are pinned to core 0; nginx, wrk and this script to core 1. Each case
-(non-streaming at 1/32/64 concurrent, streaming at 1/32, OpenAI client on an Anthropic
-target at 1/32, whole and streamed) runs against the direct mock, the floor and the
-gateway one after the other, with a warm-up before each measurement; at 32 concurrent
-(whole and streamed), also a ``gateway-quiet`` with ``--metrics off --access-log off``,
-whose difference to the gateway is what metrics and the access log cost (issue 11's
-target: at most 5 %). Then: two workers,
-1,000 slow streams open at once, start-to-ready time, and (``--profile``) a py-spy profile
-of the gateway at 32 concurrent. Writes the tables into docs/benchmarks.md (between the
-``results`` markers), raw numbers into benchmarks/results/latest.json, and prints
-PASS/MISS for each target of issue 6.
+One-worker servers are pinned to core 0; nginx, wrk and this script to core 1. Every
+server runs for the whole measurement; only the one under load does work.
+
+**Rounds** (``--repeat``, 3 by default): each round measures every (case, server) pair
+once, a case's servers back to back (so every ratio compares measurements taken
+within a minute of each other), in reverse order every other round (so a drift of the
+machine does not favour one side). Each ratio is computed within each round, then
+reported as its median and its spread (min-max) over the rounds; a target whose rounds
+fall on both sides of its limit is reported as inconclusive. Then, once: 1,000 slow
+streams open at once, start-to-ready times, and (``--profile``) py-spy profiles.
+
+Writes the tables into docs/benchmarks.md (between the ``results`` markers), raw
+numbers (every sample, every round's ratios) into benchmarks/results/latest.json, and
+prints PASS/MISS for each target of issues 17, 6 and 11.
 
 Installs nothing: it says what to ``apt-get install`` when nginx, its echo module or wrk
 is missing. Linux only (taskset, /proc).
@@ -69,24 +75,38 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 OPENAI_MODEL = "gpt-4o-mini"
 ANTHROPIC_MODEL = "claude-3-5-haiku-20241022"
+#: Seconds between the events of a slow stream, and over how long the streams are opened
+#: (``--slow-interval``, ``--slow-ramp``; docs/benchmarks.md says why these values).
 SLOW_SLEEP_S = 0.5
 SLOW_RAMP_S = 4.0
 SLOW_STREAMS = 1000
 #: Other processes using more than this share of a core during a measurement: noisy.
 NOISY = 0.15
+ROUNDS = 3
 
-# Targets of issue 6.
-ADDED_P50_MAX = 1.25
-RPS_MIN = 0.85
-STREAM_CPU_MAX = 1.3
-TRANSLATED_CPU_MAX = 2.0
+# Targets of issue 17 (medians over the rounds).
+RPS_MIN = 0.95  # non-streaming c=32: gateway req/s ÷ floor's
+RPS_STRETCH = 1.0
+CONCURRENCY_CPU_MAX = 1.05  # gateway CPU per request at c=32 ÷ its own at c=1
+TRANSLATED_MIN = 0.9  # translated streams per CPU-second ÷ the floor's relaying them
+WORKERS_MIN = 1.8  # --workers 2 req/s ÷ one worker's, c=32
 SLOW_RSS_MAX_MB = 250.0
 READY_MAX_S = 1.5
+# Targets of issue 6 that still say something.
+ADDED_P50_MAX = 1.25
+STREAM_CPU_MAX = 1.3
 # Target of issue 11: metrics + access log cost at most this share of the gateway's CPU.
 TELEMETRY_COST_MAX = 0.05
+
 #: Cases measured with the telemetry off too (the gateway-quiet rows).
 QUIET_CASES = ("nonstream-c32", "stream-c32")
 QUIET_FLAGS = ["--metrics", "off", "--access-log", "off"]
+#: Cases measured against the mock directly too (the latency under the added p50).
+DIRECT_CASES = ("nonstream-c1",)
+#: Cases measured with two workers too (floor-2w, gateway-2w).
+WORKER_CASES = ("nonstream-c32",)
+#: What ``--only`` may name besides case ids.
+EXTRAS = ("slow-streams", "startup")
 
 
 def gateway_key(gateway: str) -> str:
@@ -286,6 +306,27 @@ def wait_ready(
     raise SystemExit(f"{proc.name} not ready on :{port}{path} after {deadline_s} s:\n{proc.tail()}")
 
 
+def wait_settled(proc: Proc, processes: int, deadline_s: float = 60) -> None:
+    """Until ``proc``'s tree has ``processes`` processes, all of them idle.
+
+    A server with several workers is ready (``/readyz``) as soon as its first process
+    is; the others start after it. Measured before they are up, every connection wrk
+    opens goes to the first one and stays there (keep-alive): two workers would be
+    measured as one.
+    """
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        tree = proc.tree()
+        if len(tree) >= processes:
+            before = {pid: cpu_seconds([pid]) for pid in tree}
+            time.sleep(0.5)
+            if all(cpu_seconds([pid]) - cpu < 0.05 for pid, cpu in before.items()):
+                return
+        else:
+            time.sleep(0.05)
+    raise SystemExit(f"{proc.name}: not {processes} idle processes after {deadline_s} s")
+
+
 # --- the pieces -----------------------------------------------------------------------------
 
 
@@ -301,10 +342,29 @@ class Env:
     port_a: int = 0
     port_b: int = 0
     bodies: dict[str, Path] = field(default_factory=dict)
+    #: ``memory`` or ``sqlite`` (``--store``): the one-worker gateways' store.
+    store: str = "sqlite"
+    slow_sleep: float = SLOW_SLEEP_S
+    slow_ramp: float = SLOW_RAMP_S
+    #: Where the Python servers' bytecode is cached, in ``tmp``.
+    pycache: str = "pycache"
+
+    @property
+    def python_env(self) -> dict[str, str]:
+        """The environment of the Python servers: bytecode cached, as an installed package has it.
+
+        A ``PYTHONDONTWRITEBYTECODE`` in the caller's environment would make every start
+        compile the gateway's sources again (an editable install has no ``.pyc``), a
+        cost no installed gateway pays; the cache goes into the run's temporary
+        directory, not the working tree.
+        """
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        env["PYTHONPYCACHEPREFIX"] = str(self.tmp / self.pycache)
+        return env
 
     @property
     def gateway_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TRIO_GATEWAY_")}
+        env = {k: v for k, v in self.python_env.items() if not k.startswith("TRIO_GATEWAY_")}
         env["BENCH_MOCK_A"] = f"http://127.0.0.1:{self.port_a}"
         env["BENCH_MOCK_B"] = f"http://127.0.0.1:{self.port_b}"
         if self.gateway_src is not None:
@@ -376,7 +436,7 @@ def start_mock(env: Env) -> Proc:
             port_a=env.port_a,
             port_b=env.port_b,
             echo_module=env.echo_module,
-            slow_sleep=SLOW_SLEEP_S,
+            slow_sleep=env.slow_sleep,
         )
     )
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -392,7 +452,7 @@ def start_floor(env: Env, *, workers: int = 1) -> tuple[Proc, int]:
     cores = SERVER_CORE if workers == 1 else ALL_CORES
     argv = ["taskset", "-c", cores, env.python, str(HERE / "floor_proxy.py")]
     argv += ["--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
-    proc_env = {**os.environ, "FLOOR_UPSTREAM": f"http://127.0.0.1:{env.port_a}"}
+    proc_env = {**env.python_env, "FLOOR_UPSTREAM": f"http://127.0.0.1:{env.port_a}"}
     name = "floor" if workers == 1 else f"floor-{workers}w"
     proc = Proc(name, argv, env.tmp / f"{name}.log", env=proc_env).start()
     # The floor has no GET route: any HTTP answer means it is serving.
@@ -424,28 +484,35 @@ def gateway_quiet_flags(env: Env) -> bool:
 
 
 def start_gateway(
-    env: Env, *, workers: int = 1, name: str | None = None, extra: list[str] | None = None
+    env: Env,
+    *,
+    workers: int = 1,
+    name: str | None = None,
+    extra: list[str] | None = None,
+    data: Path | None = None,
 ) -> tuple[Proc, int, float]:
     """Start it; return it, its proxy port and seconds from spawn to ``/readyz`` 200.
 
-    The access log (on unless ``extra`` says ``--access-log off``) goes to the
-    process's log file, like any log line: the cost of writing it is measured.
+    The store is SQLite in ``data`` (default: a directory of its own in the run's
+    temporary directory), as ``trio-gateway serve`` uses by default; with
+    ``--store memory`` the one-worker gateways keep it in memory. The access log (on
+    unless ``extra`` says ``--access-log off``) goes to the process's log file, like
+    any log line: the cost of writing it is measured.
     """
     port, admin = free_port(), free_port()
+    name = name or ("gateway" if workers == 1 else f"gateway-{workers}w")
     cores = SERVER_CORE if workers == 1 else ALL_CORES
     argv = ["taskset", "-c", cores, env.gateway_bin, "serve"]
     argv += ["--config", str(HERE / "gateway.yaml")]
-    if workers == 1:
+    if workers == 1 and env.store == "memory" and data is None:
         argv += ["--memory"]
     else:  # several workers share the configuration through the SQLite store
-        data = env.tmp / f"gateway-data-{free_port()}"
-        argv += ["--data-dir", str(data)]
+        argv += ["--data-dir", str(data or env.tmp / f"data-{name}")]
     argv += ["--admin-listen", f"127.0.0.1:{admin}", "--proxy-listen", f"127.0.0.1:{port}"]
     argv += ["--log-level", "WARNING", *(extra or [])]
     if workers != 1:
         argv += ["--workers", str(workers)]
     proc_env = env.gateway_env
-    name = name or ("gateway" if workers == 1 else f"gateway-{workers}w")
     proc = Proc(name, argv, env.tmp / f"{name}.log", env=proc_env)
     started = time.monotonic()
     proc.start()
@@ -572,19 +639,24 @@ class Sample:
     #: Everything else the machine ran meanwhile (other processes, this script), as a
     #: share of one core: a noisy neighbour shows here.
     other_cpu_util: float
+    #: Each process's CPU as a share of one core, busiest first (several workers:
+    #: how evenly the load was spread).
+    proc_cpu_util: list[float] = field(default_factory=list)
 
 
 def measure(env: Env, mock: Proc, server: Server, case: Case, args, round_: int) -> Sample:
     run_wrk(env, server, case, args.warmup)
     time.sleep(0.2)
     tree, mock_tree = server.proc.tree(), mock.tree()
-    cpu0, mock0, t0 = cpu_seconds(tree), cpu_seconds(mock_tree), time.monotonic()
+    each0 = {pid: cpu_seconds([pid]) for pid in tree}
+    mock0, t0 = cpu_seconds(mock_tree), time.monotonic()
     busy0 = machine_busy_seconds()
     result, wrk_cpu = run_wrk(env, server, case, args.duration)
     wall = time.monotonic() - t0
     busy = machine_busy_seconds() - busy0
-    tree = server.proc.tree()
-    cpu, mock_cpu = cpu_seconds(tree) - cpu0, cpu_seconds(mock_tree) - mock0
+    each = {pid: cpu_seconds([pid]) - each0.get(pid, 0.0) for pid in server.proc.tree()}
+    cpu, mock_cpu = sum(each.values()), cpu_seconds(mock_tree) - mock0
+    tree = list(each)
     if server.proc is mock:
         mock_cpu = 0.0  # direct: the server is the mock
     n = max(result["requests"], 1)
@@ -608,9 +680,10 @@ def measure(env: Env, mock: Proc, server: Server, case: Case, args, round_: int)
         mock_cpu_us_per_req=mock_cpu * 1e6 / n,
         wrk_cpu_util=wrk_cpu / wall,
         other_cpu_util=max(busy - cpu - mock_cpu - wrk_cpu, 0.0) / wall,
+        proc_cpu_util=sorted((c / wall for c in each.values() if c / wall >= 0.01), reverse=True),
     )
     print(
-        f"  {case.id:<22} {server.name:<11} {sample.rps:8.0f} req/s  p50 {sample.p50_ms:7.2f} ms"
+        f"  r{round_ + 1} {case.id:<20} {server.name:<13} {sample.rps:8.0f} req/s  p50 {sample.p50_ms:7.2f} ms"
         f"  p99 {sample.p99_ms:7.2f} ms  cpu {sample.cpu_ms_per_req:6.3f} ms/req"
         f" ({sample.cpu_util:4.0%})  rss {sample.rss_mb:5.0f} MB  mock {sample.mock_cpu_util:4.0%}"
         f"  wrk {sample.wrk_cpu_util:4.0%}  other {sample.other_cpu_util:4.0%}"
@@ -621,10 +694,18 @@ def measure(env: Env, mock: Proc, server: Server, case: Case, args, round_: int)
 
 
 def combine(samples: list[Sample]) -> dict:
-    """Median of each metric over rounds (one round: the sample itself)."""
+    """Median of each metric over rounds (one round: the sample itself), and the spread
+    (min, max) of requests/s and CPU per request."""
     first = samples[0]
     out = {"case": first.case, "server": first.server, "concurrency": first.concurrency}
     out["rounds"] = len(samples)
+    for name in ("rps", "cpu_ms_per_req"):
+        out[f"{name}_min"] = min(getattr(s, name) for s in samples)
+        out[f"{name}_max"] = max(getattr(s, name) for s in samples)
+    split = [s.proc_cpu_util for s in samples if len(s.proc_cpu_util) > 1]
+    out["proc_cpu_util"] = (
+        [statistics.median(c) for c in zip(*split, strict=False)] if split else []
+    )
     out["requests"] = sum(s.requests for s in samples)
     out["errors"] = sum(s.errors for s in samples)
     for name in (
@@ -646,13 +727,18 @@ def combine(samples: list[Sample]) -> dict:
 
 @contextlib.contextmanager
 def rss_sampler(proc: Proc, interval: float = 0.05) -> Iterator[dict]:
-    """Peak resident memory of ``proc``'s tree while the block runs."""
+    """Peak resident memory of ``proc``'s tree while the block runs.
+
+    The tree is listed once (a listing reads every process's ``/proc`` entry: every
+    50 ms, on the load core, that would take CPU from the load generator and the mock).
+    """
     state = {"peak_mb": 0.0, "samples": 0}
     stop = threading.Event()
+    pids = proc.tree()
 
     def loop() -> None:
         while not stop.is_set():
-            state["peak_mb"] = max(state["peak_mb"], proc.rss())
+            state["peak_mb"] = max(state["peak_mb"], rss_mb(pids))
             state["samples"] += 1
             stop.wait(interval)
 
@@ -671,12 +757,12 @@ def slow_streams(env: Env, server: Server, n: int) -> dict:
     body = env.bodies["openai-stream"]
     argv = ["taskset", "-c", LOAD_CORE, env.python, str(HERE / "slow_streams.py")]
     argv += ["--url", f"http://127.0.0.1:{server.port}{path}", "--body-file", str(body)]
-    argv += ["-n", str(n), "--ramp", str(SLOW_RAMP_S), "--api-key", server.key(case) or ""]
+    argv += ["-n", str(n), "--ramp", str(env.slow_ramp), "--api-key", server.key(case) or ""]
     idle = server.proc.rss()
-    cpu0 = server.proc.cpu()
+    cpu0, t0 = server.proc.cpu(), time.monotonic()
     with rss_sampler(server.proc) as rss:
         done = subprocess.run(argv, capture_output=True, text=True, check=False)
-    cpu = server.proc.cpu() - cpu0
+    cpu, wall = server.proc.cpu() - cpu0, time.monotonic() - t0
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCH_RESULT ")), None)
     if line is None:
         raise SystemExit(f"slow_streams failed:\n{done.stdout}\n{done.stderr}")
@@ -687,11 +773,19 @@ def slow_streams(env: Env, server: Server, n: int) -> dict:
         rss_peak_mb=rss["peak_mb"],
         rss_after_mb=server.proc.rss(),
         cpu_ms_per_stream=cpu * 1000 / n,
+        cpu_util=cpu / wall,
+        interval_s=env.slow_sleep,
+        ramp_s=env.slow_ramp,
     )
+    all_open = result["all_open_at"]
     print(
         f"  {n} slow streams via {server.name:<8}: {result['ok']}/{n} complete, "
-        f"{result['max_open']} open at once (all open at {result['all_open_at'] or 0:.1f} s), "
-        f"RSS {idle:.0f} → peak {rss['peak_mb']:.0f} MB, {result['elapsed_s']} s",
+        f"{result['max_open']} open at once"
+        + (f" (all open at {all_open:.1f} s)" if all_open is not None else "")
+        + f", first byte p99 {result.get('first_byte_s', {}).get('p99', 0):.2f} s, "
+        f"{result.get('connects_over_1s', 0)} connects ≥ 1 s, "
+        f"RSS {idle:.0f} → peak {rss['peak_mb']:.0f} MB, CPU {cpu / wall:.0%}, "
+        f"{result['elapsed_s']} s",
         flush=True,
     )
     return result
@@ -879,94 +973,356 @@ def find(rows: list[dict], case: str, server: str) -> dict | None:
     return next((r for r in rows if r["case"] == case and r["server"] == server), None)
 
 
-def targets(rows: list[dict], slow: list[dict], startup: dict) -> list[dict]:
-    checks = []
+#: One round's samples by (case id, server name).
+Round = dict[tuple[str, str], "Sample"]
 
-    def check(
-        name: str, value: float | None, limit: float, ok: Callable[[float], bool], detail: str
-    ):
-        checks.append(
-            {
-                "target": name,
-                "value": value,
-                "limit": limit,
-                "result": "n/a" if value is None else ("PASS" if ok(value) else "MISS"),
-                "detail": detail,
-            }
+
+@dataclass(frozen=True)
+class Check:
+    """A target: a value computed within each round, judged by its median over rounds."""
+
+    issue: str
+    name: str
+    #: ``None``: shown for information, judged against nothing.
+    limit: float | None
+    at_least: bool
+    #: The value in one round, from the samples it names (``None``: not measured).
+    value: Callable[[Round], float | None]
+    #: What the value is made of, from the medians of the rows.
+    detail: Callable[[list[dict]], str]
+    #: The (case, server) pairs the value uses: their noisy samples are counted.
+    uses: tuple[tuple[str, str], ...] = ()
+
+    def passes(self, value: float) -> bool:
+        assert self.limit is not None
+        return value >= self.limit if self.at_least else value <= self.limit
+
+
+def _metric(r: Round, case: str, server: str, name: str) -> float | None:
+    sample = r.get((case, server))
+    return None if sample is None else getattr(sample, name)
+
+
+def _ratio(case: str, num: str, den: str, metric: str) -> Callable[[Round], float | None]:
+    """``num``'s ``metric`` over ``den``'s, both in ``case``, within one round."""
+
+    def value(r: Round) -> float | None:
+        a, b = _metric(r, case, num, metric), _metric(r, case, den, metric)
+        return None if a is None or not b else a / b
+
+    return value
+
+
+def _rows(rows: list[dict], case: str, *servers: str) -> list[dict] | None:
+    found = [find(rows, case, s) for s in servers]
+    return None if any(f is None for f in found) else found  # type: ignore[return-value]
+
+
+def make_checks() -> list[Check]:
+    """Every target, issue 17's first. How each is measured: docs/benchmarks.md."""
+    checks: list[Check] = []
+
+    def rps_detail(case: str, a: str, b: str) -> Callable[[list[dict]], str]:
+        def detail(rows: list[dict]) -> str:
+            found = _rows(rows, case, a, b)
+            if found is None:
+                return ""
+            x, y = found
+            return f"{a} {x['rps']:.0f}, {b} {y['rps']:.0f} req/s (medians)"
+
+        return detail
+
+    c32 = "nonstream-c32"
+    checks.append(
+        Check(
+            "17",
+            "non-streaming c=32, one worker: gateway req/s ÷ floor's",
+            RPS_MIN,
+            True,
+            _ratio(c32, "gateway", "floor", "rps"),
+            rps_detail(c32, "gateway", "floor"),
+            ((c32, "gateway"), (c32, "floor")),
+        )
+    )
+    checks.append(
+        Check(
+            "17 (stretch)",
+            "non-streaming c=32, one worker: gateway req/s ÷ floor's",
+            RPS_STRETCH,
+            True,
+            _ratio(c32, "gateway", "floor", "rps"),
+            rps_detail(c32, "gateway", "floor"),
+            ((c32, "gateway"), (c32, "floor")),
+        )
+    )
+
+    def growth(r: Round) -> float | None:
+        a = _metric(r, c32, "gateway", "cpu_ms_per_req")
+        b = _metric(r, "nonstream-c1", "gateway", "cpu_ms_per_req")
+        return None if a is None or not b else a / b
+
+    def growth_detail(rows: list[dict]) -> str:
+        a, b = find(rows, c32, "gateway"), find(rows, "nonstream-c1", "gateway")
+        if a is None or b is None:
+            return ""
+        return (
+            f"gateway {a['cpu_ms_per_req'] * 1000:.0f} µs/req at c=32, "
+            f"{b['cpu_ms_per_req'] * 1000:.0f} at c=1"
         )
 
-    d, f, g = (find(rows, "nonstream-c1", s) for s in ("direct", "floor", "gateway"))
-    if d and f and g:
-        added_g, added_f = g["p50_ms"] - d["p50_ms"], f["p50_ms"] - d["p50_ms"]
-        check(
+    checks.append(
+        Check(
+            "17",
+            "non-streaming: gateway CPU per request at c=32 ÷ at c=1",
+            CONCURRENCY_CPU_MAX,
+            False,
+            growth,
+            growth_detail,
+            ((c32, "gateway"), ("nonstream-c1", "gateway")),
+        )
+    )
+    for c in (1, 32):
+        case = f"translate-stream-c{c}"
+
+        def translated_detail(rows: list[dict], case: str = case) -> str:
+            found = _rows(rows, case, "gateway", "floor")
+            if found is None:
+                return ""
+            g, f = found
+            return (
+                f"CPU per stream: gateway {g['cpu_ms_per_req']:.3f} ms (translating), floor "
+                f"{f['cpu_ms_per_req']:.3f} ms (relaying the same Anthropic stream); "
+                f"req/s ratio {g['rps'] / f['rps']:.2f}"
+            )
+
+        checks.append(
+            Check(
+                "17",
+                f"translated streaming c={c}: streams per CPU-second, gateway ÷ floor's",
+                TRANSLATED_MIN,
+                True,
+                # Streams per CPU-second is the inverse of CPU per stream.
+                _ratio(case, "floor", "gateway", "cpu_ms_per_req"),
+                translated_detail,
+                ((case, "gateway"), (case, "floor")),
+            )
+        )
+
+    def workers_detail(server: str, one: str) -> Callable[[list[dict]], str]:
+        def detail(rows: list[dict]) -> str:
+            found = _rows(rows, c32, server, one)
+            if found is None:
+                return ""
+            two, single = found
+            load = two["wrk_cpu_util"] + two["mock_cpu_util"]
+            split = "+".join(f"{u:.0%}" for u in two["proc_cpu_util"]) or "?"
+            return (
+                f"{server} {two['rps']:.0f}, {one} {single['rps']:.0f} req/s; processes' CPU "
+                f"{split} of a core; wrk + mock {load:.0%} of a core (ceiling ≈ "
+                f"{2 - load:.2f})"
+            )
+
+        return detail
+
+    checks.append(
+        Check(
+            "17",
+            "`--workers 2` on 2 cores ÷ one worker, non-streaming c=32, req/s",
+            WORKERS_MIN,
+            True,
+            _ratio(c32, "gateway-2w", "gateway", "rps"),
+            workers_detail("gateway-2w", "gateway"),
+            ((c32, "gateway-2w"), (c32, "gateway")),
+        )
+    )
+    checks.append(
+        Check(
+            "info",
+            "the floor's two workers ÷ its one, non-streaming c=32, req/s (the stack's own)",
+            None,
+            True,
+            _ratio(c32, "floor-2w", "floor", "rps"),
+            workers_detail("floor-2w", "floor"),
+            ((c32, "floor-2w"), (c32, "floor")),
+        )
+    )
+
+    # Issue 6: what still says something.
+    def added_p50(r: Round) -> float | None:
+        d = _metric(r, "nonstream-c1", "direct", "p50_ms")
+        f = _metric(r, "nonstream-c1", "floor", "p50_ms")
+        g = _metric(r, "nonstream-c1", "gateway", "p50_ms")
+        if d is None or f is None or g is None or f <= d:
+            return None
+        return (g - d) / (f - d)
+
+    def added_detail(rows: list[dict]) -> str:
+        found = _rows(rows, "nonstream-c1", "direct", "floor", "gateway")
+        if found is None:
+            return ""
+        d, f, g = found
+        return (
+            f"gateway +{g['p50_ms'] - d['p50_ms']:.3f} ms, floor +{f['p50_ms'] - d['p50_ms']:.3f} "
+            f"ms over direct {d['p50_ms']:.3f} ms"
+        )
+
+    checks.append(
+        Check(
+            "6",
             "non-streaming c=1: gateway's added p50 ÷ floor's",
-            added_g / added_f,
             ADDED_P50_MAX,
-            lambda v: v <= ADDED_P50_MAX,
-            f"gateway +{added_g:.3f} ms, floor +{added_f:.3f} ms over direct {d['p50_ms']:.3f} ms",
+            False,
+            added_p50,
+            added_detail,
+            tuple(("nonstream-c1", s) for s in ("direct", "floor", "gateway")),
+        )
+    )
+    for c in (1, 32):
+        case = f"stream-c{c}"
+
+        def stream_detail(rows: list[dict], case: str = case) -> str:
+            found = _rows(rows, case, "gateway", "floor")
+            if found is None:
+                return ""
+            g, f = found
+            return f"gateway {g['cpu_ms_per_req']:.3f}, floor {f['cpu_ms_per_req']:.3f} ms"
+
+        checks.append(
+            Check(
+                "6",
+                f"streaming c={c}: gateway CPU per stream ÷ floor's",
+                STREAM_CPU_MAX,
+                False,
+                _ratio(case, "gateway", "floor", "cpu_ms_per_req"),
+                stream_detail,
+                ((case, "gateway"), (case, "floor")),
+            )
         )
     for case in QUIET_CASES:
-        g, q = find(rows, case, "gateway"), find(rows, case, "gateway-quiet")
-        if g and q:
-            check(
-                f"{case}: metrics + access log, share of the gateway's CPU per request",
-                g["cpu_ms_per_req"] / q["cpu_ms_per_req"] - 1,
-                TELEMETRY_COST_MAX,
-                lambda v: v <= TELEMETRY_COST_MAX,
+
+        def cost(r: Round, case: str = case) -> float | None:
+            g = _metric(r, case, "gateway", "cpu_ms_per_req")
+            q = _metric(r, case, "gateway-quiet", "cpu_ms_per_req")
+            return None if g is None or not q else g / q - 1
+
+        def cost_detail(rows: list[dict], case: str = case) -> str:
+            found = _rows(rows, case, "gateway", "gateway-quiet")
+            if found is None:
+                return ""
+            g, q = found
+            return (
                 f"gateway {g['cpu_ms_per_req'] * 1000:.0f} µs/req, with --metrics off "
-                f"--access-log off {q['cpu_ms_per_req'] * 1000:.0f} µs/req",
+                f"--access-log off {q['cpu_ms_per_req'] * 1000:.0f} µs/req"
             )
-    f, g = find(rows, "nonstream-c32", "floor"), find(rows, "nonstream-c32", "gateway")
-    if f and g:
-        check(
-            "non-streaming c=32, one worker: gateway req/s ÷ floor's",
-            g["rps"] / f["rps"],
-            RPS_MIN,
-            lambda v: v >= RPS_MIN,
-            f"gateway {g['rps']:.0f}, floor {f['rps']:.0f} req/s",
+
+        checks.append(
+            Check(
+                "11",
+                f"{case}: metrics + access log, share of the gateway's CPU per request",
+                TELEMETRY_COST_MAX,
+                False,
+                cost,
+                cost_detail,
+                ((case, "gateway"), (case, "gateway-quiet")),
+            )
         )
-    for c in (1, 32):
-        f, g = find(rows, f"stream-c{c}", "floor"), find(rows, f"stream-c{c}", "gateway")
-        if f and g:
-            check(
-                f"streaming c={c}: gateway CPU per stream ÷ floor's",
-                g["cpu_ms_per_req"] / f["cpu_ms_per_req"],
-                STREAM_CPU_MAX,
-                lambda v: v <= STREAM_CPU_MAX,
-                f"gateway {g['cpu_ms_per_req']:.3f}, floor {f['cpu_ms_per_req']:.3f} ms",
-            )
-    for c in (1, 32):
-        f = find(rows, f"translate-stream-c{c}", "floor")
-        g = find(rows, f"translate-stream-c{c}", "gateway")
-        if f and g:
-            check(
-                f"translated streaming c={c}: gateway CPU per stream ÷ floor's",
-                g["cpu_ms_per_req"] / f["cpu_ms_per_req"],
-                TRANSLATED_CPU_MAX,
-                lambda v: v <= TRANSLATED_CPU_MAX,
-                f"gateway {g['cpu_ms_per_req']:.3f} ms (translating), floor "
-                f"{f['cpu_ms_per_req']:.3f} ms (relaying the same Anthropic stream)",
+    return checks
+
+
+def judge(
+    name: str,
+    issue: str,
+    values: list[float],
+    limit: float | None,
+    at_least: bool,
+    detail: str,
+    noisy: int = 0,
+) -> dict:
+    """Median and spread of ``values``; PASS/MISS by the median; conclusive or not."""
+    median = statistics.median(values)
+    out = {
+        "issue": issue,
+        "target": name,
+        "values": values,
+        "value": median,
+        "min": min(values),
+        "max": max(values),
+        "limit": limit,
+        "at_least": at_least,
+        "detail": detail,
+        "noisy_rounds": noisy,
+    }
+    if limit is None:
+        out.update(result="info", conclusive="")
+        return out
+
+    def ok(v: float) -> bool:
+        return v >= limit if at_least else v <= limit
+
+    passing = sum(ok(v) for v in values)
+    out["result"] = "PASS" if ok(median) else "MISS"
+    if 0 < passing < len(values):
+        out["conclusive"] = "no: the rounds straddle the limit"
+    elif len(values) < ROUNDS:
+        out["conclusive"] = f"no: {len(values)} round(s)"
+    else:
+        out["conclusive"] = "yes"
+    if noisy:
+        out["conclusive"] += f" ({noisy} noisy round(s))"
+    return out
+
+
+def targets(
+    rows: list[dict], rounds: list[Round], slow: list[dict], startup: dict[str, list[float]]
+) -> list[dict]:
+    results = []
+    for check in make_checks():
+        values, noisy = [], 0
+        for r in rounds:
+            value = check.value(r)
+            if value is None:
+                continue
+            values.append(value)
+            used = [r[u] for u in check.uses if u in r]
+            noisy += any(s.other_cpu_util > NOISY for s in used)
+        if values:
+            results.append(
+                judge(
+                    check.name,
+                    check.issue,
+                    values,
+                    check.limit,
+                    check.at_least,
+                    check.detail(rows),
+                    noisy,
+                )
             )
     g_slow = next((s for s in slow if s["server"] == "gateway"), None)
     if g_slow:
         complete = g_slow["ok"] == g_slow["n"] and g_slow["max_open"] == g_slow["n"]
-        check(
-            f"{g_slow['n']} concurrent open streams: all complete, peak RSS (MB)",
-            g_slow["rss_peak_mb"] if complete else float("inf"),
+        out = judge(
+            f"{g_slow['n']} slow streams: all complete and open at once, peak RSS (MB)",
+            "17",
+            [g_slow["rss_peak_mb"] if complete else float("inf")],
             SLOW_RSS_MAX_MB,
-            lambda v: v < SLOW_RSS_MAX_MB,
-            f"{g_slow['ok']}/{g_slow['n']} complete, {g_slow['max_open']} open at once",
+            False,
+            f"{g_slow['ok']}/{g_slow['n']} complete, {g_slow['max_open']} open at once, "
+            f"peak {g_slow['rss_peak_mb']:.0f} MB",
         )
+        out["conclusive"] = "one run"
+        results.append(out)
     if startup.get("gateway"):
-        times = startup["gateway"]
-        check(
-            "start to ready (s), median of runs",
-            statistics.median(times),
-            READY_MAX_S,
-            lambda v: v < READY_MAX_S,
-            "runs: " + ", ".join(f"{t:.2f}" for t in times),
+        results.append(
+            judge(
+                "start to ready (s)",
+                "17",
+                startup["gateway"],
+                READY_MAX_S,
+                False,
+                "runs: " + ", ".join(f"{t:.2f}" for t in startup["gateway"]),
+            )
         )
-    return checks
+    return results
 
 
 SERVER_ORDER = {
@@ -977,6 +1333,10 @@ SERVER_ORDER = {
     "floor-2w": 4,
     "gateway-2w": 5,
 }
+
+
+def _fmt(value: float) -> str:
+    return "∞" if value == float("inf") else f"{value:.2f}"
 
 
 def markdown(report: dict) -> str:
@@ -990,15 +1350,37 @@ def markdown(report: dict) -> str:
         + f"; {m['nginx']}; {m['wrk'].split(' [')[0]}.",
         f"* Command: `{report['command']}` ({report['settings']}).",
         "",
+        "### Targets",
+        "",
+        "Each value is computed within each round; *median* and *rounds* are over the "
+        "rounds. *Conclusive*: **no** when some rounds meet the limit and others miss it "
+        "(the median then decides nothing: rerun on a quiet machine); *noisy*: rounds in "
+        "which another process used more than "
+        f"{NOISY:.0%} of a core during one of the measurements compared.",
+        "",
+        "| Issue | Target | Median | Rounds (min-max) | Limit | Result | Conclusive | Detail |",
+        "|---|---|---:|---:|---:|---|---|---|",
+    ]
+    for c in report["targets"]:
+        limit = "" if c["limit"] is None else f"{'≥' if c['at_least'] else '≤'} {c['limit']:g}"
+        spread = "" if len(c["values"]) < 2 else f"{_fmt(c['min'])}-{_fmt(c['max'])}"
+        result = c["result"] if c["result"] == "info" else f"**{c['result']}**"
+        lines.append(
+            f"| {c['issue']} | {c['target']} | {_fmt(c['value'])} | {spread} | {limit} | "
+            f"{result} | {c['conclusive']} | {c['detail']} |"
+        )
+    lines += [
+        "",
         "### Requests",
         "",
-        "CPU is the server's (for `direct`: nginx's) per request and as a share of one core. "
+        "Medians over the rounds; req/s also as min-max. CPU is the server's (for `direct`: "
+        "nginx's) per request and as a share of one core (several processes: each one's). "
         "The mock's and wrk's CPU show that neither was the bottleneck; *other* is everything "
         "else the machine ran meanwhile (a noisy neighbour shows there).",
         "",
-        "| Case | Conc. | Server | req/s | p50 ms | p99 ms | CPU ms/req | CPU % core "
-        "| RSS MB | mock CPU % | wrk CPU % | other CPU % | errors |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| Case | Conc. | Server | req/s | req/s min-max | p50 ms | p99 ms | CPU ms/req | "
+        "CPU % core | RSS MB | mock CPU % | wrk CPU % | other CPU % | errors |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     rows = sorted(
         report["rows"],
@@ -1006,58 +1388,76 @@ def markdown(report: dict) -> str:
     )
     labels = report["case_labels"]
     for r in rows:
+        util = f"{r['cpu_util']:.0%}"
+        if len(r.get("proc_cpu_util") or []) > 1:
+            util += " (" + "+".join(f"{u:.0%}" for u in r["proc_cpu_util"]) + ")"
         lines.append(
             f"| {labels[r['case']]} | {r['concurrency']} | {r['server']} | {r['rps']:.0f} | "
+            f"{r['rps_min']:.0f}-{r['rps_max']:.0f} | "
             f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['cpu_ms_per_req']:.3f} | "
-            f"{r['cpu_util']:.0%} | {r['rss_mb']:.0f} | "
+            f"{util} | {r['rss_mb']:.0f} | "
             + ("(server)" if r["server"] == "direct" else f"{r['mock_cpu_util']:.0%}")
             + f" | {r['wrk_cpu_util']:.0%} | {r['other_cpu_util']:.0%} | {r['errors']} |"
         )
-    lines += ["", "### Targets (issue 6)", "", "| Target | Measured | Limit | Result | Detail |"]
-    lines += ["|---|---:|---:|---|---|"]
-    for c in report["targets"]:
-        value = "-" if c["value"] is None else f"{c['value']:.2f}"
-        lines.append(
-            f"| {c['target']} | {value} | {c['limit']:g} | **{c['result']}** | {c['detail']} |"
-        )
     if report["slow"]:
+        first = report["slow"][0]
         lines += [
             "",
-            f"### {SLOW_STREAMS} slow streams open at once",
+            f"### {first['n']} slow streams open at once",
             "",
-            f"Each stream: the 21 events of the streaming case, {SLOW_SLEEP_S} s apart "
-            f"(~{20 * SLOW_SLEEP_S:.0f} s); connections opened evenly over {SLOW_RAMP_S:g} s, "
-            "one stream per connection; RSS sampled every 50 ms.",
+            f"Each stream: the 23 events of the streaming case, {first['interval_s']:g} s apart "
+            f"(~{22 * first['interval_s']:.0f} s); connections opened evenly over "
+            f"{first['ramp_s']:g} s, one stream per connection; a stream is open from its first "
+            "byte to its end; RSS sampled every 50 ms. *First byte*: from the start of the "
+            "connection; *connects ≥ 1 s*: connections that waited for a SYN retransmit "
+            "(a full listen queue); *CPU %*: the server's, over the run.",
             "",
-            "| Server | complete | most open at once | RSS before MB | peak RSS MB | CPU ms/stream | wall s |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            "| Server | complete | most open at once | all open at s | first byte p50 / p99 s "
+            "| connects ≥ 1 s | RSS before MB | peak RSS MB | CPU ms/stream | CPU % | wall s |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for s in report["slow"]:
+            fb = s.get("first_byte_s") or {}
+            at = "-" if s["all_open_at"] is None else f"{s['all_open_at']:.1f}"
             lines.append(
-                f"| {s['server']} | {s['ok']}/{s['n']} | {s['max_open']} | {s['rss_before_mb']:.0f} | "
-                f"{s['rss_peak_mb']:.0f} | {s['cpu_ms_per_stream']:.2f} | {s['elapsed_s']:.1f} |"
+                f"| {s['server']} | {s['ok']}/{s['n']} | {s['max_open']} | {at} | "
+                f"{fb.get('p50', 0):.2f} / {fb.get('p99', 0):.2f} | "
+                f"{s.get('connects_over_1s', 0)} | {s['rss_before_mb']:.0f} | "
+                f"{s['rss_peak_mb']:.0f} | {s['cpu_ms_per_stream']:.2f} | "
+                f"{s['cpu_util']:.0%} | {s['elapsed_s']:.1f} |"
             )
     if report["startup"]:
         lines += [
             "",
             "### Start to ready",
             "",
-            "| Process | runs (s) | median s |",
-            "|---|---|---:|",
+            "From spawning the process to the first `200` from `/readyz` on the proxy "
+            "listener; bytecode cached. *first start*: the untimed one before them (bytecode "
+            "compiled, the store created).",
+            "",
+            "| Process | first start s | runs (s) | median s |",
+            "|---|---:|---|---:|",
         ]
+        first_starts = report.get("first_start") or {}
         for name, times in report["startup"].items():
+            first = first_starts.get(name)
             lines.append(
-                f"| {name} | {', '.join(f'{t:.2f}' for t in times)} | {statistics.median(times):.2f} |"
+                f"| {name} | {'-' if first is None else f'{first:.2f}'} | "
+                f"{', '.join(f'{t:.2f}' for t in times)} | {statistics.median(times):.2f} |"
             )
-    profiles = {p["server"]: p for p in report.get("profile") or []}
-    if "floor" in profiles and "gateway" in profiles:
+    by_case: dict[str, dict[str, dict]] = {}
+    for p in report.get("profile") or []:
+        by_case.setdefault(p["case"], {})[p["server"]] = p
+    for case, profiles in by_case.items():
+        if "floor" not in profiles or "gateway" not in profiles:
+            continue
         f, g = profiles["floor"], profiles["gateway"]
         fp = {e["frame"]: e["us_per_req"] for e in f["packages"]}
         gp = {e["frame"]: e["us_per_req"] for e in g["packages"]}
         names = sorted(set(fp) | set(gp), key=lambda n: -(gp.get(n, 0) - fp.get(n, 0)))
         lines += [
             "",
-            f"### Where the CPU goes ({f['case']}, py-spy)",
+            f"### Where the CPU goes ({case}, py-spy)",
             "",
             f"Own CPU time per request by package. Top functions: `{f['top']}`, `{g['top']}`.",
             "",
@@ -1092,15 +1492,54 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=8, help="seconds per measurement")
     parser.add_argument("--warmup", type=float, default=2, help="seconds of warm-up before each")
-    parser.add_argument("--repeat", type=int, default=1, help="rounds; the median is reported")
-    parser.add_argument("--only", default="", help="comma-separated case ids (e.g. nonstream-c32)")
     parser.add_argument(
-        "--profile", action="store_true", help="py-spy the floor and the gateway at nonstream-c32"
+        "--repeat",
+        type=int,
+        default=ROUNDS,
+        help=f"interleaved rounds (default {ROUNDS}); medians and min-max reported",
     )
     parser.add_argument(
-        "--no-extras", action="store_true", help="skip 2 workers, slow streams, start-up"
+        "--only",
+        default="",
+        help="comma-separated case ids (e.g. nonstream-c32) and extras ("
+        + ", ".join(EXTRAS)
+        + "): only these",
     )
+    parser.add_argument(
+        "--servers",
+        default="",
+        help="comma-separated servers to measure (direct, floor, gateway, gateway-quiet, "
+        "floor-2w, gateway-2w); default: every one each case has",
+    )
+    parser.add_argument(
+        "--profile",
+        nargs="?",
+        const="nonstream-c32",
+        default=None,
+        metavar="CASES",
+        help="py-spy the floor and the gateway (default at nonstream-c32; or comma-separated "
+        "case ids, e.g. nonstream-c1,nonstream-c32)",
+    )
+    parser.add_argument("--no-extras", action="store_true", help="skip slow streams, start-up")
     parser.add_argument("--startups", type=int, default=5, help="start-to-ready runs")
+    parser.add_argument(
+        "--slow-interval",
+        type=float,
+        default=SLOW_SLEEP_S,
+        help=f"seconds between a slow stream's events (default {SLOW_SLEEP_S:g})",
+    )
+    parser.add_argument(
+        "--slow-ramp",
+        type=float,
+        default=SLOW_RAMP_S,
+        help=f"seconds over which the slow streams are opened (default {SLOW_RAMP_S:g})",
+    )
+    parser.add_argument(
+        "--store",
+        choices=["sqlite", "memory"],
+        default="sqlite",
+        help="the one-worker gateways' store (default sqlite, as `trio-gateway serve`)",
+    )
     parser.add_argument(
         "--ref",
         help="measure the gateway of this commit (git archive into a temporary directory) "
@@ -1111,14 +1550,30 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=HERE / "results" / "latest.json")
     args = parser.parse_args()
 
+    all_cases = make_cases()
+    wanted = {w for w in args.only.split(",") if w}
+    if unknown := wanted - {c.id for c in all_cases} - set(EXTRAS):
+        sys.exit(
+            f"--only: unknown {', '.join(sorted(unknown))}; cases: "
+            + ", ".join(c.id for c in all_cases)
+            + "; extras: "
+            + ", ".join(EXTRAS)
+        )
+    cases = [c for c in all_cases if not wanted or c.id in wanted]
+    extras = set() if args.no_extras else {e for e in EXTRAS if not wanted or e in wanted}
+    profiled_ids = [c for c in (args.profile or "").split(",") if c]
+    if bad := set(profiled_ids) - {c.id for c in all_cases}:
+        sys.exit(f"--profile: unknown case(s) {', '.join(sorted(bad))}")
+    only_servers = {s for s in args.servers.split(",") if s}
+    if bad := only_servers - set(SERVER_ORDER):
+        sys.exit(f"--servers: unknown {', '.join(sorted(bad))}; known: {', '.join(SERVER_ORDER)}")
+    if args.repeat < 1:
+        sys.exit("--repeat: at least 1")
+
     echo, gateway_bin = check_prerequisites()
     os.sched_setaffinity(0, {int(LOAD_CORE)})
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(soft, 16384), hard), hard))
-    cases = make_cases()
-    if args.only:
-        wanted = set(args.only.split(","))
-        cases = [c for c in cases if c.id in wanted]
     out_dir = args.json.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
@@ -1128,6 +1583,7 @@ def main() -> int:
     info = machine()  # before the run: the working tree may change while it runs
     with tempfile.TemporaryDirectory(prefix="trio-gateway-bench-") as tmp:
         env = Env(tmp=Path(tmp), python=sys.executable, gateway_bin=gateway_bin, echo_module=echo)
+        env.store, env.slow_sleep, env.slow_ramp = args.store, args.slow_interval, args.slow_ramp
         if args.ref:
             env.gateway_src, ref_commit = export_ref(args.ref, Path(tmp) / "src")
             where = subprocess.run(
@@ -1143,117 +1599,96 @@ def main() -> int:
             print(f"Gateway from commit {ref_commit} ({args.ref}), exported to {where}")
             info["commit"] = f"{ref_commit} (`--ref {args.ref}`: trio_gateway/ as committed)"
         write_bodies(env)
+        samples: dict[tuple[str, str], list[Sample]] = {}
+        rounds: list[Round] = []
+        profiled: list[dict] = []
+        slow: list[dict] = []
+        startup: dict[str, list[float]] = {}
+        first_start: dict[str, float] = {}
         try:
-            print("Starting the mock (nginx), the floor and the gateway…", flush=True)
+            print("Starting the mock (nginx)…", flush=True)
             mock = start_mock(env)
-            floor, floor_port = start_floor(env)
-            gateway, gateway_port, _ = start_gateway(env)
-            servers = [
-                Server("direct", mock, env.port_a),
-                Server("floor", floor, floor_port),
-                Server("gateway", gateway, gateway_port),
-            ]
-            quiet = None
-            if gateway_quiet_flags(env):
-                proc, port, _ = start_gateway(env, name="gateway-quiet", extra=QUIET_FLAGS)
-                quiet = Server("gateway-quiet", proc, port)
-            for case in cases:
-                for server in servers:
-                    validate(env, server, case)
-                if quiet is not None and case.id in QUIET_CASES:
-                    validate(env, quiet, case)
+            servers = start_servers(env, mock, cases, only_servers, profiled_ids, extras, notes)
+            blocks = schedule(cases, lambda case: group(case, servers))
+            pairs = [pair for block in blocks for pair in block]
+            for case, server in pairs:
+                validate(env, server, case)
             print(
-                f"All {len(cases) * 3} response shapes check out. Measuring "
-                f"({args.warmup:g} s warm-up + {args.duration:g} s each, {args.repeat} round(s)):",
+                f"All {len(pairs)} response shapes check out. Measuring {len(pairs)} pairs in "
+                f"{args.repeat} interleaved round(s) ({args.warmup:g} s warm-up + "
+                f"{args.duration:g} s each, ~{len(pairs) * args.repeat * (args.warmup + args.duration + 0.5) / 60:.0f} min):",
                 flush=True,
             )
-            samples: dict[tuple[str, str], list[Sample]] = {}
             for round_ in range(args.repeat):
-                for case in cases:
-                    order = servers if round_ % 2 == 0 else [servers[0], servers[2], servers[1]]
-                    if quiet is not None and case.id in QUIET_CASES:
-                        # Right beside the gateway, alternating which goes first.
-                        at = order.index(servers[2])
-                        pair = [servers[2], quiet] if round_ % 2 == 0 else [quiet, servers[2]]
-                        order = [*order[:at], *pair, *order[at + 1 :]]
-                    for server in order:
+                this: Round = {}
+                for block in blocks:
+                    for case, server in block if round_ % 2 == 0 else reversed(block):
                         s = measure(env, mock, server, case, args, round_)
                         samples.setdefault((case.id, server.name), []).append(s)
-            if quiet is not None:
-                quiet.proc.stop()
+                        this[(case.id, server.name)] = s
+                rounds.append(this)
             rows = [combine(v) for v in samples.values()]
 
-            profiled = []
-            if args.profile:
-                case = next(c for c in make_cases() if c.id == "nonstream-c32")
-                for server in servers[1:]:
-                    print(f"Profiling {server.name} at {case.id} with py-spy…", flush=True)
-                    if (found := profile(env, server, case, args, out_dir)) is not None:
-                        profiled.append(found)
-                if len(profiled) == 2:
-                    print(package_diff(*profiled), flush=True)
+            for case_id in profiled_ids:
+                case = next(c for c in all_cases if c.id == case_id)
+                found = []
+                for name in ("floor", "gateway"):
+                    server = servers[name]
+                    validate(env, server, case)
+                    print(f"Profiling {name} at {case.id} with py-spy…", flush=True)
+                    if (summary := profile(env, server, case, args, out_dir)) is not None:
+                        found.append(summary)
+                if len(found) == 2:
+                    print(package_diff(*found), flush=True)
+                profiled += found
 
-            slow: list[dict] = []
-            startup: dict[str, list[float]] = {}
-            if not args.no_extras:
+            if "slow-streams" in extras:
                 print(f"{SLOW_STREAMS} slow streams at once:", flush=True)
-                for server in servers[1:]:
-                    slow.append(slow_streams(env, server, SLOW_STREAMS))
-                time.sleep(1)
-
-                print("Two workers:", flush=True)
-                floor.stop()
-                gateway.stop()
-                two = [Server("floor-2w", *start_floor(env, workers=2))]
-                if gateway_workers_flag(env):
-                    proc, port, _ = start_gateway(env, workers=2)
-                    two.append(Server("gateway-2w", proc, port))
-                else:
-                    notes.append(
-                        "`trio-gateway serve` has no `--workers` option yet: two workers "
-                        "measured for the floor only."
-                    )
-                    print("  (trio-gateway serve has no --workers: floor only)", flush=True)
-                notes.append(
-                    "Two workers (`-2w`): the processes may use both cores (`taskset -c 0,1`), so "
-                    "on this 2-core machine they share core 1 with nginx and wrk: the rows show "
-                    "that multi-process serving works and what it costs per request, not how it "
-                    "scales. CPU and RSS are summed over the process tree (the gateway's main "
-                    "process keeps the admin API; its workers use the SQLite store in a "
-                    "temporary directory)."
-                )
-                two_cases = [
-                    c for c in cases if c.id in ("nonstream-c32", "nonstream-c64", "stream-c32")
-                ]
-                for server in two:
-                    for case in two_cases:
-                        validate(env, server, case)
-                        rows.append(combine([measure(env, mock, server, case, args, 0)]))
+                for name in ("floor", "gateway"):
+                    slow.append(slow_streams(env, servers[name], SLOW_STREAMS))
+            for server in servers.values():
+                if server.proc is not mock:
                     server.proc.stop()
 
+            if "startup" in extras:
                 print(
                     f"Start to ready ({args.startups} runs each, after one untimed start):",
                     flush=True,
                 )
-                start_gateway(env, name="gateway-warm")[0].stop()
+                # A cache of its own: the first start compiles, as a fresh install's does.
+                env.pycache = "pycache-startup"
+                data = env.tmp / "data-startup"
+                proc, _, first_start["gateway"] = start_gateway(
+                    env, name="gateway-first", data=data
+                )
+                proc.stop()
                 startup["gateway"] = []
                 for i in range(args.startups):
-                    proc, _, seconds = start_gateway(env, name=f"gateway-start{i}")
+                    proc, _, seconds = start_gateway(env, name=f"gateway-start{i}", data=data)
                     proc.stop()
                     startup["gateway"].append(seconds)
                 startup["floor"] = []
-                for _ in range(3):
+                env.pycache = "pycache-startup-floor"
+                for i in range(4):
                     started = time.monotonic()
                     proc, _ = start_floor(env)
-                    startup["floor"].append(time.monotonic() - started)
+                    seconds = time.monotonic() - started
                     proc.stop()
+                    if i == 0:
+                        first_start["floor"] = seconds
+                    else:
+                        startup["floor"].append(seconds)
                 for name, times in startup.items():
-                    print(f"  {name}: " + ", ".join(f"{t:.2f} s" for t in times), flush=True)
+                    print(
+                        f"  {name}: first {first_start[name]:.2f} s, then "
+                        + ", ".join(f"{t:.2f} s" for t in times),
+                        flush=True,
+                    )
         finally:
             for proc in reversed(list(RUNNING)):
                 proc.stop()
 
-    checks = targets(rows, slow, startup)
+    checks = targets(rows, rounds, slow, startup)
     busy = [s for v in samples.values() for s in v if s.other_cpu_util > NOISY]
     if busy:
         notes.append(
@@ -1265,14 +1700,16 @@ def main() -> int:
         "machine": info,
         "command": command_line(),
         "settings": f"{args.warmup:g} s warm-up + {args.duration:g} s per measurement, "
-        f"{args.repeat} round(s){', median' if args.repeat > 1 else ''}; wrk -t1; "
-        f"floor and gateway on core {SERVER_CORE}, nginx and wrk on core {LOAD_CORE}",
+        f"{args.repeat} interleaved round(s), medians; wrk -t1; one-worker servers on core "
+        f"{SERVER_CORE}, two workers on cores {ALL_CORES}, nginx and wrk on core {LOAD_CORE}; "
+        f"the gateways on the {args.store} store",
         "case_order": [c.id for c in make_cases()],
         "case_labels": {c.id: c.label for c in make_cases()},
         "rows": rows,
         "samples": [asdict(s) for v in samples.values() for s in v],
         "slow": slow,
         "startup": startup,
+        "first_start": first_start,
         "targets": checks,
         "profile": profiled,
         "notes": notes,
@@ -1283,12 +1720,112 @@ def main() -> int:
         write_doc(args.doc, table)
     print()
     print(table)
-    print("Targets:")
+    print("Targets (median over rounds; min-max):")
     for c in checks:
-        value = "-" if c["value"] is None else f"{c['value']:.3f}"
-        print(f"  {c['result']:<4}  {c['target']}: {value} (limit {c['limit']:g}); {c['detail']}")
+        spread = f" [{_fmt(c['min'])}-{_fmt(c['max'])}]" if len(c["values"]) > 1 else ""
+        limit = "" if c["limit"] is None else f" (limit {c['limit']:g})"
+        print(
+            f"  {c['result']:<4}  {c['target']}: {_fmt(c['value'])}{spread}{limit}"
+            + (f"; conclusive: {c['conclusive']}" if c["conclusive"] else "")
+            + f"; {c['detail']}"
+        )
     print(f"\nRaw numbers: {rel(args.json)}")
     return 0
+
+
+def start_servers(
+    env: Env,
+    mock: Proc,
+    cases: list[Case],
+    only: set[str],
+    profiled: list[str],
+    extras: set[str],
+    notes: list[str],
+) -> dict[str, Server]:
+    """Every server some measurement needs, started once and kept for the whole run."""
+    wanted = {"direct"} if any(c.id in DIRECT_CASES for c in cases) else set()
+    wanted |= {"floor", "gateway"}
+    if any(c.id in QUIET_CASES for c in cases):
+        wanted.add("gateway-quiet")
+    if any(c.id in WORKER_CASES for c in cases):
+        wanted |= {"floor-2w", "gateway-2w"}
+    if only:
+        wanted &= only
+    if profiled or "slow-streams" in extras:
+        wanted |= {"floor", "gateway"}
+    servers: dict[str, Server] = {}
+    if "direct" in wanted:
+        servers["direct"] = Server("direct", mock, env.port_a)
+    print(f"Starting {', '.join(n for n in SERVER_ORDER if n in wanted)}…", flush=True)
+    if "floor" in wanted:
+        servers["floor"] = Server("floor", *start_floor(env))
+    if "gateway" in wanted:
+        proc, port, _ = start_gateway(env)
+        servers["gateway"] = Server("gateway", proc, port)
+    if "gateway-quiet" in wanted:
+        if gateway_quiet_flags(env):
+            proc, port, _ = start_gateway(env, name="gateway-quiet", extra=QUIET_FLAGS)
+            servers["gateway-quiet"] = Server("gateway-quiet", proc, port)
+        else:
+            notes.append(
+                "`trio-gateway serve` has no `--metrics`/`--access-log`: no gateway-quiet."
+            )
+    if "floor-2w" in wanted:
+        servers["floor-2w"] = Server("floor-2w", *start_floor(env, workers=2))
+        wait_settled(servers["floor-2w"].proc, 3)  # hypercorn's supervisor and two workers
+    if "gateway-2w" in wanted:
+        if gateway_workers_flag(env):
+            proc, port, _ = start_gateway(env, workers=2)
+            wait_settled(proc, 2)  # the first process serves too
+            servers["gateway-2w"] = Server("gateway-2w", proc, port)
+        else:
+            notes.append("`trio-gateway serve` has no `--workers`: two workers for the floor only.")
+    if {"floor-2w", "gateway-2w"} & set(servers):
+        notes.append(
+            "Two workers (`-2w`): both processes may use both cores (`taskset -c 0,1`) and share "
+            "core 1 with nginx and wrk, whose CPU (the *mock* and *wrk* columns) is what the "
+            "second worker cannot have: the ceiling of the ratio to one worker is 2 minus that "
+            "share. CPU and RSS are summed over the process tree, each process's share in "
+            "brackets (the gateway's first process also keeps the admin API; the floor's "
+            "first is hypercorn's idle supervisor)."
+        )
+    return servers
+
+
+def group(case: Case, servers: dict[str, Server]) -> list[Server]:
+    """The servers ``case`` is measured on, in the order of :data:`SERVER_ORDER`."""
+    names = ["floor", "gateway"]
+    if case.id in DIRECT_CASES:
+        names.insert(0, "direct")
+    if case.id in QUIET_CASES:
+        names.append("gateway-quiet")
+    if case.id in WORKER_CASES:
+        names += ["gateway-2w", "floor-2w"]
+    return [servers[n] for n in names if n in servers]
+
+
+def schedule(
+    cases: list[Case], servers_of: Callable[[Case], list[Server]]
+) -> list[list[tuple[Case, Server]]]:
+    """The order of one round: one block per kind of case, its concurrencies in a row.
+
+    Within a block, the gateway sits at the boundary between two concurrencies (last
+    of the first, first of the next), so its own c=1 and c=32 measurements are
+    adjacent, and every other server of a case is next to or near the gateway of the
+    same case. Odd rounds run each block backwards.
+    """
+    blocks = []
+    for kind in dict.fromkeys(c.kind for c in cases):
+        block: list[tuple[Case, Server]] = []
+        for i, case in enumerate(c for c in cases if c.kind == kind):
+            group_ = servers_of(case)
+            gateway = [s for s in group_ if s.name == "gateway"]
+            others = [s for s in group_ if s.name != "gateway"]
+            ordered = others + gateway if i % 2 == 0 else gateway + others
+            block += [(case, s) for s in ordered]
+        if block:
+            blocks.append(block)
+    return blocks
 
 
 if __name__ == "__main__":

@@ -33,11 +33,16 @@ async def main(args: argparse.Namespace, body: bytes) -> dict:
     state = {"open": 0, "max_open": 0, "ok": 0, "failed": 0, "all_open_at": None, "errors": {}}
     start = trio.current_time()
 
+    connects: list[float] = []
+    first_bytes: list[float] = []
+
     async def one(i: int) -> None:
         await trio.sleep(args.ramp * i / args.n)
         opened = False
+        began = trio.current_time()
         try:
             stream = await trio.open_tcp_stream(url.hostname, url.port)
+            connects.append(trio.current_time() - began)
             async with stream:
                 await stream.send_all(request)
                 received = bytearray()
@@ -48,6 +53,7 @@ async def main(args: argparse.Namespace, body: bytes) -> dict:
                 ):
                     if not opened:
                         opened = True
+                        first_bytes.append(trio.current_time() - began)
                         state["open"] += 1
                         if state["open"] > state["max_open"]:
                             state["max_open"] = state["open"]
@@ -78,9 +84,22 @@ async def main(args: argparse.Namespace, body: bytes) -> dict:
     return {
         "n": args.n,
         **state,
+        "connect_s": _quantiles(connects),
+        "first_byte_s": _quantiles(first_bytes),
+        # A connection refused by a full listen queue is retried by the kernel after
+        # 1 s, then 3 s, 7 s... (SYN retransmits): these waited for one.
+        "connects_over_1s": sum(c >= 0.9 for c in connects),
         "timed_out": timed_out.cancelled_caught,
         "elapsed_s": round(trio.current_time() - start, 3),
     }
+
+
+def _quantiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    values = sorted(values)
+    at = lambda q: round(values[min(int(q * len(values)), len(values) - 1)], 4)  # noqa: E731
+    return {"p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": round(values[-1], 4)}
 
 
 if __name__ == "__main__":

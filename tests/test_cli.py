@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from trio_gateway import __version__
 from trio_gateway.cli import main
 
@@ -119,3 +121,40 @@ def test_serve_stops_cleanly_on_sigterm(tmp_path):
     assert server.returncode == 0
     assert "shutting down" in err
     assert "Traceback" not in err
+
+
+#: What `serve` must not import: the testing tools' parsers pull in the fake providers,
+#: the scenario runner and, through trio.testing, pytest (a tenth of a second of every
+#: start; docs/benchmarks.md, "Start to ready").
+_TOOLS_IMPORTED = """
+import sys
+from trio_gateway.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print(sorted(m for m in sys.modules if m.startswith(("trio_gateway.testing", "trio.testing", "pytest"))))
+"""
+
+
+def _imported_by(*argv: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", _TOOLS_IMPORTED, *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_serve_starts_without_the_testing_tools():
+    assert _imported_by("serve", "--help") == "[]"
+
+
+def test_every_command_is_still_listed_and_the_tools_still_run(capsys):
+    assert "trio_gateway.testing.fake.cli" in _imported_by("fake-provider", "--help")
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in ("serve", "fake-provider", "scenario"))

@@ -35,6 +35,7 @@ from trio_gateway.settings import (
 from trio_gateway.store import Store, StoreCorrupt, StoreUnavailable, open_store
 from trio_gateway.store.base import is_postgres_url
 from trio_gateway.telemetry import metrics
+from trio_gateway.web.server import LISTEN_BACKLOG
 
 log = logging.getLogger("trio_gateway")
 
@@ -43,7 +44,12 @@ EXIT_FAILED = 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # `serve` starts without the testing tools' parsers: building them imports the
+    # fake providers and the scenario runner (and through trio.testing, pytest), a
+    # tenth of a second or more of every start for nothing (docs/benchmarks.md).
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    parser = build_parser(tools=command != "serve")
     args = parser.parse_args(argv)
     if not hasattr(args, "run"):
         parser.print_help()
@@ -51,7 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return args.run(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, tools: bool = True) -> argparse.ArgumentParser:
+    """Every command; ``tools=False`` leaves out ``fake-provider`` and ``scenario``."""
     parser = argparse.ArgumentParser(
         prog="trio-gateway",
         description="A self-hosted AI gateway: one OpenAI- and Anthropic-compatible endpoint "
@@ -205,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("version", help="print the version", description="Print the version.")
     p.set_defaults(run=lambda args: print(f"trio-gateway {__version__}") or 0)
+    if not tools:
+        return parser
 
     from trio_gateway.testing.fake import cli as fake_cli
 
@@ -374,6 +383,7 @@ def _check_config(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     logs.configure(args.log_format, args.log_level)
+    _raise_open_file_limit()
     declarations = None
     if args.config is not None:
         declarations = _load(args.config)
@@ -446,6 +456,41 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Below this many open files, say at start how few streams the process can hold.
+FEW_OPEN_FILES = 4096
+#: What "no hard limit" becomes: Linux refuses more than ``fs.nr_open`` (2**20 by default).
+UNLIMITED_OPEN_FILES = 1 << 20
+
+
+def _raise_open_file_limit() -> None:
+    """Take the open-file limit up to the hard limit, as Go's runtime does for its servers.
+
+    Each open stream holds two descriptors (the client's connection and the provider's):
+    under a shell's usual soft limit of 1,024 the gateway held about 500 streams, and the
+    next ones failed to connect upstream (502) or waited to be accepted. The hard limit
+    is the administrator's (``LimitNOFILE=`` in systemd, ``ulimit -Hn``); the soft one is
+    only a default that servers are expected to raise. trio waits with epoll, so high
+    descriptor numbers are safe.
+    """
+    try:
+        import resource
+    except ImportError:  # not a Unix: nothing to raise
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = UNLIMITED_OPEN_FILES if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):  # e.g. macOS caps it lower than the hard limit says
+            pass
+    if soft != resource.RLIM_INFINITY and soft < FEW_OPEN_FILES:
+        log.warning(
+            "few open files allowed: about half as many streams can be open at once",
+            extra={"fields": {"open_files": soft, "raise_with": "ulimit -Hn / LimitNOFILE="}},
+        )
+
+
 def _overrides(pairs: list[str]) -> dict[str, str] | None:
     """``--base-url-override URL=STAND_IN`` flags as a mapping, or ``None`` (reported)."""
     result = {}
@@ -496,7 +541,7 @@ def _family(host: str) -> socket.AddressFamily:
 def _listen(listen: str) -> socket.socket:
     """The proxy's listening socket, made before the workers start so they can share it."""
     host, port = split_listen(listen)
-    sock = socket.create_server((host, port), family=_family(host), backlog=1024)
+    sock = socket.create_server((host, port), family=_family(host), backlog=LISTEN_BACKLOG)
     sock.set_inheritable(True)
     return sock
 

@@ -41,6 +41,9 @@ from trio_gateway.config.models import (
 )
 from trio_gateway.errors import Problem, ValidationFailed
 
+#: libyaml's safe loader when PyYAML was built with it: the same documents, ten times
+#: faster to read (the start of `serve` waits for the file).
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _VAR = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\})")
 
 SERVER_FIELDS = frozenset({"admin_listen", "proxy_listen", "admin_token", "store"})
@@ -101,7 +104,7 @@ def read_yaml(path: Path) -> Any:
     except OSError as exc:
         raise ValidationFailed.single("$", f"cannot read {path}: {exc.strerror}") from exc
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_SAFE_LOADER)
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1} column {where.column + 1}" if where else ""

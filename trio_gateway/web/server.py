@@ -93,6 +93,12 @@ BODY_TIMEOUT_S = 60.0
 #: and of load balancers (60 s): the client, not the server, should drop an idle
 #: connection, or a request sent on it just as the server closes it is lost.
 KEEP_ALIVE_TIMEOUT_S = 75.0
+#: Connections the kernel completes and queues for each listener until the event loop
+#: accepts them (gunicorn's and uvicorn's default; the kernel caps it at
+#: ``net.core.somaxconn``, 4096 on current Linux). hypercorn's own 100 overflows when
+#: a few hundred clients connect within a second while the loop is busy: each
+#: connection refused then waits for its SYN to be sent again, 1 s later, then 3 s...
+LISTEN_BACKLOG = 2048
 
 #: Answers that say the body will not be taken: the connection closes after them.
 REFUSES_BODY = frozenset({408, 413})
@@ -137,6 +143,7 @@ def hypercorn_config(
     if graceful_timeout is not None:
         config.graceful_timeout = graceful_timeout
     config.keep_alive_timeout = keep_alive_timeout
+    config.backlog = LISTEN_BACKLOG
     config.h11_max_incomplete_size = PARSER_BUFFER
     config.accesslog = None
     config.errorlog = errorlog if errorlog is not None else logging.getLogger("hypercorn.error")
