@@ -11,7 +11,9 @@ rule's prefix removed when the rule says ``strip_path``), its service, and the
 service's dispatcher, which does the rest. Every error is answered in the
 caller's dialect with an ``X-Request-Id``.
 
-Only lookups happen here: the route table was compiled when the configuration
+The proxy is a plain ASGI app (:class:`ProxyApp`), not a Quart one: a request goes
+from its ASGI messages to the dispatcher and back with no framework in between (only
+``/healthz`` and ``/readyz`` are Quart's). Only lookups happen here: the route table was compiled when the configuration
 changed, the body is parsed once and forwarded as the bytes it came as unless
 the model or the dialect changes. Of the client's headers only an explicit set
 per dialect is forwarded (:data:`FORWARDED`).
@@ -36,12 +38,13 @@ import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any
+from urllib.parse import parse_qs
 
 import attrs
+import trio
 from quart import Response, request
-from quart.wrappers.response import DataBody
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -78,7 +81,7 @@ from trio_gateway.runtime.supervisor import (
 )
 from trio_gateway.telemetry import RequestRecord, Telemetry
 from trio_gateway.web.admin import Readiness, add_health_routes
-from trio_gateway.web.http import from_http_exception, json_response
+from trio_gateway.web.http import JSON, Receive, Scope, Send, from_http_exception
 
 log = logging.getLogger("trio_gateway.proxy")
 
@@ -168,84 +171,272 @@ def create_proxy_app(
     readiness: Readiness,
     max_body: int = DEFAULT_MAX_BODY,
     telemetry: Telemetry | None = None,
-) -> QuartTrio:
+) -> ProxyApp:
     """The proxy app; ``telemetry`` (metrics, access log, traces) sees every request."""
+    return ProxyApp(runtime, readiness, max_body, telemetry)
+
+
+class ProxyApp:
+    """The proxy as an ASGI app: every proxied request served from the ASGI messages.
+
+    The API paths are the hot path, and a request through them needs none of what a
+    web framework is for (routing tables, request and response objects, contexts,
+    signals): :class:`_Call` reads the scope's headers once, reads the body only once
+    the key and the route are known, and writes the answer as ASGI messages. Only
+    ``/healthz`` and ``/readyz`` (and the lifespan) go to a Quart app.
+
+    A request is handled in the connection's own task, with one more task once its
+    body is read: the watch for the client's leaving (``http.disconnect``), which
+    cancels the request (hypercorn does not), as quart-trio would.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        readiness: Readiness,
+        max_body: int,
+        telemetry: Telemetry | None,
+    ) -> None:
+        self.runtime = runtime
+        self.max_body = max_body
+        self.telemetry = telemetry if telemetry is not None else Telemetry(access=False)
+        self.tracing = self.telemetry.tracing is not None
+        self.observed = self.telemetry.enabled
+        self.quart = _health_app(readiness, max_body)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in HEALTH_PATHS:
+            await self.quart(scope, receive, send)
+            return
+        await _Call(self, scope, receive, send).run()
+
+
+#: The paths the Quart app serves (everything else is the proxy's).
+HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+def _health_app(readiness: Readiness, max_body: int) -> QuartTrio:
     app = QuartTrio("trio_gateway.proxy")
-    telemetry = telemetry if telemetry is not None else Telemetry(access=False)
-    tracing = telemetry.tracing is not None
-    observed = telemetry.enabled
     app.config["MAX_CONTENT_LENGTH"] = max_body
-    # No redirect built from the Host header for "//v1/..." or a trailing slash.
-    app.url_map.merge_slashes = False
-    app.url_map.strict_slashes = False
-    # Quart's default 60 s response timeout would cut long streams: the dispatcher
-    # owns every time budget.
-    app.config["RESPONSE_TIMEOUT"] = None
+    app.config["BODY_TIMEOUT"] = None  # the connection guard's (web/server.py)
     add_health_routes(app, readiness)
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
-        wanted, _ = _headers()
-        return render(_dialect(wanted), from_http_exception(error), _request_id(wanted))
+        wanted, _ = _headers(request.scope["headers"])
+        fmt = client_format(request.path) or _dialect(wanted)
+        status, headers, body = render(fmt, from_http_exception(error), _request_id(wanted))
+        return Response(body, status=status, headers=headers)
 
-    @app.route(
-        "/",
-        defaults={"path": ""},
-        methods=ALL_METHODS,
-        provide_automatic_options=False,
-    )
-    @app.route("/<path:path>", methods=ALL_METHODS, provide_automatic_options=False)
-    async def proxy(path: str) -> Response:
-        fmt = client_format(request.path)
-        wanted, candidates = _headers()
+    return app
+
+
+class _ClientLeft(Exception):
+    """The client left before its request's body was read."""
+
+
+class _Call:
+    """One proxied request, from its ASGI scope to its last ASGI message."""
+
+    __slots__ = ("_nursery", "app", "body_done", "receive", "scope", "send")
+
+    def __init__(self, app: ProxyApp, scope: Scope, receive: Receive, send: Send) -> None:
+        self.app, self.scope, self.receive, self.send = app, scope, receive, send
+        self.body_done = False
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self) -> None:
+        app, scope = self.app, self.scope
+        path = scope["path"]
+        method = scope["method"]
+        fmt = client_format(path)
+        wanted, candidates = _headers(scope["headers"])
         request_id = _request_id(wanted)
         record = (
-            telemetry.begin(
-                request_id, request.method, request.path, request.scope, fmt or _dialect(wanted)
-            )
-            if observed
+            app.telemetry.begin(request_id, method, path, scope, fmt or _dialect(wanted))
+            if app.observed
             else None
         )
-        if record is not None and tracing:
+        if record is not None and app.tracing:
             record.traceparent = next((v for n, v in candidates if n == "traceparent"), None)
         found: Any = record if record is not None else Resolution()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            answer = await self._answer(wanted, candidates, request_id, fmt, found, record)
+            status, headers, body = answer
+            key = found.key
+            runtime = app.runtime
+            if key is not None and key.id in runtime.limiter.keys:
+                # Every response of a limited key: its limits as they stand, in the
+                # client's naming.
+                headers.extend(
+                    runtime.limiter.headers(key.id, (fmt or _dialect(wanted)) is ApiFormat.OPENAI)
+                )
+            if isinstance(body, bytes):
+                if record is not None:
+                    record.finish(status, len(body))
+                await self._send_whole(status, headers, body)
+            else:
+                await self._send_stream(status, headers, body)
+            nursery.cancel_scope.cancel()
+
+    async def _answer(
+        self,
+        wanted: dict[str, str],
+        candidates: list[tuple[str, str]],
+        request_id: str,
+        fmt: ApiFormat | None,
+        found: Any,
+        record: RequestRecord | None,
+    ) -> Answer:
+        app, scope = self.app, self.scope
+        runtime = app.runtime
         try:
-            response = await _proxy(runtime, wanted, candidates, request_id, max_body, found)
+            client_request = await prepare(
+                runtime,
+                scope["method"],
+                scope["path"],
+                wanted,
+                candidates,
+                request_id,
+                self.read_body,
+                found,
+            )
+            if client_request is None:
+                return _models(
+                    runtime.table,
+                    found.gateway,
+                    found.key is not None,
+                    found.endpoint,
+                    wanted,
+                    request_id,
+                    scope,
+                )
+            route = found.route
+            upstream_id = route.service.upstream_id
+            result = await route.dispatcher.exchange(
+                client_request,
+                route.limits,
+                lambda: runtime.table.dispatchers.get(upstream_id),
+                record,
+            )
         except GatewayError as error:
-            response = render(fmt or _dialect(wanted), error, request_id)
             if record is not None:
                 record.error = error.type
                 if isinstance(error, KeyLimitExceeded):
                     record.refused_by = error.limit
                 elif isinstance(error, ModelNotAllowed):
                     record.refused_by = "model"
+            return render(fmt or _dialect(wanted), error, request_id)
+        except _ClientLeft:
+            # Nobody to answer: the request ends here, as when the watch cancels it.
+            self._nursery.cancel_scope.cancel()  # type: ignore[union-attr]
+            await trio.lowlevel.checkpoint()  # raises Cancelled
+            raise
         except Exception as error:
             log.error(
                 "proxy request failed",
                 exc_info=error,
-                extra={"fields": {"request_id": request_id, "path": request.path}},
+                extra={"fields": {"request_id": request_id, "path": scope["path"]}},
             )
-            response = render(
+            if record is not None:
+                record.error = InternalError.type
+            return render(
                 fmt or _dialect(wanted),
                 InternalError("internal error; see the gateway log"),
                 request_id,
             )
-            if record is not None:
-                record.error = InternalError.type
-        key = found.key
-        if key is not None and key.id in runtime.limiter.keys:
-            # Every response of a limited key: its limits as they stand, in the client's naming.
-            response.headers.extend(
-                runtime.limiter.headers(key.id, (fmt or _dialect(wanted)) is ApiFormat.OPENAI)
+        headers = result.headers
+        if not isinstance(result.body, bytes):
+            headers.append(("cache-control", "no-cache"))
+            headers.append(("x-accel-buffering", "no"))
+        return result.status, headers, result.body
+
+    # --- the request's body -------------------------------------------------------------------
+
+    async def read_body(self) -> bytes:
+        """The whole body (at most ``max_body`` bytes); then the watch for the client's
+        leaving starts. :class:`PayloadTooLarge` beyond the limit."""
+        limit = self.app.max_body
+        for name, value in self.scope["headers"]:
+            if name == b"content-length" and int(value) > limit:
+                # Refused before it is read: the connection guard then closes.
+                raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+        receive = self.receive
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                raise _ClientLeft
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        self.body_done = True
+        self._nursery.start_soon(self._watch)  # type: ignore[union-attr]
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _watch(self) -> None:
+        """Cancel the request when the client leaves (its body was read whole)."""
+        receive = self.receive
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self._nursery.cancel_scope.cancel()  # type: ignore[union-attr]
+
+    async def _discard(self) -> None:
+        """Read the rest of a body the answer did not need (the connection guard holds
+        an early answer's end until it is read); the client's leaving ends the request."""
+        receive = self.receive
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                self._nursery.cancel_scope.cancel()  # type: ignore[union-attr]
+                return
+            if not message.get("more_body", False):
+                self.body_done = True
+                return
+
+    # --- the answer ---------------------------------------------------------------------------
+
+    async def _send_whole(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        """A whole answer (h11 sends no body for a ``HEAD``)."""
+        raw = _raw_headers(headers)
+        raw.append((b"content-length", str(len(body)).encode()))
+        if not self.body_done:
+            self._nursery.start_soon(self._discard)  # type: ignore[union-attr]
+        send = self.send
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def _send_stream(
+        self, status: int, headers: list[tuple[str, str]], body: AsyncIterator[bytes]
+    ) -> None:
+        """A committed stream: each chunk as it comes; the body closed however it ends."""
+        send = self.send
+        try:
+            await send(
+                {"type": "http.response.start", "status": status, "headers": _raw_headers(headers)}
             )
-        if record is not None and isinstance(response.response, DataBody):
-            record.finish(response.status_code, len(response.response.data))
-        return response
+            async for chunk in body:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            await body.aclose()  # type: ignore[attr-defined]
 
-    return app
+
+#: An answer: status, headers (names as written), and the body, whole or a stream.
+Answer = tuple[int, list[tuple[str, str]], "bytes | AsyncIterator[bytes]"]
 
 
-ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+def _raw_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [
+        (name.lower().encode("latin-1"), value.encode("latin-1", "replace"))
+        for name, value in headers
+    ]
 
 
 class Resolution:
@@ -261,45 +452,6 @@ class Resolution:
         self.route: ServiceRoute | None = None
         self.model: str | None = None
         self.stream: bool | None = None
-
-
-async def _proxy(
-    runtime: Runtime,
-    wanted: dict[str, str],
-    candidates: list[tuple[str, str]],
-    request_id: str,
-    max_body: int,
-    found: Any,
-) -> Response:
-    """``found``: a :class:`Resolution`, or the request's :class:`RequestRecord` (telemetry)."""
-    record: RequestRecord | None = found if isinstance(found, RequestRecord) else None
-    client_request = await prepare(
-        runtime,
-        request.method,
-        request.path,
-        wanted,
-        candidates,
-        request_id,
-        lambda: _read_body(max_body),
-        found,
-    )
-    if client_request is None:
-        return _models(
-            runtime.table, found.gateway, found.key is not None, found.endpoint, wanted, request_id
-        )
-    route = found.route
-    upstream_id = route.service.upstream_id
-    result = await route.dispatcher.exchange(
-        client_request,
-        route.limits,
-        lambda: runtime.table.dispatchers.get(upstream_id),
-        record,
-    )
-    response = Response(result.body, status=result.status, headers=result.headers)
-    if not isinstance(result.body, bytes):
-        response.headers["Cache-Control"] = "no-cache"
-        response.headers["X-Accel-Buffering"] = "no"
-    return response
 
 
 async def prepare(
@@ -472,7 +624,7 @@ WANTED = frozenset(
 )
 
 
-def _headers() -> tuple[dict[str, str], list[tuple[str, str]]]:
+def _headers(raw: Iterable[tuple[bytes, bytes]]) -> tuple[dict[str, str], list[tuple[str, str]]]:
     """One pass over the raw request headers: those the proxy reads, those it may forward.
 
     Straight from the ASGI scope: werkzeug's case-insensitive lookups cost a scan
@@ -480,7 +632,7 @@ def _headers() -> tuple[dict[str, str], list[tuple[str, str]]]:
     """
     wanted: dict[str, str] = {}
     candidates: list[tuple[str, str]] = []
-    for raw_name, raw_value in request.scope["headers"]:
+    for raw_name, raw_value in raw:
         name = raw_name.decode("latin-1").lower()
         if name in WANTED:
             wanted[name] = raw_value.decode("latin-1")
@@ -508,18 +660,6 @@ def _named_gateway(table: RouteTable, wanted: dict[str, str]) -> GatewayRoute | 
     subdomain = host.split(".", 1)[0] if host.count(".") >= 1 else None
     gateway_id = table.subdomains.get(subdomain) if subdomain else None
     return table.gateways.get(gateway_id) if gateway_id else None
-
-
-async def _read_body(limit: int) -> bytes:
-    try:
-        raw = await request.get_data(cache=False)
-    except HTTPException as exc:
-        if exc.code == 413:
-            raise PayloadTooLarge(f"request body is larger than {limit} bytes") from exc
-        raise from_http_exception(exc) from exc  # e.g. 408: the body stalled
-    if len(raw) > limit:
-        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-    return raw
 
 
 def _parse(raw: bytes) -> dict[str, Any]:
@@ -566,20 +706,17 @@ def _key(table: RouteTable, presented: str | None) -> KeyRoute | None:
 
 def _dialect(wanted: dict[str, str]) -> ApiFormat:
     """The caller's dialect when the path does not say: Anthropic SDKs send ``anthropic-version``."""
-    fmt = client_format(request.path)
-    if fmt is not None:
-        return fmt
     return ApiFormat.ANTHROPIC if "anthropic-version" in wanted else ApiFormat.OPENAI
 
 
-def render(fmt: ApiFormat, error: GatewayError, request_id: str) -> Response:
-    headers = {"X-Request-Id": request_id, **error.headers}
-    return Response(
-        error_body(fmt, error.status, error.type, error.message),
-        status=error.status,
-        headers=headers,
-        content_type="application/json",
-    )
+def render(fmt: ApiFormat, error: GatewayError, request_id: str) -> Answer:
+    """``error`` as the client's dialect answers it, with the request's id."""
+    headers = [("content-type", JSON), ("x-request-id", request_id), *error.headers.items()]
+    return error.status, headers, error_body(fmt, error.status, error.type, error.message)
+
+
+def _json(body: Any, request_id: str) -> Answer:
+    return 200, [("content-type", JSON), ("x-request-id", request_id)], jsonio.dumpb(body)
 
 
 def _models(
@@ -589,16 +726,16 @@ def _models(
     endpoint: str,
     wanted: dict[str, str],
     request_id: str,
-) -> Response:
+    scope: Scope,
+) -> Answer:
     """``GET <base>/models`` and ``<base>/models/{id}``: the models the caller reaches
     from that base through its gateway's rules (:mod:`trio_gateway.core.listing`),
     in the caller's dialect. Nothing is asked of a provider."""
-    path = request.path
+    path = scope["path"]
     base = path[: len(path) - len(endpoint)] + "/v1"
     lists = gateway.models.get(base)
     listed = ModelList() if lists is None else lists.keyed if keyed else lists.public
     dialect = _dialect(wanted)
-    headers = {"X-Request-Id": request_id}
 
     def ejected(upstream_id: str, index: int) -> bool:
         dispatcher = table.dispatchers.get(upstream_id)
@@ -613,21 +750,24 @@ def _models(
             raise NotFound(
                 f"model {model_id!r} is not served here (GET {base}/models lists what is)"
             )
-        return json_response(
-            found.anthropic() if dialect is ApiFormat.ANTHROPIC else found.openai(),
-            headers=headers,
+        return _json(
+            found.anthropic() if dialect is ApiFormat.ANTHROPIC else found.openai(), request_id
         )
     models = listed.visible(ejected)
     if dialect is ApiFormat.ANTHROPIC:
-        return json_response(_anthropic_page(models), headers=headers)
-    body = {"object": "list", "data": [m.openai() for m in models]}
-    return json_response(body, headers=headers)
+        return _json(_anthropic_page(models, scope), request_id)
+    return _json({"object": "list", "data": [m.openai() for m in models]}, request_id)
 
 
-def _anthropic_page(models: Sequence[ListedModel]) -> dict[str, Any]:
+def _anthropic_page(models: Sequence[ListedModel], scope: Scope) -> dict[str, Any]:
     """One page of Anthropic's model list, as its ``limit``, ``after_id`` and
     ``before_id`` query parameters ask (the anthropic SDK's pager follows ``last_id``)."""
-    args = request.args
+    args = {
+        name: values[0]
+        for name, values in parse_qs(
+            scope["query_string"].decode("latin-1"), keep_blank_values=True
+        ).items()
+    }
     raw_limit = args.get("limit")
     limit = PAGE_DEFAULT
     if raw_limit is not None:

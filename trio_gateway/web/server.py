@@ -61,8 +61,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import Callable
 
 import attrs
 import trio
@@ -71,13 +70,9 @@ from quart import Quart
 
 from trio_gateway.errors import GatewayError, HeadersTooLarge, RequestTimeout
 from trio_gateway.providers.formats import ApiFormat, error_body
+from trio_gateway.web.http import ASGIApp, Message, Receive, Scope, Send
 from trio_gateway.web.proxy import client_format
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 #: The body of an error the guard answers itself, in the app's error format.
 ErrorBody = Callable[[Scope, GatewayError], bytes]
 
@@ -152,18 +147,20 @@ def hypercorn_config(
 
 
 def guard(
-    app: Quart,
+    app: Quart | ASGIApp,
     limits: ConnectionLimits,
     *,
     error_body: ErrorBody | None = None,
     closing: Callable[[], bool] | None = None,
     refused: Callable[[Scope, GatewayError], None] | None = None,
 ) -> ConnectionGuard:
-    """``app`` behind a :class:`ConnectionGuard`; the guard takes over its body timeout.
+    """``app`` behind a :class:`ConnectionGuard`; the guard takes over its body timeout
+    (a Quart app's own is switched off; another app must have none).
 
     ``refused`` hears of each request the guard answers without the app (telemetry).
     """
-    app.config["BODY_TIMEOUT"] = None
+    if isinstance(app, Quart):
+        app.config["BODY_TIMEOUT"] = None
     return ConnectionGuard(
         app,
         limits,
