@@ -24,6 +24,7 @@ from quart_trio import QuartTrio
 from tests.e2e.conftest import KEY, config, setup, target
 from tests.e2e.rawhttp import Answer, RawConnection, head
 from tests.e2e.rawhttp import request as whole
+from trio_gateway.testing.fake import open_fake_provider
 from trio_gateway.testing.harness import open_gateway
 from trio_gateway.web import server
 
@@ -289,6 +290,30 @@ async def test_pipelined_requests_are_answered_in_order(autojump_clock):
 
 
 # --- half-close -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_client_closing_after_an_answer_is_closed_at_once_not_at_the_keep_alive_timeout(
+    stream: bool, autojump_clock
+):
+    """The server's end closes when the client's does (hypercorn 0.18's trio worker kept
+    it open, a descriptor in CLOSE-WAIT, for the whole keep-alive timeout)."""
+    async with open_fake_provider() as fake:
+        async with open_gateway(config([target(fake)]), keep_alive_timeout=KEEP_ALIVE) as gw:
+            body = json.dumps(
+                {
+                    "model": "gpt-4o-mini",
+                    "messages": [{"role": "user", "content": "x"}],
+                    "stream": stream,
+                }
+            )
+            conn = await RawConnection.open(gw.proxy_url)
+            await conn.send(whole("POST", CHAT, body.encode(), WITH_KEY))
+            answer = await conn.answer()
+            assert answer is not None and answer.status == 200
+            await conn.half_close()
+            with trio.fail_after(KEEP_ALIVE / 2):
+                assert await conn.closed()
 
 
 async def test_a_half_close_after_an_answer_closes_the_connection(autojump_clock):

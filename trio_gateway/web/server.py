@@ -116,6 +116,31 @@ class ConnectionLimits:
     max_head_bytes: int = MAX_HEAD_BYTES
 
 
+def close_at_the_clients_end() -> None:
+    """hypercorn 0.18's trio worker: close a connection as soon as its client has closed.
+
+    Its ``TCPServer`` leaves the keep-alive timer running when the client's end of the
+    connection closes (the asyncio worker stops it), and the connection's task group
+    waits for it: each connection a client closed after an answer stayed open (in
+    ``CLOSE-WAIT``, a file descriptor) for the whole ``keep_alive_timeout``, 75 s by
+    default; the soak (docs/testing.md) saw ~2,000 of them. Reading is over when the
+    client's end closes, so the timer has nothing left to time: it is stopped then.
+    Applied once, by :func:`hypercorn_config`; ``patches/`` has the upstream fix.
+    """
+    from hypercorn.trio.tcp_server import TCPServer
+
+    read_data = TCPServer._read_data
+    if getattr(read_data, "_stops_the_idle_timer", False):
+        return
+
+    async def _read_data(self: TCPServer) -> None:
+        await read_data(self)
+        await self.idle_task.stop()
+
+    _read_data._stops_the_idle_timer = True  # type: ignore[attr-defined]
+    TCPServer._read_data = _read_data  # type: ignore[method-assign]
+
+
 def hypercorn_config(
     bind: str | None = None,
     *,
@@ -132,6 +157,7 @@ def hypercorn_config(
     the connection's start, or the end of the last answer, until a whole head has
     arrived).
     """
+    close_at_the_clients_end()
     config = HypercornConfig()
     if bind is not None:
         config.bind = [bind]
