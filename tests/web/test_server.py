@@ -184,3 +184,48 @@ async def test_end_streams_cancels_waits_now_and_later(autojump_clock):
     with end.move_on_at(trio.current_time() + 100) as scope_:
         await trio.sleep_forever()
     assert scope_.cancelled_caught  # set before the wait began: it does not wait at all
+
+
+# --- hypercorn's keep-alive timer once the client is gone (close_at_the_clients_end) ------------
+
+
+class _Protocol:
+    """What ``TCPServer`` tells its protocol: nothing to do here."""
+
+    async def handle(self, event: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("answer_ends_after", [False, True])
+async def test_no_keep_alive_timer_outlives_the_clients_end(
+    answer_ends_after: bool, autojump_clock
+):
+    """A connection whose client has gone is closed at once, not after the keep-alive timeout:
+    the timer stops when reading ends, and the end of an answer sent afterwards (the race the
+    soak hit: a client resetting the connection as a stream's last bytes go out) does not
+    start it again."""
+    from hypercorn.config import Config
+    from hypercorn.events import Updated
+    from hypercorn.trio.task_group import TaskGroup
+    from hypercorn.trio.tcp_server import TCPServer
+    from hypercorn.trio.worker_context import TrioSingleTask
+
+    from trio_gateway.web.server import close_at_the_clients_end
+
+    close_at_the_clients_end()
+    ours, clients = trio.testing.memory_stream_pair()
+    tcp = TCPServer.__new__(TCPServer)
+    tcp.config = Config()
+    tcp.config.keep_alive_timeout = 60
+    tcp.idle_task = TrioSingleTask()
+    tcp.stream = ours
+    tcp.protocol = _Protocol()  # type: ignore[assignment]
+    tcp.context = attrs.make_class("Context", {"terminated": attrs.field()})(trio.Event())
+    with trio.fail_after(1):  # virtual seconds: far less than the keep-alive timeout
+        async with TaskGroup() as group:
+            tcp._task_group = group
+            await tcp.idle_task.restart(group, tcp._idle_timeout)  # idle, between requests
+            await clients.aclose()  # the client is gone
+            await tcp._read_data()
+            if answer_ends_after:
+                await tcp.protocol_send(Updated(idle=True))

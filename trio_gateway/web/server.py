@@ -62,6 +62,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 import trio
@@ -121,24 +122,43 @@ def close_at_the_clients_end() -> None:
 
     Its ``TCPServer`` leaves the keep-alive timer running when the client's end of the
     connection closes (the asyncio worker stops it), and the connection's task group
-    waits for it: each connection a client closed after an answer stayed open (in
-    ``CLOSE-WAIT``, a file descriptor) for the whole ``keep_alive_timeout``, 75 s by
-    default; the soak (docs/testing.md) saw ~2,000 of them. Reading is over when the
-    client's end closes, so the timer has nothing left to time: it is stopped then.
-    Applied once, by :func:`hypercorn_config`; ``patches/`` has the upstream fix.
+    waits for it; the answer being sent can even start the timer again after reading
+    ended (a client that resets the connection as the end of a stream goes out). Each
+    such connection stayed open (in ``CLOSE-WAIT`` or reset, a file descriptor) for the
+    whole ``keep_alive_timeout``, 75 s by default: the soak (docs/testing.md), whose
+    clients close a stream's connection at its last event, ended with ~2,300 of them.
+    Reading is over when the client's end closes, so the timer has nothing left to
+    time: it is stopped then, and not started again. Applied once, by
+    :func:`hypercorn_config`; patches/README.md has the upstream fix.
     """
+    from hypercorn.events import Updated
     from hypercorn.trio.tcp_server import TCPServer
 
     read_data = TCPServer._read_data
     if getattr(read_data, "_stops_the_idle_timer", False):
         return
+    protocol_send = TCPServer.protocol_send
 
     async def _read_data(self: TCPServer) -> None:
-        await read_data(self)
-        await self.idle_task.stop()
+        try:
+            await read_data(self)
+        finally:
+            self._trio_gateway_read_over = True  # type: ignore[attr-defined]
+            with trio.CancelScope(shield=True):
+                await self.idle_task.stop()
+
+    async def _protocol_send(self: TCPServer, event: Any) -> None:
+        if (
+            isinstance(event, Updated)
+            and event.idle
+            and getattr(self, "_trio_gateway_read_over", False)
+        ):
+            return  # nothing more is read on this connection: no keep-alive timer
+        await protocol_send(self, event)
 
     _read_data._stops_the_idle_timer = True  # type: ignore[attr-defined]
     TCPServer._read_data = _read_data  # type: ignore[method-assign]
+    TCPServer.protocol_send = _protocol_send  # type: ignore[method-assign]
 
 
 def hypercorn_config(
