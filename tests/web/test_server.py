@@ -171,8 +171,10 @@ async def test_end_streams_cancels_waits_now_and_later(autojump_clock):
     woke = []
 
     async def wait() -> None:
-        with end.move_on_at(trio.current_time() + 100):
+        scope_ = end.scope(trio.current_time() + 100)
+        with scope_:
             await trio.sleep_forever()
+        end.release(scope_)
         woke.append(trio.current_time())
 
     async with trio.open_nursery() as nursery:
@@ -180,8 +182,8 @@ async def test_end_streams_cancels_waits_now_and_later(autojump_clock):
         nursery.start_soon(wait)
         await trio.sleep(5)
         end.set()
-    assert woke == [5, 5] and end.is_set()
-    with end.move_on_at(trio.current_time() + 100) as scope_:
+    assert woke == [5, 5] and end.is_set() and not end._waiting
+    with end.scope(trio.current_time() + 100) as scope_:
         await trio.sleep_forever()
     assert scope_.cancelled_caught  # set before the wait began: it does not wait at all
 

@@ -791,14 +791,22 @@ class _Relay:
         ``end`` set (a shutdown's last moment) interrupts the wait: :data:`_ENDED`.
         """
         chunk = None
-        scope = end.move_on_at(self.budget.timer) if end is not None else None
-        with scope or trio.move_on_at(self.budget.timer) as wait:
-            try:
-                chunk = await anext(self.chunks)
-            except StopAsyncIteration:
-                self.closed = True
-            except httpx2.HTTPError as exc:
-                return _transport_error(exc, answered=True)
+        wait = (
+            end.scope(self.budget.timer)
+            if end is not None
+            else trio.CancelScope(deadline=self.budget.timer)
+        )
+        try:
+            with wait:
+                try:
+                    chunk = await anext(self.chunks)
+                except StopAsyncIteration:
+                    self.closed = True
+                except httpx2.HTTPError as exc:
+                    return _transport_error(exc, answered=True)
+        finally:
+            if end is not None:
+                end.release(wait)
         if wait.cancelled_caught:
             return _ENDED if end is not None and end.is_set() else self.budget.expired()
         return chunk
