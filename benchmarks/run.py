@@ -10,7 +10,10 @@ Starts, and stops at the end:
 * the **gateway**: ``trio-gateway serve`` with benchmarks/gateway.yaml (API key, rule,
   service, two-target round-robin upstream, passive health, metrics and access log on)
   on the SQLite store, as a user runs it; ``gateway-quiet``, the same with
-  ``--metrics off --access-log off`` (issue 11);
+  ``--metrics off --access-log off`` (issue 11); ``gateway-limited``, the gateway's own
+  process called with its second API key, which carries every limit (requests and tokens
+  per minute, a token and cost budget, a model list; set far above what a run reaches) and
+  whose difference to the gateway (its key without limits) is what limits cost (issue 14);
 * ``floor-2w`` and ``gateway-2w``: the same with two worker processes on both cores.
 
 One-worker servers are pinned to core 0; nginx, wrk and this script to core 1. Every
@@ -100,6 +103,10 @@ TELEMETRY_COST_MAX = 0.05
 
 #: Cases measured with the telemetry off too (the gateway-quiet rows).
 QUIET_CASES = ("nonstream-c32", "stream-c32")
+#: Cases measured with the limited key too (the gateway-limited rows: the same process).
+LIMITED_CASES = ("nonstream-c32", "stream-c32")
+# Target of issue 14: a key with limits costs at most this share more CPU per request.
+LIMITED_COST_MAX = 0.10
 QUIET_FLAGS = ["--metrics", "off", "--access-log", "off"]
 #: Cases measured against the mock directly too (the latency under the added p50).
 DIRECT_CASES = ("nonstream-c1",)
@@ -109,9 +116,11 @@ WORKER_CASES = ("nonstream-c32",)
 EXTRAS = ("slow-streams", "startup")
 
 
-def gateway_key(gateway: str) -> str:
-    """The API key benchmarks/gateway.yaml declares for gateway ``bench-<gateway>``."""
-    return f"tgk_bench_{gateway.replace('-', '_')}_key_0123456789"
+def gateway_key(gateway: str, limited: bool = False) -> str:
+    """The API key benchmarks/gateway.yaml declares for gateway ``bench-<gateway>``
+    (``limited``: its second key, with limits; bench-plain and bench-stream have one)."""
+    kind = "limited_key" if limited else "key"
+    return f"tgk_bench_{gateway.replace('-', '_')}_{kind}_0123456789"
 
 
 @dataclass(frozen=True)
@@ -534,7 +543,9 @@ class Server:
         return self.name.startswith("gateway")
 
     def key(self, case: Case) -> str | None:
-        return gateway_key(case.gateway) if self.is_gateway else None
+        if not self.is_gateway:
+            return None
+        return gateway_key(case.gateway, limited=self.name == "gateway-limited")
 
     def body_name(self, case: Case) -> str:
         if case.translated and not self.is_gateway:
@@ -1226,6 +1237,34 @@ def make_checks() -> list[Check]:
                 ((case, "gateway"), (case, "gateway-quiet")),
             )
         )
+    for case in LIMITED_CASES:
+
+        def limited(r: Round, case: str = case) -> float | None:
+            g = _metric(r, case, "gateway", "cpu_ms_per_req")
+            lim = _metric(r, case, "gateway-limited", "cpu_ms_per_req")
+            return None if lim is None or not g else lim / g - 1
+
+        def limited_detail(rows: list[dict], case: str = case) -> str:
+            found = _rows(rows, case, "gateway", "gateway-limited")
+            if found is None:
+                return ""
+            g, lim = found
+            return (
+                f"key with limits {lim['cpu_ms_per_req'] * 1000:.0f} µs/req, key without "
+                f"{g['cpu_ms_per_req'] * 1000:.0f} µs/req"
+            )
+
+        checks.append(
+            Check(
+                "14",
+                f"{case}: a key with limits, extra share of the CPU per request",
+                LIMITED_COST_MAX,
+                False,
+                limited,
+                limited_detail,
+                ((case, "gateway"), (case, "gateway-limited")),
+            )
+        )
     return checks
 
 
@@ -1330,8 +1369,9 @@ SERVER_ORDER = {
     "floor": 1,
     "gateway": 2,
     "gateway-quiet": 3,
-    "floor-2w": 4,
-    "gateway-2w": 5,
+    "gateway-limited": 4,
+    "floor-2w": 5,
+    "gateway-2w": 6,
 }
 
 
@@ -1509,7 +1549,7 @@ def main() -> int:
         "--servers",
         default="",
         help="comma-separated servers to measure (direct, floor, gateway, gateway-quiet, "
-        "floor-2w, gateway-2w); default: every one each case has",
+        "gateway-limited, floor-2w, gateway-2w); default: every one each case has",
     )
     parser.add_argument(
         "--profile",
@@ -1747,6 +1787,8 @@ def start_servers(
     wanted |= {"floor", "gateway"}
     if any(c.id in QUIET_CASES for c in cases):
         wanted.add("gateway-quiet")
+    if any(c.id in LIMITED_CASES for c in cases):
+        wanted.add("gateway-limited")
     if any(c.id in WORKER_CASES for c in cases):
         wanted |= {"floor-2w", "gateway-2w"}
     if only:
@@ -1762,6 +1804,11 @@ def start_servers(
     if "gateway" in wanted:
         proc, port, _ = start_gateway(env)
         servers["gateway"] = Server("gateway", proc, port)
+    if "gateway-limited" in wanted and "gateway" in servers:
+        # The gateway's own process, called with its limited key.
+        servers["gateway-limited"] = Server(
+            "gateway-limited", servers["gateway"].proc, servers["gateway"].port
+        )
     if "gateway-quiet" in wanted:
         if gateway_quiet_flags(env):
             proc, port, _ = start_gateway(env, name="gateway-quiet", extra=QUIET_FLAGS)
@@ -1799,6 +1846,8 @@ def group(case: Case, servers: dict[str, Server]) -> list[Server]:
         names.insert(0, "direct")
     if case.id in QUIET_CASES:
         names.append("gateway-quiet")
+    if case.id in LIMITED_CASES:
+        names.append("gateway-limited")
     if case.id in WORKER_CASES:
         names += ["gateway-2w", "floor-2w"]
     return [servers[n] for n in names if n in servers]
