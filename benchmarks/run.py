@@ -95,6 +95,9 @@ TRANSLATED_MIN = 0.9  # translated streams per CPU-second ÷ the floor's relayin
 WORKERS_MIN = 1.8  # --workers 2 req/s ÷ one worker's, c=32
 SLOW_RSS_MAX_MB = 250.0
 READY_MAX_S = 1.5
+# Target of issue 9: creating an upstream of BIG_TARGETS targets stalls the proxy at most this.
+BIG_TARGETS = 100
+BIG_STALL_MAX_MS = 100.0
 # Targets of issue 6 that still say something.
 ADDED_P50_MAX = 1.25
 STREAM_CPU_MAX = 1.3
@@ -113,7 +116,7 @@ DIRECT_CASES = ("nonstream-c1",)
 #: Cases measured with two workers too (floor-2w, gateway-2w).
 WORKER_CASES = ("nonstream-c32",)
 #: What ``--only`` may name besides case ids.
-EXTRAS = ("slow-streams", "startup")
+EXTRAS = ("slow-streams", "big-upstream", "startup")
 
 
 def gateway_key(gateway: str, limited: bool = False) -> str:
@@ -223,6 +226,8 @@ class Proc:
     log: Path
     env: dict[str, str] | None = None
     popen: subprocess.Popen | None = None
+    #: A gateway's admin API port.
+    admin_port: int | None = None
 
     def start(self) -> Proc:
         out = self.log.open("ab")
@@ -522,7 +527,7 @@ def start_gateway(
     if workers != 1:
         argv += ["--workers", str(workers)]
     proc_env = env.gateway_env
-    proc = Proc(name, argv, env.tmp / f"{name}.log", env=proc_env)
+    proc = Proc(name, argv, env.tmp / f"{name}.log", env=proc_env, admin_port=admin)
     started = time.monotonic()
     proc.start()
     ready = wait_ready(proc, port, "/readyz", ok=lambda s: s == 200)
@@ -760,6 +765,91 @@ def rss_sampler(proc: Proc, interval: float = 0.05) -> Iterator[dict]:
     finally:
         stop.set()
         thread.join()
+
+
+def big_upstream(env: Env, server: Server, n: int = BIG_TARGETS, times: int = 3) -> dict:
+    """Create (and delete) an upstream of ``n`` targets on distinct origins through the
+    admin API, ``times`` times, while one client sends proxied requests back to back:
+    the proxy's stall is the slowest of its requests that overlapped a creation, less
+    their median before (issue 9: creating targets must not block the proxy)."""
+    admin = server.proc.admin_port
+    assert admin is not None
+    status, _, raw = http_call(admin, "GET", "/api/v1/gateways?limit=1000")
+    gateway_id = next(g["id"] for g in json.loads(raw)["items"] if g["name"] == "bench-plain")
+    body = mock_bodies.client_request(OPENAI_MODEL, stream=False)
+    headers = {"Content-Type": "application/json", "X-Api-Key": gateway_key("plain")}
+    samples: list[tuple[float, float, int]] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        while not stop.is_set():
+            began = time.monotonic()
+            conn.request("POST", "/v1/chat/completions", body=body, headers=headers)
+            resp = conn.getresponse()
+            resp.read()
+            samples.append((began, time.monotonic(), resp.status))
+        conn.close()
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    time.sleep(1.0)
+    windows, created_ms, rss = [], [], []
+    upstream = {
+        "name": "bench-big",
+        "algorithm": "round-robin",
+        "targets": [
+            {
+                "provider": "openai",
+                "base_url": f"http://127.0.{i // 250}.{i % 250 + 2}:{env.port_a}",
+                "credentials": {"header_value": "sk-bench"},
+            }
+            for i in range(n)
+        ],
+    }
+    path = f"/api/v1/gateways/{gateway_id}/upstreams"
+    before_mb = server.proc.rss()
+    for _ in range(times):
+        began = time.monotonic()
+        status, _, raw = http_call(
+            admin, "POST", path, json.dumps(upstream).encode(), {"Content-Type": "application/json"}
+        )
+        ended = time.monotonic()
+        if status != 201:
+            stop.set()
+            raise SystemExit(f"creating {n} targets: {status} {raw[:300]!r}")
+        windows.append((began, ended))
+        created_ms.append((ended - began) * 1000)
+        time.sleep(0.5)
+        rss.append(server.proc.rss())
+        upstream_id = json.loads(raw)["id"]
+        http_call(admin, "DELETE", f"{path}/{upstream_id}")
+        time.sleep(0.5)
+    stop.set()
+    thread.join()
+    after_mb = server.proc.rss()
+    quiet = [
+        end - start
+        for start, end, _ in samples
+        if all(end < w0 or start > w1 + 0.2 for w0, w1 in windows)
+    ]
+    base = statistics.median(quiet) * 1000 if quiet else 0.0
+    stalls = []
+    for w0, w1 in windows:
+        during = [end - start for start, end, _ in samples if start <= w1 + 0.2 and end >= w0]
+        stalls.append(max(0.0, max(during, default=0.0) * 1000 - base))
+    errors = sum(1 for *_, code in samples if code != 200)
+    return {
+        "targets": n,
+        "stall_ms": stalls,
+        "create_ms": created_ms,
+        "probe_p50_ms": base,
+        "probes": len(samples),
+        "probe_errors": errors,
+        "rss_before_mb": before_mb,
+        "rss_with_mb": max(rss),
+        "rss_after_delete_mb": after_mb,
+    }
 
 
 def slow_streams(env: Env, server: Server, n: int) -> dict:
@@ -1312,7 +1402,11 @@ def judge(
 
 
 def targets(
-    rows: list[dict], rounds: list[Round], slow: list[dict], startup: dict[str, list[float]]
+    rows: list[dict],
+    rounds: list[Round],
+    slow: list[dict],
+    startup: dict[str, list[float]],
+    big: dict | None = None,
 ) -> list[dict]:
     results = []
     for check in make_checks():
@@ -1349,6 +1443,18 @@ def targets(
             f"peak {g_slow['rss_peak_mb']:.0f} MB",
         )
         out["conclusive"] = "one run"
+        results.append(out)
+    if big:
+        out = judge(
+            f"creating an upstream of {big['targets']} targets: the proxy's stall (ms)",
+            "9",
+            big["stall_ms"],
+            BIG_STALL_MAX_MS,
+            False,
+            "creation took " + ", ".join(f"{v:.0f}" for v in big["create_ms"]) + " ms; "
+            f"RSS {big['rss_before_mb']:.0f} -> {big['rss_with_mb']:.0f} MB, "
+            f"{big['rss_after_delete_mb']:.0f} MB once deleted",
+        )
         results.append(out)
     if startup.get("gateway"):
         results.append(
@@ -1643,6 +1749,7 @@ def main() -> int:
         rounds: list[Round] = []
         profiled: list[dict] = []
         slow: list[dict] = []
+        big: dict | None = None
         startup: dict[str, list[float]] = {}
         first_start: dict[str, float] = {}
         try:
@@ -1682,6 +1789,18 @@ def main() -> int:
                     print(package_diff(*found), flush=True)
                 profiled += found
 
+            if "big-upstream" in extras and "gateway" in servers:
+                print(f"An upstream of {BIG_TARGETS} targets created under load:", flush=True)
+                big = big_upstream(env, servers["gateway"])
+                print(
+                    "  proxy stall per creation (ms): "
+                    + ", ".join(f"{v:.0f}" for v in big["stall_ms"])
+                    + "; creation (ms): "
+                    + ", ".join(f"{v:.0f}" for v in big["create_ms"])
+                    + f"; RSS {big['rss_before_mb']:.0f} -> {big['rss_with_mb']:.0f} MB, "
+                    f"{big['rss_after_delete_mb']:.0f} MB once deleted",
+                    flush=True,
+                )
             if "slow-streams" in extras:
                 print(f"{SLOW_STREAMS} slow streams at once:", flush=True)
                 for name in ("floor", "gateway"):
@@ -1728,7 +1847,7 @@ def main() -> int:
             for proc in reversed(list(RUNNING)):
                 proc.stop()
 
-    checks = targets(rows, rounds, slow, startup)
+    checks = targets(rows, rounds, slow, startup, big)
     busy = [s for v in samples.values() for s in v if s.other_cpu_util > NOISY]
     if busy:
         notes.append(
@@ -1748,6 +1867,7 @@ def main() -> int:
         "rows": rows,
         "samples": [asdict(s) for v in samples.values() for s in v],
         "slow": slow,
+        "big_upstream": big,
         "startup": startup,
         "first_start": first_start,
         "targets": checks,
