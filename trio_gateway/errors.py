@@ -1,10 +1,11 @@
 """One error tree for the whole gateway, attempt outcomes included.
 
 Every failure that can reach a client is a :class:`GatewayError`. Each error knows
-its HTTP status, a stable machine-readable ``type``, whether another target may be
-tried (``retryable``) and who failed (``culprit``: the client, the gateway or the
-upstream). The web layer renders an error once, in the caller's dialect (admin JSON,
-OpenAI or Anthropic); lower layers only raise or return them.
+its HTTP status, a stable machine-readable ``type`` and whether another target may be
+tried (``retryable``); where it sits in the tree says who failed (:class:`ClientError`,
+:class:`UpstreamError`, or the gateway itself). The web layer renders an error once,
+in the caller's dialect (admin JSON, OpenAI or Anthropic); lower layers only raise or
+return them.
 
 An attempt at a target that does not succeed ends as one of these errors too (a
 value, not raised): the :class:`AttemptError` branch. Each of those also knows
@@ -25,11 +26,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import attrs
-
-Culprit = Literal["client", "gateway", "upstream"]
 
 
 @attrs.frozen
@@ -44,7 +43,6 @@ class GatewayError(Exception):
     status: ClassVar[int] = 500
     type: ClassVar[str] = "internal_error"
     retryable: ClassVar[bool] = False
-    culprit: ClassVar[Culprit] = "gateway"
 
     def __init__(
         self,
@@ -65,7 +63,6 @@ class GatewayError(Exception):
 class ClientError(GatewayError):
     status = 400
     type = "invalid_request"
-    culprit = "client"
 
 
 class ValidationFailed(ClientError):
@@ -237,7 +234,6 @@ class UpstreamError(AttemptError):
 
     status = 502
     type = "upstream_error"
-    culprit = "upstream"
     retryable = True
     blames_target = True
 
@@ -376,7 +372,6 @@ class Untranslatable(AttemptError):
 
     status = 400
     type = "invalid_request"
-    culprit = "client"
     outcome = "untranslatable"
     retryable = True
     counts_as_attempt = False
