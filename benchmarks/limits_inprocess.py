@@ -26,7 +26,9 @@ import time
 from contextlib import AsyncExitStack
 
 import httpx2
+import telemetry_inprocess as base
 import trio
+from telemetry_share import SPENT, timed
 
 from trio_gateway import logs
 from trio_gateway.core import limits as core_limits
@@ -37,14 +39,6 @@ from trio_gateway.web import proxy
 
 PLAIN = "tgk_inprocess_plain_key_0123456789"
 LIMITED = "tgk_inprocess_limited_key_0123456789"
-BODY = {
-    "model": "gpt-4o-mini",
-    "messages": [
-        {"role": "system", "content": "You are a helpful assistant. " * 8},
-        {"role": "user", "content": "Write a haiku about load balancers. " * 4},
-    ],
-    "max_tokens": 64,
-}
 LIMITS = {
     "requests_per_minute": 1_000_000_000,
     "tokens_per_minute": 1_000_000_000_000,
@@ -53,72 +47,16 @@ LIMITS = {
 
 
 def config(fake_url: str) -> dict:
-    target = {
-        "provider": "openai",
-        "base_url": fake_url,
-        "default_model": "gpt-4o-mini",
-        "credentials": {"header_name": "Authorization", "header_value": "Bearer sk-fake"},
-    }
-    return {
-        "gateways": [
-            {
-                "name": "cost",
-                "prices": {"gpt-4o-mini": {"input": 0.15, "output": 0.6}},
-                "upstreams": [
-                    {
-                        "name": "u",
-                        "targets": [target, {**target, "weight": 2}],
-                        "health_checks": {"passive": True, "threshold": 3, "interval": 60},
-                    }
-                ],
-                "services": [{"name": "s", "upstream": "u"}],
-                "rules": [{"name": "v1", "path": "/v1", "service": "s"}],
-                "api_keys": [
-                    {"name": "plain", "key": PLAIN},
-                    {
-                        "name": "limited",
-                        "key": LIMITED,
-                        "limits": LIMITS,
-                        "models": ["gpt-4o-mini"],
-                    },
-                ],
-            }
-        ]
-    }
-
-
-async def load(client: httpx2.AsyncClient, n: int, concurrency: int, stream: bool) -> None:
-    body = {**BODY, "stream": stream}
-    left = n
-
-    async def worker() -> None:
-        nonlocal left
-        while left > 0:
-            left -= 1
-            async with client.stream("POST", "/v1/chat/completions", json=body) as response:
-                async for _ in response.aiter_raw():
-                    pass
-                assert response.status_code == 200, response.status_code
-
-    async with trio.open_nursery() as nursery:
-        for _ in range(concurrency):
-            nursery.start_soon(worker)
-
-
-SPENT = [0.0]
-
-
-def timed(function):
-    """``function`` (synchronous), its CPU time added to ``SPENT``."""
-
-    def wrapper(*args, **kwargs):
-        started = time.thread_time()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            SPENT[0] += time.thread_time() - started
-
-    return wrapper
+    """telemetry_inprocess's gateway, with a price table and two keys: one without
+    limits, one with every limit."""
+    declared = base.config(fake_url)
+    gateway = declared["gateways"][0]
+    gateway["prices"] = {"gpt-4o-mini": {"input": 0.15, "output": 0.6}}
+    gateway["api_keys"] = [
+        {"name": "plain", "key": PLAIN},
+        {"name": "limited", "key": LIMITED, "limits": LIMITS, "models": ["gpt-4o-mini"]},
+    ]
+    return declared
 
 
 def instrument() -> None:
@@ -156,12 +94,12 @@ async def main(args: argparse.Namespace) -> None:
             samples: dict[str, list[float]] = {"limited": [], "plain": []}
             spent: list[float] = []
             for name in ("limited", "plain"):
-                await load(clients[name], args.requests // 4, args.concurrency, stream)
+                await base.load(clients[name], args.requests // 4, args.concurrency, stream)
             for round_ in range(args.rounds):
                 for name in ("limited", "plain") if round_ % 2 == 0 else ("plain", "limited"):
                     SPENT[0] = 0.0
                     started = time.process_time()
-                    await load(clients[name], args.requests, args.concurrency, stream)
+                    await base.load(clients[name], args.requests, args.concurrency, stream)
                     samples[name].append((time.process_time() - started) / args.requests * 1e6)
                     if name == "limited":
                         spent.append(SPENT[0] / args.requests * 1e6)

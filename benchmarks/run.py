@@ -1114,6 +1114,40 @@ def _ratio(case: str, num: str, den: str, metric: str) -> Callable[[Round], floa
     return value
 
 
+def _extra_cpu(
+    issue: str,
+    case: str,
+    name: str,
+    limit: float,
+    more: tuple[str, str],
+    base: tuple[str, str],
+) -> Check:
+    """What server ``more`` spends beyond server ``base`` per request in ``case``, as a
+    share of ``base``'s CPU (each a server name and how the detail calls it)."""
+    server, base_server = more[0], base[0]
+
+    def detail(rows: list[dict]) -> str:
+        found = _rows(rows, case, server, base_server)
+        if found is None:
+            return ""
+        m, b = found
+        return (
+            f"{more[1]} {m['cpu_ms_per_req'] * 1000:.0f} µs/req, "
+            f"{base[1]} {b['cpu_ms_per_req'] * 1000:.0f} µs/req"
+        )
+
+    ratio = _ratio(case, server, base_server, "cpu_ms_per_req")
+    return Check(
+        issue,
+        f"{case}: {name}",
+        limit,
+        False,
+        lambda r: None if (v := ratio(r)) is None else v - 1,
+        detail,
+        ((case, server), (case, base_server)),
+    )
+
+
 def _rows(rows: list[dict], case: str, *servers: str) -> list[dict] | None:
     found = [find(rows, case, s) for s in servers]
     return None if any(f is None for f in found) else found  # type: ignore[return-value]
@@ -1300,59 +1334,25 @@ def make_checks() -> list[Check]:
             )
         )
     for case in QUIET_CASES:
-
-        def cost(r: Round, case: str = case) -> float | None:
-            g = _metric(r, case, "gateway", "cpu_ms_per_req")
-            q = _metric(r, case, "gateway-quiet", "cpu_ms_per_req")
-            return None if g is None or not q else g / q - 1
-
-        def cost_detail(rows: list[dict], case: str = case) -> str:
-            found = _rows(rows, case, "gateway", "gateway-quiet")
-            if found is None:
-                return ""
-            g, q = found
-            return (
-                f"gateway {g['cpu_ms_per_req'] * 1000:.0f} µs/req, with --metrics off "
-                f"--access-log off {q['cpu_ms_per_req'] * 1000:.0f} µs/req"
-            )
-
         checks.append(
-            Check(
+            _extra_cpu(
                 "11",
-                f"{case}: metrics + access log, share of the gateway's CPU per request",
+                case,
+                "metrics + access log, share of the gateway's CPU per request",
                 TELEMETRY_COST_MAX,
-                False,
-                cost,
-                cost_detail,
-                ((case, "gateway"), (case, "gateway-quiet")),
+                ("gateway", "gateway"),
+                ("gateway-quiet", "with --metrics off --access-log off"),
             )
         )
     for case in LIMITED_CASES:
-
-        def limited(r: Round, case: str = case) -> float | None:
-            g = _metric(r, case, "gateway", "cpu_ms_per_req")
-            lim = _metric(r, case, "gateway-limited", "cpu_ms_per_req")
-            return None if lim is None or not g else lim / g - 1
-
-        def limited_detail(rows: list[dict], case: str = case) -> str:
-            found = _rows(rows, case, "gateway", "gateway-limited")
-            if found is None:
-                return ""
-            g, lim = found
-            return (
-                f"key with limits {lim['cpu_ms_per_req'] * 1000:.0f} µs/req, key without "
-                f"{g['cpu_ms_per_req'] * 1000:.0f} µs/req"
-            )
-
         checks.append(
-            Check(
+            _extra_cpu(
                 "14",
-                f"{case}: a key with limits, extra share of the CPU per request",
+                case,
+                "a key with limits, extra share of the CPU per request",
                 LIMITED_COST_MAX,
-                False,
-                limited,
-                limited_detail,
-                ((case, "gateway"), (case, "gateway-limited")),
+                ("gateway-limited", "key with limits"),
+                ("gateway", "key without"),
             )
         )
     return checks

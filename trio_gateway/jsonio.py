@@ -17,7 +17,7 @@ raises anything but :class:`JSONError` (a ``ValueError``) for bad input:
 
 Writing (:func:`dumpb`) never fails on what :func:`loads` returned: integers
 beyond 64 bits, nesting deeper than orjson writes (255) and lone surrogates go
-through the slow path, a lone surrogate written back as the ``\\udXXX`` escape it
+through the slow path, a lone surrogate written back as the ``\\udc80``-style escape it
 came as (so a body the gateway re-encodes says what the client sent).
 
 One difference remains: orjson reads integers beyond 64 bits as floats, so such
@@ -97,7 +97,7 @@ _slow = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=Fa
 
 
 def dumpb(obj: Any) -> bytes:
-    """Compact JSON bytes, non-ASCII kept as is, lone surrogates as ``\\udXXX`` escapes."""
+    """Compact JSON bytes, non-ASCII kept as is, lone surrogates as ``\\udc80``-style escapes."""
     try:
         return orjson.dumps(obj)
     except TypeError:
@@ -106,7 +106,8 @@ def dumpb(obj: Any) -> bytes:
         text = _slow(obj)
     except RecursionError:
         text = _encode_deep(obj)
-    # A lone surrogate can only be inside a JSON string, where "\udXXX" is its escape.
+    # A lone surrogate can only be inside a JSON string, where its escape is what
+    # backslashreplace writes ("\\udc80" for U+DC80).
     return text.encode("utf-8", "backslashreplace")
 
 

@@ -37,6 +37,21 @@ class UsageRow:
     #: Requests the key's limits refused (not in ``requests``).
     refused: int = 0
 
+    def values(self) -> tuple[str, str, str, str, int, int, int, int, float, int]:
+        """The row as a store writes it, its fields in order (cost always a float)."""
+        return (
+            self.key_id,
+            self.gateway_id,
+            self.model,
+            self.day,
+            self.requests,
+            self.input_tokens,
+            self.output_tokens,
+            self.cached_tokens,
+            float(self.cost),
+            self.refused,
+        )
+
     def __add__(self, other: UsageRow) -> UsageRow:
         return attrs.evolve(
             self,

@@ -183,21 +183,6 @@ MIGRATIONS: Sequence[Callable[[psycopg.Cursor], None]] = (_v1, _v2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def _usage_tuple(row: UsageRow) -> tuple:
-    return (
-        row.key_id,
-        row.gateway_id,
-        row.model,
-        row.day,
-        row.requests,
-        row.input_tokens,
-        row.output_tokens,
-        row.cached_tokens,
-        float(row.cost),
-        row.refused,
-    )
-
-
 def display_location(conninfo: str) -> str:
     """``postgresql://user@host:port/db?options=...``: never the password."""
     try:
@@ -596,7 +581,7 @@ class PostgresStore:
                     ],
                 )
             if usage:
-                columns = list(zip(*(_usage_tuple(row) for row in usage), strict=True))
+                columns = list(zip(*(row.values() for row in usage), strict=True))
                 cur.execute(
                     """
                     INSERT INTO tg_usage (key_id, gateway_id, model, day, requests, input_tokens,

@@ -210,21 +210,6 @@ def _migrate(db: sqlite3.Connection, path: Path) -> int:
     return version
 
 
-def _usage_tuple(row: UsageRow) -> tuple:
-    return (
-        row.key_id,
-        row.gateway_id,
-        row.model,
-        row.day,
-        row.requests,
-        row.input_tokens,
-        row.output_tokens,
-        row.cached_tokens,
-        row.cost,
-        row.refused,
-    )
-
-
 class SqliteStore:
     """See the module docstring. Open with :meth:`open`; do not construct directly."""
 
@@ -459,7 +444,7 @@ class SqliteStore:
                         cost = cost + excluded.cost,
                         refused = refused + excluded.refused
                     """,
-                    [_usage_tuple(row) for row in usage],
+                    [row.values() for row in usage],
                 )
                 db.execute("COMMIT")
             except BaseException:
