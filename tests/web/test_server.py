@@ -9,7 +9,6 @@ import attrs
 import pytest
 import trio
 
-from trio_gateway.runtime.ending import EndStreams
 from trio_gateway.web.server import (
     MAX_HEAD_BYTES,
     MAX_HEADERS,
@@ -164,28 +163,6 @@ async def test_while_closing_every_answer_says_connection_close(autojump_clock):
     guard = ConnectionGuard(app, LIMITS, error_body=json_error_body, closing=lambda: True)
     await guard(scope(headers(3)), peer.receive, peer.send)
     assert peer.status == 200 and peer.headers[b"connection"] == b"close"
-
-
-async def test_end_streams_cancels_waits_now_and_later(autojump_clock):
-    end = EndStreams()
-    woke = []
-
-    async def wait() -> None:
-        scope_ = end.scope(trio.current_time() + 100)
-        with scope_:
-            await trio.sleep_forever()
-        end.release(scope_)
-        woke.append(trio.current_time())
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(wait)
-        nursery.start_soon(wait)
-        await trio.sleep(5)
-        end.set()
-    assert woke == [5, 5] and end.is_set() and not end._waiting
-    with end.scope(trio.current_time() + 100) as scope_:
-        await trio.sleep_forever()
-    assert scope_.cancelled_caught  # set before the wait began: it does not wait at all
 
 
 # --- hypercorn's keep-alive timer once the client is gone (close_at_the_clients_end) ------------

@@ -36,7 +36,7 @@ target that answered (or was tried last), ``X-Request-Id`` and the attempt trail
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -68,7 +68,7 @@ from trio_gateway.providers.translate.count_tokens import ESTIMATE_HEADER, count
 from trio_gateway.providers.usage import Usage
 from trio_gateway.runtime.ending import EndStreams
 from trio_gateway.runtime.injection import RequestFaults
-from trio_gateway.runtime.target import Committed, Job, StreamEnd, TargetActor, Whole
+from trio_gateway.runtime.target import Committed, Job, StreamBody, StreamEnd, TargetActor, Whole
 
 if TYPE_CHECKING:
     from trio_gateway.runtime.limits import Charge
@@ -142,7 +142,7 @@ class Explanation:
 class ProxyResponse:
     status: int
     headers: list[tuple[str, str]]
-    body: bytes | AsyncIterator[bytes]
+    body: bytes | StreamBody
     #: The provider's usage of a whole answer (a stream's comes with its end).
     usage: Usage | None = None
 

@@ -53,7 +53,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from typing import Any
 
 import attrs
@@ -161,12 +161,12 @@ class Failed:
 
 @attrs.frozen
 class Committed:
-    """A stream with content. Iterating ``body`` gives the client's bytes, the first
-    ones (held until the first content) included, and settles the attempt at its end."""
+    """A stream with content. Pumping ``body`` sends the client's bytes, the first ones
+    (held until the first content) included, and settles the attempt at its end."""
 
     status: int
     headers: Sequence[tuple[str, str]]
-    body: AsyncIterator[bytes]
+    body: StreamBody
 
 
 Result = Whole | Failed | Committed
@@ -217,7 +217,8 @@ class Job:
     usage: bool = True
     #: Faults injected into this attempt's provider call (a gateway's fault injection).
     fault: ArmedFault | None = None
-    #: The runtime's "end every running stream now" signal (the end of a shutdown).
+    #: The runtime's stream ends: a committed stream's idle timer, and the "end every
+    #: running stream now" of a shutdown's last moment (``None``: the actor's own).
     end: EndStreams | None = None
     #: Told once when a committed stream is over (telemetry).
     on_end: Callable[[StreamEnd], None] | None = None
@@ -296,6 +297,9 @@ class TargetActor:
         self._idle = trio.Event()  # set once retired and nothing is in flight
         self._probes = trio.CancelScope()
         self._sleep = trio.CancelScope()
+        #: The idle timers of committed streams whose job brings none (recovery checks;
+        #: a client's job brings the runtime's).
+        self.end_streams = EndStreams()
 
     # --- used by the dispatcher (synchronous, same thread) -------------------------------
 
@@ -484,8 +488,7 @@ class TargetActor:
         try:
             result = await self._exchange(job, ended.append)
             if isinstance(result, Committed):
-                async for _ in result.body:  # read it to its end: it judges itself
-                    pass
+                await result.body.pump(_ignore)  # read it to its end: it judges itself
                 error = ended[0] if ended else None
             elif isinstance(result, Failed):
                 error = result.error
@@ -757,10 +760,13 @@ class _Relay:
     """One streamed attempt: the provider's events judged, translated, and relayed.
 
     :meth:`open` reads until the first content (the commit) or a failure, in the
-    requester's task; then :meth:`body` goes on as the client's response is sent,
-    each wait for the provider under its own cancel scope (none across a
-    ``yield``). The body settles the attempt, closes the provider's response and
-    tells ``job.on_end`` when it is over, however it ends.
+    requester's task, each wait for the provider under its own cancel scope; then
+    :meth:`pump` sends the stream to the client, in the same task, its waits kept by
+    the runtime's :class:`~trio_gateway.runtime.ending.EndStreams` (idle timer,
+    shutdown) under one cancel scope that never interrupts a send. The pump settles
+    the attempt, closes the provider's response and tells ``job.on_end`` when the
+    stream is over, however it ends; :meth:`discard` and :meth:`dropped` do it for a
+    stream that is never pumped.
     """
 
     def __init__(
@@ -785,30 +791,19 @@ class _Relay:
         self.closed = False  # the provider ended its body cleanly
         self.sent = 0
 
-    async def _next(self, end: EndStreams | None) -> bytes | AttemptError | None:
-        """The provider's next chunk, an error, or ``None`` once its body ended cleanly.
-
-        ``end`` set (a shutdown's last moment) interrupts the wait: :data:`_ENDED`.
-        """
+    async def _next(self) -> bytes | AttemptError | None:
+        """The provider's next chunk, an error, or ``None`` once its body ended cleanly
+        (before the commit: a wait under its own cancel scope)."""
         chunk = None
-        wait = (
-            end.scope(self.budget.timer)
-            if end is not None
-            else trio.CancelScope(deadline=self.budget.timer)
-        )
-        try:
-            with wait:
-                try:
-                    chunk = await anext(self.chunks)
-                except StopAsyncIteration:
-                    self.closed = True
-                except httpx2.HTTPError as exc:
-                    return _transport_error(exc, answered=True)
-        finally:
-            if end is not None:
-                end.release(wait)
+        with trio.CancelScope(deadline=self.budget.timer) as wait:
+            try:
+                chunk = await anext(self.chunks)
+            except StopAsyncIteration:
+                self.closed = True
+            except httpx2.HTTPError as exc:
+                return _transport_error(exc, answered=True)
         if wait.cancelled_caught:
-            return _ENDED if end is not None and end.is_set() else self.budget.expired()
+            return self.budget.expired()
         return chunk
 
     def _feed(self, chunk: bytes | None) -> tuple[bytes, bool]:
@@ -831,7 +826,7 @@ class _Relay:
         held: list[bytes] = []
         watch, stream = self.watch, self.stream
         while True:
-            chunk = await self._next(None)  # nothing was sent: a shutdown is not ours here
+            chunk = await self._next()  # nothing was sent: a shutdown is not ours here
             if isinstance(chunk, AttemptError):
                 return self._failed(chunk)
             client_bytes, content = self._feed(chunk)
@@ -852,50 +847,70 @@ class _Relay:
         self.budget.content(now)
         self.actor.latency_estimate.observe(now - self.budget.started, now)
         headers = passed_headers(self.response.headers, SSE_TYPE)
-        return Committed(self.response.status_code, headers, _StreamBody(self, b"".join(held)))
+        return Committed(self.response.status_code, headers, StreamBody(self, b"".join(held)))
 
     def _failed(self, error: AttemptError) -> Failed:
         """The stream failed before its first content, with what its provider reported."""
         return Failed(error, self.watch.usage())
 
-    async def body(self, first: bytes) -> AsyncIterator[bytes]:
-        """The committed stream, from its first bytes to its end. See the class docstring."""
+    async def pump(self, first: bytes, send: Callable[[bytes], Awaitable[None]]) -> None:
+        """The committed stream, from its first bytes to its end, each chunk given to
+        ``send`` as it comes. See the class docstring."""
         watch, stream, job = self.watch, self.stream, self.job
+        budget, chunks = self.budget, self.chunks
+        end = job.end if job.end is not None else self.actor.end_streams
         #: What settles the attempt: until decided, the client left (nothing learnt).
         outcome: AttemptError | None = AttemptAbandoned("the client left")
         how = "client_left"
         complete = False
+        wait = end.follow(budget)
         try:
-            self.last = first
-            yield first
-            self.sent += len(first)
-            failure = self._broken()
-            done = failure is not None or watch.complete or (self.closed and watch.finished)
-            while not done:
-                chunk = await self._next(job.end)
-                if chunk is _ENDED:
-                    how, outcome = "shutdown", AttemptAbandoned("the gateway is shutting down")
-                    yield stream_end_event(job.api, "service_unavailable", SHUTTING_DOWN, self.last)
-                    return
-                if isinstance(chunk, AttemptError):
-                    failure = chunk
-                    break
-                client_bytes, content = self._feed(chunk)
-                if client_bytes:
-                    self.last = client_bytes
-                    yield client_bytes
-                    self.sent += len(client_bytes)
-                if content:
-                    self.budget.content(trio.current_time())
+            last = first
+            failure: AttemptError | None = None
+            with wait.scope:  # cancelled (by ``end``) only while waiting: never mid-send
+                await send(first)
+                self.sent += len(first)
                 failure = self._broken()
-                done = failure is not None or watch.complete or self.closed
+                done = failure is not None or watch.complete or (self.closed and watch.finished)
+                while not done and not wait.over():
+                    wait.waiting = True
+                    try:
+                        chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        chunk = None
+                        self.closed = True
+                    except httpx2.HTTPError as exc:
+                        failure = _transport_error(exc, answered=True)
+                        break
+                    wait.waiting = False
+                    if wait.scope.cancel_called:
+                        # Ended as the chunk came (the cancel is pending): it would
+                        # interrupt the send, so the chunk is not sent.
+                        break
+                    client_bytes, content = self._feed(chunk)
+                    if content:
+                        budget.content(trio.current_time())
+                    if client_bytes:
+                        last = client_bytes
+                        await send(client_bytes)
+                        self.sent += len(client_bytes)
+                    failure = self._broken()
+                    done = failure is not None or watch.complete or self.closed
+            if failure is None and not done:  # the wait was ended, or was not begun
+                if end.is_set():
+                    how, outcome = "shutdown", AttemptAbandoned("the gateway is shutting down")
+                    await send(
+                        stream_end_event(job.api, "service_unavailable", SHUTTING_DOWN, last)
+                    )
+                    return
+                failure = budget.expired()
             if failure is None and (watch.complete or watch.finished):
                 how, outcome = "complete", None
                 tail = stream.finish()
                 if tail:
-                    yield tail
+                    await send(tail)
                     self.sent += len(tail)
-                complete = self.closed or await _drain(self.chunks)
+                complete = self.closed or await _drain(chunks)
                 return
             if failure is None:
                 failure = StreamIncomplete("the provider's stream ended before it was complete")
@@ -908,58 +923,65 @@ class _Relay:
                     failure.message,
                 )
                 if tail:
-                    yield tail
+                    await send(tail)
                     self.sent += len(tail)
         finally:
+            end.forget(wait)
             self.settle(outcome)
             await _release(self.response, complete)
             if job.on_end is not None:
                 usage = watch.usage()
                 job.on_end(StreamEnd(how, self.sent, watch.malformed + stream.skipped, usage))
 
-    last: bytes = b""
+    async def discard(self) -> None:
+        """The stream will not be sent (the client left before it began): clean up."""
+        self._abandoned()
+        await _release(self.response, False)
 
     def dropped(self) -> None:
-        """The body was never iterated (the client left before it began): clean up anyway."""
-        self.settle(AttemptAbandoned("the client left"))
-        if self.job.on_end is not None:
-            self.job.on_end(StreamEnd("client_left", 0))
+        """Like :meth:`discard`, where nothing can be awaited (a finalizer)."""
+        self._abandoned()
         with contextlib.suppress(RuntimeError):  # no Trio run any more: nothing to close with
             trio.lowlevel.spawn_system_task(_release, self.response, False)
 
+    def _abandoned(self) -> None:
+        self.settle(AttemptAbandoned("the client left"))
+        if self.job.on_end is not None:
+            self.job.on_end(StreamEnd("client_left", 0))
 
-#: What :meth:`_Relay._next` returns when the runtime's ``end_streams`` interrupted it.
-_ENDED: Any = object()
+
 SHUTTING_DOWN = "the gateway is shutting down; the stream was ended before it finished"
 
 
-class _StreamBody:
-    """A committed stream's body as Quart iterates it, with a safety net.
+class StreamBody:
+    """A committed stream's body: :meth:`pump` sends it, once.
 
-    Quart closes the body when it is done with it; but if the client leaves after
-    the response was made and before Quart starts sending it, nothing ever iterates
-    (or closes) the generator, and its ``finally`` never runs. Dropping this object
-    unstarted (CPython frees it at once) settles the attempt and closes the
-    provider's response instead.
+    Whoever receives a :class:`Committed` must pump its body or :meth:`discard` it
+    (a no-op once pumped). If it does neither (the client left after the response
+    was made and before it was sent, and nobody awaited anything more), dropping the
+    object (CPython frees it at once) settles the attempt and closes the provider's
+    response instead.
     """
 
-    __slots__ = ("_body", "_relay", "_started")
+    __slots__ = ("_first", "_relay", "_started")
 
     def __init__(self, relay: _Relay, first: bytes) -> None:
         self._relay = relay
-        self._body = relay.body(first)
+        self._first = first
         self._started = False
 
-    def __aiter__(self) -> _StreamBody:
-        return self
-
-    def __anext__(self) -> Any:
+    async def pump(self, send: Callable[[bytes], Awaitable[None]]) -> None:
+        """Send the stream with ``send``, chunk by chunk, until it ends."""
+        if self._started:
+            raise RuntimeError("a stream's body is sent once")
         self._started = True
-        return self._body.__anext__()
+        await self._relay.pump(self._first, send)
 
-    async def aclose(self) -> None:
-        self._started = True
-        await self._body.aclose()  # type: ignore[attr-defined]
+    async def discard(self) -> None:
+        """The body will not be sent: settle and close now (nothing once it was pumped)."""
+        if not self._started:
+            self._started = True
+            await self._relay.discard()
 
     def __del__(self) -> None:
         if not self._started:
@@ -1046,6 +1068,10 @@ def _transport_error(exc: httpx2.HTTPError, *, answered: bool) -> AttemptError:
     if isinstance(exc, httpx2.RemoteProtocolError):
         return UpstreamProtocolError(f"the provider broke the connection or HTTP ({name})")
     return UpstreamReadError(f"the connection broke before the answer ({name})")
+
+
+async def _ignore(chunk: bytes) -> None:
+    """Where a recovery check's stream goes: nowhere."""
 
 
 async def _drain(chunks: object) -> bool:

@@ -38,7 +38,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -79,6 +79,7 @@ from trio_gateway.runtime.supervisor import (
     Runtime,
     ServiceRoute,
 )
+from trio_gateway.runtime.target import StreamBody
 from trio_gateway.telemetry import RequestRecord, Telemetry
 from trio_gateway.web.admin import Readiness, add_health_routes
 from trio_gateway.web.http import JSON, Receive, Scope, Send, from_http_exception
@@ -413,23 +414,26 @@ class _Call:
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _send_stream(
-        self, status: int, headers: list[tuple[str, str]], body: AsyncIterator[bytes]
+        self, status: int, headers: list[tuple[str, str]], body: StreamBody
     ) -> None:
-        """A committed stream: each chunk as it comes; the body closed however it ends."""
+        """A committed stream: each chunk as it comes; the body discarded if never sent."""
         send = self.send
+
+        async def send_chunk(chunk: bytes) -> None:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
         try:
             await send(
                 {"type": "http.response.start", "status": status, "headers": _raw_headers(headers)}
             )
-            async for chunk in body:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await body.pump(send_chunk)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            await body.aclose()  # type: ignore[attr-defined]
+            await body.discard()
 
 
 #: An answer: status, headers (names as written), and the body, whole or a stream.
-Answer = tuple[int, list[tuple[str, str]], "bytes | AsyncIterator[bytes]"]
+Answer = tuple[int, list[tuple[str, str]], "bytes | StreamBody"]
 
 
 def _raw_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
