@@ -905,6 +905,11 @@ def frame_package(frame: str) -> str:
     return where.split("/", 1)[0] if "/" in where else "stdlib"
 
 
+#: A Trio thread-cache worker waiting for a job (``lock.acquire(timeout=...)``): idle, but
+#: py-spy's idle detection counts it as running (it was 1/3 of a streaming profile's samples).
+IDLE_WORKER = "WorkerThread._work (trio/_core/_thread_cache.py"
+
+
 def profile(env: Env, server: Server, case: Case, args, out_dir: Path) -> dict | None:
     """py-spy (blocking sampling, idle excluded) of ``server`` under ``case``'s load.
 
@@ -936,7 +941,7 @@ def profile(env: Env, server: Server, case: Case, args, out_dir: Path) -> dict |
         if not stack or not count.isdigit():
             continue
         frames = [f for f in stack.split(";") if not re.match(r"^(process|thread) ", f)]
-        if not frames:
+        if not frames or frames[-1].startswith(IDLE_WORKER):
             continue
         n = int(count)
         total += n
