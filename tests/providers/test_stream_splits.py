@@ -18,6 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.providers import golden, sdk
+from trio_gateway.providers.formats import ApiFormat
+from trio_gateway.providers.watch import StreamWatch
 
 STREAMS = [p for p in golden.paths() if "provider_stream" in golden.load(p)]
 
@@ -98,3 +100,73 @@ def test_each_output_piece_parses_alone(path: Path) -> None:
     outputs, _ = _translate(path, [data[i : i + 7] for i in range(0, len(data), 7)])
     pieces = [e for out in outputs for e in sdk.events(out)]
     assert pieces == sdk.events(b"".join(outputs))
+
+
+# --- behind the stream watch: parsed events (each event parsed once) -------------------------
+
+#: Golden streams whose translator takes the watch's parsed events (Anthropic providers).
+EVENT_STREAMS = [
+    p for p in STREAMS if hasattr(golden.make_translator(p, _case(p)).stream(), "feed_events")
+]
+#: What a provider may put between two events: a keep-alive, an event without data, data
+#: that is not JSON, JSON that is not an object, an event missing what its type needs, an
+#: event typed by its ``event`` line only.
+EXTRAS = [
+    b": keep-alive\n\n",
+    b"event: ping\n\n",
+    b"event: content_block_delta\ndata: {not json\n\n",
+    b"data: [1, 2]\n\n",
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0}\n\n',
+    b'data: {"type":"ping"}\n\n',
+    b'event: content_block_delta\ndata: {"index":0,"delta":{"type":"text_delta","text":"!"}}\n\n',
+]
+
+
+def _behind_watch(path: Path, chunks: list[bytes], parsed: bool) -> tuple[bytes, int, int, bool]:
+    """The client's bytes (and skipped, malformed, complete) as the target actor relays them."""
+    case = _case(path)
+    translator = golden.make_translator(path, case)
+    translator.request(case["client_request"])
+    stream: Any = translator.stream()
+    watch = StreamWatch(ApiFormat.ANTHROPIC, events=parsed)
+    out = []
+    for chunk in [*chunks, None]:
+        released, _ = watch.flush() if chunk is None else watch.feed(chunk)
+        if not released:
+            continue
+        if parsed:
+            out.append(stream.feed_events(watch.events))
+            watch.events.clear()  # type: ignore[union-attr]
+        else:
+            out.append(stream.feed(released))
+    out.append(stream.finish())
+    return b"".join(out), stream.skipped, watch.malformed, stream.complete
+
+
+def test_every_anthropic_golden_stream_can_be_fed_as_parsed_events() -> None:
+    assert len(EVENT_STREAMS) >= 5, EVENT_STREAMS
+
+
+@pytest.mark.parametrize("path", EVENT_STREAMS, ids=golden.case_id)
+@settings(max_examples=40, deadline=None)
+@given(
+    cuts=st.lists(st.floats(min_value=0, max_value=1), max_size=8),
+    extras=st.lists(
+        st.tuples(st.floats(min_value=0, max_value=1), st.sampled_from(EXTRAS)), max_size=4
+    ),
+    crlf=st.booleans(),
+)
+def test_parsed_events_give_the_bytes_the_translator_gives_for_the_raw_stream(
+    path: Path, cuts: list[float], extras: list[tuple[float, bytes]], crlf: bool
+) -> None:
+    """Whatever the provider sends and however it is cut, a translator fed the watch's
+    parsed events gives the client exactly what it gives when fed the watch's bytes."""
+    events = [e + b"\n\n" for e in _source(path).split(b"\n\n") if e]
+    for where, extra in extras:
+        events.insert(int(where * len(events)), extra)
+    data = b"".join(events)
+    if crlf:
+        data = data.replace(b"\n", b"\r\n")
+    points = sorted({int(c * len(data)) for c in cuts})
+    chunks = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+    assert _behind_watch(path, chunks, parsed=True) == _behind_watch(path, chunks, parsed=False)

@@ -45,6 +45,14 @@ Every data event is parsed once (orjson, about 0.4 µs for a token chunk): that 
 how a malformed event is caught, and where the provider's token usage and model are
 read (:meth:`StreamWatch.usage`; :mod:`trio_gateway.providers.usage`).
 
+**Events for a translator** (``events=True``, Messages streams): a translator that
+takes parsed events (``feed_events``) is given the events the watch released, as
+``(name, payload)`` pairs: the ``event`` field (``None`` without one) and the
+``data`` parsed as JSON (``None``: the event had no data; :data:`UNREADABLE`: its
+data is not a JSON object, or not the shape of an event), so that each event is
+parsed once, not once here and once more in the translator. They collect in
+:attr:`StreamWatch.events` until the caller takes them.
+
 **Usage the client did not ask for** (``hide_usage``, chat completions only): the
 gateway asks an OpenAI-dialect provider for its usage (``stream_options.include_usage``)
 even when the client did not, to count tokens. The provider then adds ``"usage": null``
@@ -63,6 +71,8 @@ from trio_gateway.providers.formats import Api, ApiFormat
 from trio_gateway.providers.usage import Usage, tokens
 
 MALFORMED = "malformed_event"
+#: The payload of a released event whose data could not be read (``events=True``).
+UNREADABLE: Any = object()
 #: An event this long without its blank line is not an event: the stream is broken.
 MAX_EVENT = 1 << 20
 
@@ -98,13 +108,22 @@ class StreamWatch:
     far (:meth:`usage`).
     """
 
-    def __init__(self, fmt: ApiFormat | Api, *, hide_usage: bool = False) -> None:
+    def __init__(
+        self, fmt: ApiFormat | Api, *, hide_usage: bool = False, events: bool = False
+    ) -> None:
         """``fmt``: the provider's dialect (chat completions or Messages), or an :class:`Api`.
 
-        ``hide_usage``: see the module docstring (chat completions only).
+        ``hide_usage``, ``events``: see the module docstring (``hide_usage``: chat
+        completions only).
         """
         self._classify = _CLASSIFIERS[fmt]
+        if events and self._classify is not _anthropic:
+            raise ValueError("parsed events are kept for Messages streams only")
         self._pending = b""
+        #: The released events, parsed (``events=True``; ``None`` otherwise).
+        self.events: list[tuple[str | None, Any]] | None = [] if events else None
+        #: The JSON the classifier parsed of the event at hand (``None``: no data).
+        self._payload: Any = None
         self.started = False
         self.complete = False
         self.finished = False
@@ -180,33 +199,44 @@ class StreamWatch:
 
     def _block(self, block: bytes) -> tuple[bool, bool]:
         """Classify one event; returns (release it, it carries content)."""
+        released, content, event = self._judge(block)
+        if released and self.events is not None:
+            name = None if event is None else event.decode("utf-8", "replace")
+            self.events.append((name, self._payload))
+        return released, content
+
+    def _judge(self, block: bytes) -> tuple[bool, bool, bytes | None]:
+        """(release it, it carries content, its event name) of one event."""
         event, data = _fields(block)
+        self._payload = None
         try:
             kind, detail = self._classify(self, event, data)
         except (TypeError, AttributeError, KeyError, ValueError):
             kind, detail = "malformed", None  # valid JSON, but not the shape of an event
+        if kind == "malformed":
+            self._payload = UNREADABLE
         if kind == "usage":
             if self.hide_usage:
-                return False, False  # asked for by the gateway, not the client
+                return False, False, event  # asked for by the gateway, not the client
             kind = "content"
         if kind == "malformed":
             if self.started:
                 self.malformed += 1
-                return True, False
+                return True, False, event
             self.error = MALFORMED
-            return False, False
+            return False, False, event
         if kind == "error":
             self.error = detail or "error"
-            return True, True
+            return True, True, event
         if kind == "done":
             self.complete = True
-            return True, True
+            return True, True, event
         if kind == "content":
             self.started = True
             if detail == "finish":
                 self.finished = True
-            return True, True
-        return True, False
+            return True, True, event
+        return True, False, event
 
 
 def _fields(block: bytes) -> tuple[bytes | None, bytes | None]:
@@ -274,7 +304,7 @@ def _anthropic(
 ) -> tuple[str, str | None]:
     payload = None
     if data is not None:
-        payload = _json(data)
+        payload = watch._payload = _json(data)
         if payload is None:
             return "malformed", None
     name = event.decode("ascii", "replace") if event else (payload or {}).get("type")

@@ -779,10 +779,15 @@ class _Relay:
     ) -> None:
         self.actor, self.job, self.budget, self.response = actor, job, budget, response
         self.settle = settle
-        self.watch = watch = StreamWatch(job.provider_api, hide_usage=job.hide_usage)
+        translated = job.translator.stream() if job.translator is not None else None
+        #: A translator that takes the watch's parsed events (each event parsed once).
+        self._events = getattr(translated, "feed_events", None)
+        self.watch = watch = StreamWatch(
+            job.provider_api, hide_usage=job.hide_usage, events=self._events is not None
+        )
         self.stream = (
-            job.translator.stream()
-            if job.translator is not None
+            translated
+            if translated is not None
             else ResponsesPassthroughStream()
             if job.provider_api is Api.RESPONSES
             else PassthroughStream(job.client_format, watch)
@@ -807,8 +812,18 @@ class _Relay:
         return chunk
 
     def _feed(self, chunk: bytes | None) -> tuple[bytes, bool]:
-        out, content = self.watch.flush() if chunk is None else self.watch.feed(chunk)
-        return (self.stream.feed(out) if out else b""), content
+        """The client's bytes for the provider's ``chunk`` (``None``: its end), and
+        whether content came."""
+        watch = self.watch
+        out, content = watch.flush() if chunk is None else watch.feed(chunk)
+        if not out:
+            return b"", content
+        if self._events is None:
+            return self.stream.feed(out), content
+        events = watch.events
+        client_bytes = self._events(events)
+        events.clear()  # type: ignore[union-attr]
+        return client_bytes, content
 
     def _broken(self) -> AttemptError | None:
         """The provider's stream went wrong at the event just fed."""

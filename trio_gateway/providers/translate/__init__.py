@@ -69,6 +69,11 @@ class StreamTranslator(Protocol):
     has then already been sent an error event. After either, ``feed``, ``finish`` and
     ``fail`` return ``b""``. A caller ends a broken stream (provider cut, timeout)
     with ``finish()`` and then, if not ``complete``, ``fail(type, message)``.
+
+    A translator may also take its input as the events a
+    :class:`~trio_gateway.providers.watch.StreamWatch` already parsed
+    (``feed_events``, instead of ``feed``; today the Messages-to-chat one): the target
+    actor then parses each provider event once.
     """
 
     complete: bool

@@ -30,6 +30,7 @@ from trio_gateway.providers.translate._common import (
     stream_failure,
     translate_error,
 )
+from trio_gateway.providers.watch import UNREADABLE
 
 __all__ = ["OpenAIToAnthropic", "OpenAIToAnthropicStream"]
 
@@ -777,20 +778,30 @@ class OpenAIToAnthropicStream:
 
     # --- events ------------------------------------------------------------------------
 
+    def feed_events(self, events: list[tuple[str | None, Any]]) -> bytes:
+        """Like :meth:`feed`, for events a :class:`~trio_gateway.providers.watch.StreamWatch`
+        parsed already (``events=True``): ``(name, payload)`` pairs, the payload ``None``
+        for an event without data and ``UNREADABLE`` for one that could not be read."""
+        if self._done:
+            return b""
+        return self._events(events, False)
+
     def _handle(self, events: list[SSEEvent], final: bool = False) -> bytes:
+        return self._events([(ev.event, _parsed(ev.data)) for ev in events], final)
+
+    def _events(self, events: list[tuple[str | None, Any]], final: bool) -> bytes:
         out: list[bytes] = []
-        for ev in events:
-            try:
-                d = loads(ev.data)
-                kind = d.get("type") or ev.event
-            except (ValueError, AttributeError):
+        for name, d in events:
+            if d is None:
+                continue  # no data (an event line alone): nothing to translate
+            if type(d) is not dict:  # UNREADABLE, or JSON that is not an object
                 if final:  # the cut-off remains of a last event: not a protocol error
                     break
                 self.skipped += 1  # an event that cannot be read is skipped, not fatal
                 continue
             mark = len(out)
             try:
-                self._event(kind, d, out)
+                self._event(d.get("type") or name, d, out)
             except (KeyError, TypeError, AttributeError):
                 del out[mark:]
                 self.skipped += 1
@@ -929,3 +940,11 @@ class OpenAIToAnthropicStream:
 
     def _finish(self, reason: str) -> bytes:
         return self._head + b'{},"logprobs":null,"finish_reason":"' + reason.encode() + b'"}]}\n\n'
+
+
+def _parsed(data: str) -> Any:
+    """An event's data as JSON, or :data:`~trio_gateway.providers.watch.UNREADABLE`."""
+    try:
+        return loads(data)
+    except ValueError:
+        return UNREADABLE
