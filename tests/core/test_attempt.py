@@ -64,6 +64,14 @@ def test_a_streams_first_byte_is_its_first_content_and_then_only_content_counts(
     assert isinstance(b.expired(), IdleTimeout)
 
 
+def test_the_time_a_slow_client_takes_is_not_the_providers_idleness():
+    b = start()
+    b.headers(1.0, stream=True)
+    b.content(2.0)
+    b.paused(100.0)  # the client took 100 s to take the event it was sent
+    assert b.timer == 162.0
+
+
 def test_a_committed_stream_has_no_total_limit():
     b = start(deadline=10.0)
     b.headers(1.0, stream=True)

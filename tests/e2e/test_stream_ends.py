@@ -59,7 +59,18 @@ async def committed(s) -> StreamBody:
     return response.body
 
 
-async def test_an_idle_timer_that_comes_during_a_send_lets_it_finish():
+async def test_a_slow_client_is_not_the_providers_idleness():
+    """A client that takes longer than the idle budget to take an event: the stream goes on
+    (before, it ended with an idle timeout counted against the target)."""
+    async with setup([{}], lambda f: one_target(f, idle_timeout=0.3)) as s:
+        client = SlowClient(slow=2, seconds=0.8)
+        await (await committed(s)).pump(client.send)
+        assert client.events()[-1] == (None, "[DONE]")
+        actor = s.gateway.runtime.table.dispatchers[s.upstream_id].actors[0]
+        assert actor.failures == 0 and actor.recent[-1][1] == "ok"
+
+
+async def test_an_idle_stall_after_a_slow_send_ends_the_stream_and_the_send_finishes():
     async with setup(
         [{"faults": [Fault.stall_stream(30, after_chunks=3)]}],
         lambda f: one_target(f, idle_timeout=0.3),

@@ -97,3 +97,19 @@ async def test_the_watcher_ends_after_lingering_and_a_later_stream_starts_anothe
     wait = end.follow(Budget(trio.current_time() + 2))
     await wait_for_provider(wait, woke)
     assert woke == [3.0, 3.0 + LINGER_S * 1.5 + 1 + 2]
+
+
+async def test_a_stream_whose_timer_moved_while_it_sent_is_watched_again(autojump_clock):
+    """Its timer came while it sent to a slow client (it left the heap); the client's time
+    does not count, so the timer moved: its next wait ends at the new timer."""
+    end = EndStreams()
+    budget = Budget(5.0)
+    wait = end.follow(budget)
+    with wait.scope:
+        await trio.sleep(8)  # sending, past its timer
+        assert not wait.watched and not wait.scope.cancel_called
+        budget.timer += 8  # AttemptBudget.paused
+        assert not wait.over() and wait.watched
+        wait.waiting = True
+        await trio.sleep(100)
+    assert trio.current_time() == 13.0 and wait.scope.cancelled_caught

@@ -14,8 +14,10 @@ which error ends the attempt if that time comes first. Phases and their timers
     BODY       a whole answer's headers    min(deadline, last progress + body_timeout):
                are in, its body is coming  a body that stops arriving fails over, it does
                                            not wait for the deadline
-    STREAMING  committed: content went to  last content + idle_timeout; a stream has no
-               the client                  total limit and only content resets it
+    STREAMING  committed: content went to  last content + idle_timeout, not counting
+               the client                  the time the client took to take what it was
+                                           sent (``paused``); a stream has no total limit
+                                           and only content resets it
 
 Transitions: WAITING -> OPENING (``headers(stream=True)``) or BODY; OPENING ->
 STREAMING (``content``); BODY and STREAMING progress in place. When the timer fires,
@@ -102,6 +104,12 @@ class AttemptBudget:
         self.phase = Phase.STREAMING
         self.first_byte_at = now
         return True
+
+    def paused(self, seconds: float) -> None:
+        """The gateway did not read the stream for ``seconds`` (its client was slow to
+        take what it was sent): that was not the provider's idleness, so the idle
+        timer does not count it."""
+        self.timer += seconds
 
     def expired(self) -> AttemptError:
         """The error that ends the attempt when ``timer`` has come."""

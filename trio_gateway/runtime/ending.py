@@ -5,7 +5,8 @@ Theory of operation
 A committed stream (``target._Relay.pump``) waits for its provider once per event
 and sends each event to its client in between, all in the requester's task. A wait
 must end when the provider has sent no content for the idle budget (the attempt
-budget's ``timer``, moved on by every content event) or at the shutdown's last
+budget's ``timer``, moved on by every content event and by the time the client
+took to take what it was sent) or at the shutdown's last
 moment (:meth:`EndStreams.set`); a send to the client is never interrupted by
 either (a cut send could lose an event the client was owed).
 
@@ -19,15 +20,17 @@ waiting; one watcher task keeps the timers of every stream of an
 
 * the streams sit in a heap under the timer they had when last looked at;
 * the watcher sleeps until the earliest. Then a stream whose timer moved meanwhile
-  (content came) goes back into the heap under its new timer; a stream whose
-  timer has come has its scope cancelled if it is waiting, and otherwise (it is
-  sending) notices by itself before it waits again (:meth:`StreamWait.over`);
+  (content came, or its client was slow) goes back into the heap under its new
+  timer; a stream whose timer has come has its scope cancelled if it is waiting.
+  One that is sending leaves the heap: before it waits again
+  (:meth:`StreamWait.over`), it ends if its timer is still past, and otherwise (a
+  slow client's time does not count, ``AttemptBudget.paused``) goes back in;
 * a stream that ended is dropped when it comes up, and the heap is rebuilt without
   the ended ones when they outnumber the live ones, so it holds
   ``O(streams open)`` entries.
 
-Per event a stream writes two attributes and reads the clock once; per stream it
-pushes onto the heap once, plus once per idle period it lasts.
+Per event a stream writes two attributes and compares its timer with the clock;
+per stream it pushes onto the heap once, plus once per idle period it lasts.
 
 The watcher is a Trio *system task*, started by the first stream that needs it in
 a run and ending by itself after :data:`LINGER_S` without any stream: streams are
@@ -64,7 +67,7 @@ class StreamWait:
     must end instead; :meth:`EndStreams.forget` it when the stream is over.
     """
 
-    __slots__ = ("_end", "budget", "done", "scope", "waiting")
+    __slots__ = ("_end", "budget", "done", "scope", "waiting", "watched")
 
     def __init__(self, end: EndStreams, budget: _Timer) -> None:
         self._end = end
@@ -72,10 +75,17 @@ class StreamWait:
         self.scope = trio.CancelScope()
         self.waiting = False
         self.done = False
+        #: In the watcher's heap (it leaves when its timer comes while it sends).
+        self.watched = True
 
     def over(self) -> bool:
         """The shutdown's last moment came, or the budget's timer: do not wait again."""
-        return self._end._set or trio.current_time() >= self.budget.timer
+        end = self._end
+        if end._set or trio.current_time() >= self.budget.timer:
+            return True
+        if not self.watched:
+            end._watch(self)
+        return False
 
 
 class EndStreams:
@@ -105,13 +115,19 @@ class EndStreams:
         """Keep ``budget.timer`` for a stream from now until :meth:`forget`."""
         wait = StreamWait(self, budget)
         self._live += 1
-        heapq.heappush(self._heap, (budget.timer, next(self._order), wait))
+        self._watch(wait)
+        return wait
+
+    def _watch(self, wait: StreamWait) -> None:
+        """Put ``wait`` into the heap under its timer; wake the watcher earlier for it."""
+        timer = wait.budget.timer
+        wait.watched = True
+        heapq.heappush(self._heap, (timer, next(self._order), wait))
         if not self._watching:
             self._watching = True
-            trio.lowlevel.spawn_system_task(self._watch, name="trio_gateway.end_streams")
-        elif self._sleep is not None and budget.timer < self._sleep.deadline:
-            self._sleep.deadline = budget.timer
-        return wait
+            trio.lowlevel.spawn_system_task(self._watcher, name="trio_gateway.end_streams")
+        elif self._sleep is not None and timer < self._sleep.deadline:
+            self._sleep.deadline = timer
 
     def forget(self, wait: StreamWait) -> None:
         """The stream is over (however it ended)."""
@@ -129,7 +145,7 @@ class EndStreams:
     def statistics(self) -> dict[str, int]:
         return {"streams": self._live, "heap": len(self._heap)}
 
-    async def _watch(self) -> None:
+    async def _watcher(self) -> None:
         try:
             while True:
                 now = trio.current_time()
@@ -137,7 +153,7 @@ class EndStreams:
                 if self._heap:
                     deadline = self._heap[0][0]
                 elif self._live:
-                    deadline = math.inf  # streams that expired while sending end by themselves
+                    deadline = math.inf  # streams that left while sending come back if needed
                 else:
                     deadline = now + LINGER_S
                 with trio.CancelScope(deadline=deadline) as self._sleep:
@@ -161,4 +177,5 @@ class EndStreams:
                 heapq.heappush(heap, (timer, next(self._order), wait))
             elif wait.waiting:
                 wait.scope.cancel()
-            # else: it is sending, and sees the timer has come before it waits again
+            else:  # sending: it looks at its timer before it waits again
+                wait.watched = False

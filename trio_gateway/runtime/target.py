@@ -883,8 +883,10 @@ class _Relay:
             last = first
             failure: AttemptError | None = None
             with wait.scope:  # cancelled (by ``end``) only while waiting: never mid-send
+                now = trio.current_time()
                 await send(first)
                 self.sent += len(first)
+                budget.paused(trio.current_time() - now)
                 failure = self._broken()
                 done = failure is not None or watch.complete or (self.closed and watch.finished)
                 while not done and not wait.over():
@@ -903,12 +905,14 @@ class _Relay:
                         # interrupt the send, so the chunk is not sent.
                         break
                     client_bytes, content = self._feed(chunk)
+                    now = trio.current_time()
                     if content:
-                        budget.content(trio.current_time())
+                        budget.content(now)
                     if client_bytes:
                         last = client_bytes
                         await send(client_bytes)
                         self.sent += len(client_bytes)
+                        budget.paused(trio.current_time() - now)
                     failure = self._broken()
                     done = failure is not None or watch.complete or self.closed
             if failure is None and not done:  # the wait was ended, or was not begun
