@@ -98,3 +98,18 @@ async def test_a_shutdown_during_a_send_lets_it_finish_then_ends_the_stream():
         assert json.loads(events[-1][1])["error"]["message"].startswith(
             "the gateway is shutting down"
         )
+
+
+async def test_a_stream_never_sent_is_settled_and_its_provider_response_closed():
+    """The client left between the commit and the response's start: nothing is pumped."""
+    async with setup([{}], one_target) as s:
+        actor = s.gateway.runtime.table.dispatchers[s.upstream_id].actors[0]
+        body = await committed(s)
+        assert actor.in_flight == 1
+        await body.discard()
+        assert actor.in_flight == 0 and actor.recent[-1][1] == "cancelled"
+        assert actor.failures == 0  # the client left: nothing learnt about the target
+        with trio.fail_after(5):
+            assert (await s.fakes[0].requests[0].wait_finished()).value == "disconnected"
+        await body.discard()  # twice: nothing more
+        assert actor.in_flight == 0
