@@ -294,6 +294,13 @@ class StreamErrorEvent(UpstreamError):
     outcome = "stream_error"
 
 
+class StreamRequestError(StreamErrorEvent):
+    """The provider's error event says the request itself is wrong (a client-error type
+    other than a rate limit): another target would say the same."""
+
+    retryable = False
+
+
 class UpstreamStatusError(UpstreamError):
     """The provider answered with an error status that is its own failure (5xx, 408)."""
 

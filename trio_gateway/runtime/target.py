@@ -23,8 +23,9 @@ would otherwise cost to go through an actor. It answers, once: :class:`Whole` (a
 answer for the client: a success, or the client's own error), :class:`Failed` (an
 :class:`~trio_gateway.errors.AttemptError`: fail over; it may carry the provider's
 error answer), or :class:`Committed` (a stream with content: status, headers and
-the body, which goes on reading the provider as it is iterated and settles the
-attempt when it ends). When the requester is cancelled (the client left), the
+the body, which reads the provider and sends each event on as it is pumped into
+the client, and settles the attempt when it ends; its idle timer and the
+shutdown's end are kept by :class:`~trio_gateway.runtime.ending.EndStreams`). When the requester is cancelled (the client left), the
 provider call is aborted at once, connection included, and the attempt says
 nothing about the target. A bug of ours in an attempt fails it over
 (``internal_error``) without touching the actor.

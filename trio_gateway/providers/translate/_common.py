@@ -7,7 +7,13 @@ import uuid
 from typing import Any
 
 from trio_gateway import jsonio
-from trio_gateway.errors import Problem, UpstreamError, ValidationFailed
+from trio_gateway.errors import (
+    Problem,
+    StreamErrorEvent,
+    StreamRequestError,
+    UpstreamError,
+    ValidationFailed,
+)
 from trio_gateway.providers.formats import ApiFormat, dialect_type, error_body, status_for_type
 
 #: Compact JSON, non-ASCII kept as is (orjson: see :mod:`trio_gateway.jsonio`).
@@ -203,7 +209,5 @@ def translate_error(
 def stream_failure(kind: str | None, message: str | None) -> UpstreamError:
     """The gateway error that a provider's mid-stream error event stands for."""
     status = status_for_type(kind, 502)
-    err = UpstreamError(message or "the provider reported an error mid-stream")
-    if status < 500 and status != 429:
-        err.retryable = False  # type: ignore[misc]
-    return err
+    error = StreamRequestError if status < 500 and status != 429 else StreamErrorEvent
+    return error(message or "the provider reported an error mid-stream")
