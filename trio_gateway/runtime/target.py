@@ -110,7 +110,7 @@ from trio_gateway.providers.translate import ResponsesPassthroughStream, Transla
 from trio_gateway.providers.translate.responses import next_sequence_number
 from trio_gateway.providers.usage import Usage, usage_of
 from trio_gateway.providers.watch import MALFORMED, StreamWatch
-from trio_gateway.runtime.ending import EndStreams
+from trio_gateway.runtime.ending import EndStreams, StreamWait
 from trio_gateway.runtime.injection import EXTENSION, ArmedFault, Injection, check_fault
 
 log = logging.getLogger("trio_gateway.target")
@@ -879,8 +879,9 @@ class _Relay:
         outcome: AttemptError | None = AttemptAbandoned("the client left")
         how = "client_left"
         complete = False
-        wait = end.follow(budget)
+        wait: StreamWait | None = None
         try:
+            wait = end.follow(budget)
             last = first
             failure: AttemptError | None = None
             with wait.scope:  # cancelled (by ``end``) only while waiting: never mid-send
@@ -946,7 +947,8 @@ class _Relay:
                     await send(tail)
                     self.sent += len(tail)
         finally:
-            end.forget(wait)
+            if wait is not None:
+                end.forget(wait)
             self.settle(outcome)
             await _release(self.response, complete)
             if job.on_end is not None:
