@@ -104,22 +104,38 @@ def test_each_output_piece_parses_alone(path: Path) -> None:
 
 # --- behind the stream watch: parsed events (each event parsed once) -------------------------
 
-#: Golden streams whose translator takes the watch's parsed events (Anthropic providers).
+#: Golden streams whose translator takes the watch's parsed events, and their provider's dialect.
 EVENT_STREAMS = [
     p for p in STREAMS if hasattr(golden.make_translator(p, _case(p)).stream(), "feed_events")
 ]
-#: What a provider may put between two events: a keep-alive, an event without data, data
-#: that is not JSON, JSON that is not an object, an event missing what its type needs, an
-#: event typed by its ``event`` line only.
+#: What a provider may put between two events: keep-alives, an event without data, empty data,
+#: data that is not JSON, JSON that is not an object, an event missing what its type needs.
 EXTRAS = [
     b": keep-alive\n\n",
+    b": keep-alive\ndata:\n\n",
     b"event: ping\n\n",
-    b"event: content_block_delta\ndata: {not json\n\n",
+    b"data:\n\n",
+    b"data: {not json\n\n",
     b"data: [1, 2]\n\n",
-    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0}\n\n',
-    b'data: {"type":"ping"}\n\n',
-    b'event: content_block_delta\ndata: {"index":0,"delta":{"type":"text_delta","text":"!"}}\n\n',
+    b'data: {"choices":[{"index":0,"delta":{"content":5}}]}\n\n',
+    b"data: {\xff}\n\n",
 ]
+#: And per dialect: events that a translator reads, typed by their ``event`` line only.
+DIALECT_EXTRAS = {
+    ApiFormat.ANTHROPIC: [
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0}\n\n',
+        b'event: content_block_delta\ndata: {"index":0,"delta":{"type":"text_delta","text":"!"}}\n\n',
+        b'data: {"type":"ping"}\n\n',
+    ],
+    ApiFormat.OPENAI: [
+        b'data: {"choices":[{"index":0,"delta":{"content":"!"}}]}\n\n',
+        b'data: {"choices":[{"index":1,"delta":{"content":"?"}}]}\n\n',
+    ],
+}
+
+
+def _provider(path: Path) -> ApiFormat:
+    return ApiFormat.OPENAI if golden.client_format(path) == "anthropic" else ApiFormat.ANTHROPIC
 
 
 def _behind_watch(path: Path, chunks: list[bytes], parsed: bool) -> tuple[bytes, int, int, bool]:
@@ -128,7 +144,7 @@ def _behind_watch(path: Path, chunks: list[bytes], parsed: bool) -> tuple[bytes,
     translator = golden.make_translator(path, case)
     translator.request(case["client_request"])
     stream: Any = translator.stream()
-    watch = StreamWatch(ApiFormat.ANTHROPIC, events=parsed)
+    watch = StreamWatch(_provider(path), events=parsed)
     out = []
     for chunk in [*chunks, None]:
         released, _ = watch.flush() if chunk is None else watch.feed(chunk)
@@ -143,30 +159,27 @@ def _behind_watch(path: Path, chunks: list[bytes], parsed: bool) -> tuple[bytes,
     return b"".join(out), stream.skipped, watch.malformed, stream.complete
 
 
-def test_every_anthropic_golden_stream_can_be_fed_as_parsed_events() -> None:
-    assert len(EVENT_STREAMS) >= 5, EVENT_STREAMS
+def test_both_chat_and_messages_golden_streams_can_be_fed_as_parsed_events() -> None:
+    providers = [_provider(p) for p in EVENT_STREAMS]
+    assert providers.count(ApiFormat.OPENAI) >= 5 and providers.count(ApiFormat.ANTHROPIC) >= 5
 
 
 @pytest.mark.parametrize("path", EVENT_STREAMS, ids=golden.case_id)
 @settings(max_examples=40, deadline=None)
-@given(
-    cuts=st.lists(st.floats(min_value=0, max_value=1), max_size=8),
-    extras=st.lists(
-        st.tuples(st.floats(min_value=0, max_value=1), st.sampled_from(EXTRAS)), max_size=4
-    ),
-    crlf=st.booleans(),
-)
+@given(data=st.data(), cuts=st.lists(st.floats(min_value=0, max_value=1), max_size=8))
 def test_parsed_events_give_the_bytes_the_translator_gives_for_the_raw_stream(
-    path: Path, cuts: list[float], extras: list[tuple[float, bytes]], crlf: bool
+    path: Path, data: st.DataObject, cuts: list[float]
 ) -> None:
     """Whatever the provider sends and however it is cut, a translator fed the watch's
     parsed events gives the client exactly what it gives when fed the watch's bytes."""
+    extra = st.sampled_from(EXTRAS + DIALECT_EXTRAS[_provider(path)])
+    extras = data.draw(st.lists(st.tuples(st.floats(0, 1), extra), max_size=4))
     events = [e + b"\n\n" for e in _source(path).split(b"\n\n") if e]
-    for where, extra in extras:
-        events.insert(int(where * len(events)), extra)
-    data = b"".join(events)
-    if crlf:
-        data = data.replace(b"\n", b"\r\n")
-    points = sorted({int(c * len(data)) for c in cuts})
-    chunks = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+    for where, event in extras:
+        events.insert(int(where * len(events)), event)
+    source = b"".join(events)
+    if data.draw(st.booleans()):
+        source = source.replace(b"\n", b"\r\n")
+    points = sorted({int(c * len(source)) for c in cuts})
+    chunks = [source[a:b] for a, b in zip([0, *points], [*points, len(source)], strict=True)]
     assert _behind_watch(path, chunks, parsed=True) == _behind_watch(path, chunks, parsed=False)

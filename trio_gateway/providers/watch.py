@@ -45,13 +45,15 @@ Every data event is parsed once (orjson, about 0.4 µs for a token chunk): that 
 how a malformed event is caught, and where the provider's token usage and model are
 read (:meth:`StreamWatch.usage`; :mod:`trio_gateway.providers.usage`).
 
-**Events for a translator** (``events=True``, Messages streams): a translator that
-takes parsed events (``feed_events``) is given the events the watch released, as
-``(name, payload)`` pairs: the ``event`` field (``None`` without one) and the
-``data`` parsed as JSON (``None``: the event had no data; :data:`UNREADABLE`: its
-data is not a JSON object, or not the shape of an event), so that each event is
-parsed once, not once here and once more in the translator. They collect in
-:attr:`StreamWatch.events` until the caller takes them.
+**Events for a translator** (``events=True``; chat completions and Messages): a
+translator that takes parsed events (``feed_events``) is given the events the watch
+released, as ``(name, payload, block)``: the ``event`` field (``None`` without one),
+the ``data`` parsed as a JSON object, and the event's bytes (ending with its blank
+line). So each event is parsed once, not once here and once more in the
+translator. The payload is ``None`` for anything else (no data, a keep-alive, ``data:
+[DONE]``, data that could not be read or has not the shape of an event): the
+translator then reads the block itself, as it would have without the watch. They
+collect in :attr:`StreamWatch.events` until the caller takes them.
 
 **Usage the client did not ask for** (``hide_usage``, chat completions only): the
 gateway asks an OpenAI-dialect provider for its usage (``stream_options.include_usage``)
@@ -71,8 +73,6 @@ from trio_gateway.providers.formats import Api, ApiFormat
 from trio_gateway.providers.usage import Usage, tokens
 
 MALFORMED = "malformed_event"
-#: The payload of a released event whose data could not be read (``events=True``).
-UNREADABLE: Any = object()
 #: An event this long without its blank line is not an event: the stream is broken.
 MAX_EVENT = 1 << 20
 
@@ -117,13 +117,15 @@ class StreamWatch:
         completions only).
         """
         self._classify = _CLASSIFIERS[fmt]
-        if events and self._classify is not _anthropic:
-            raise ValueError("parsed events are kept for Messages streams only")
+        if events and self._classify is _responses:
+            raise ValueError("parsed events are kept for chat completions and Messages only")
         self._pending = b""
         #: The released events, parsed (``events=True``; ``None`` otherwise).
-        self.events: list[tuple[str | None, Any]] | None = [] if events else None
-        #: The JSON the classifier parsed of the event at hand (``None``: no data).
-        self._payload: Any = None
+        self.events: list[tuple[str | None, dict[str, Any] | None, bytes]] | None = (
+            [] if events else None
+        )
+        #: The JSON object the classifier parsed of the event at hand.
+        self._payload: dict[str, Any] | None = None
         self.started = False
         self.complete = False
         self.finished = False
@@ -187,22 +189,21 @@ class StreamWatch:
         block, self._pending = self._pending, b""
         if self.error is not None or self.complete or not block.strip():
             return b"", False
+        if not any(
+            m.end() == len(block) for m in _BOUNDARY.finditer(block, max(0, len(block) - 4))
+        ):
+            block += b"\n\n"
         released, content = self._block(block)
         if not released:
             return b"", False
-        if self.hide_usage:
-            block = _strip_usage(block)
-        ended = any(
-            m.end() == len(block) for m in _BOUNDARY.finditer(block, max(0, len(block) - 4))
-        )
-        return (block if ended else block + b"\n\n"), content
+        return (_strip_usage(block) if self.hide_usage else block), content
 
     def _block(self, block: bytes) -> tuple[bool, bool]:
         """Classify one event; returns (release it, it carries content)."""
         released, content, event = self._judge(block)
         if released and self.events is not None:
             name = None if event is None else event.decode("utf-8", "replace")
-            self.events.append((name, self._payload))
+            self.events.append((name, self._payload, block))
         return released, content
 
     def _judge(self, block: bytes) -> tuple[bool, bool, bytes | None]:
@@ -214,7 +215,7 @@ class StreamWatch:
         except (TypeError, AttributeError, KeyError, ValueError):
             kind, detail = "malformed", None  # valid JSON, but not the shape of an event
         if kind == "malformed":
-            self._payload = UNREADABLE
+            self._payload = None  # the translator reads it itself
         if kind == "usage":
             if self.hide_usage:
                 return False, False, event  # asked for by the gateway, not the client
@@ -273,7 +274,7 @@ def _openai(watch: StreamWatch, event: bytes | None, data: bytes | None) -> tupl
         return "meta", None
     if data == b"[DONE]":
         return "done", None
-    chunk = _json(data)
+    chunk = watch._payload = _json(data)
     if chunk is None:
         return "malformed", None
     error = chunk.get("error")

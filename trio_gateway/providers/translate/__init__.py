@@ -72,7 +72,7 @@ class StreamTranslator(Protocol):
 
     A translator may also take its input as the events a
     :class:`~trio_gateway.providers.watch.StreamWatch` already parsed
-    (``feed_events``, instead of ``feed``; today the Messages-to-chat one): the target
+    (``feed_events``, instead of ``feed``; the chat and Messages ones): the target
     actor then parses each provider event once.
     """
 

@@ -567,6 +567,24 @@ class AnthropicToOpenAIStream:
 
     # --- chunks --------------------------------------------------------------------
 
+    def feed_events(self, events: list[tuple[str | None, dict | None, bytes]]) -> bytes:
+        """Like :meth:`feed`, for the events a
+        :class:`~trio_gateway.providers.watch.StreamWatch` released and parsed
+        (``events=True``): ``(name, payload, block)``; an event without a payload (a
+        keep-alive, ``[DONE]``, one that cannot be read) is read from its block, as
+        :meth:`feed` would."""
+        if self._done:
+            return b""
+        out: list[bytes] = []
+        for _, chunk, block in events:
+            if chunk is None:
+                out.append(self._handle(self._decoder.feed(block)))
+            else:
+                self._one(chunk, out)
+            if self._done:
+                break
+        return b"".join(out)
+
     def _handle(self, events: list[SSEEvent], final: bool = False) -> bytes:
         out: list[bytes] = []
         for ev in events:
@@ -585,15 +603,19 @@ class AnthropicToOpenAIStream:
                     break
                 self.skipped += 1  # an event that cannot be read is skipped, not fatal
                 continue
-            mark = len(out)
-            try:
-                self._chunk(chunk, out)
-            except (KeyError, TypeError, AttributeError):
-                del out[mark:]
-                self.skipped += 1
+            self._one(chunk, out)
             if self._done:
                 break
         return b"".join(out)
+
+    def _one(self, chunk: Any, out: list[bytes]) -> None:
+        """One chunk read; one that has not the shape of a chunk is skipped."""
+        mark = len(out)
+        try:
+            self._chunk(chunk, out)
+        except (KeyError, TypeError, AttributeError):
+            del out[mark:]
+            self.skipped += 1
 
     def _chunk(self, chunk: dict, out: list[bytes]) -> None:
         if chunk.get("error"):

@@ -30,7 +30,6 @@ from trio_gateway.providers.translate._common import (
     stream_failure,
     translate_error,
 )
-from trio_gateway.providers.watch import UNREADABLE
 
 __all__ = ["OpenAIToAnthropic", "OpenAIToAnthropicStream"]
 
@@ -778,38 +777,49 @@ class OpenAIToAnthropicStream:
 
     # --- events ------------------------------------------------------------------------
 
-    def feed_events(self, events: list[tuple[str | None, Any]]) -> bytes:
-        """Like :meth:`feed`, for events a :class:`~trio_gateway.providers.watch.StreamWatch`
-        parsed already (``events=True``): ``(name, payload)`` pairs, the payload ``None``
-        for an event without data and ``UNREADABLE`` for one that could not be read."""
+    def feed_events(self, events: list[tuple[str | None, dict | None, bytes]]) -> bytes:
+        """Like :meth:`feed`, for the events a
+        :class:`~trio_gateway.providers.watch.StreamWatch` released and parsed
+        (``events=True``): ``(name, payload, block)``; an event without a payload is
+        read from its block, as :meth:`feed` would."""
         if self._done:
             return b""
-        return self._events(events, False)
-
-    def _handle(self, events: list[SSEEvent], final: bool = False) -> bytes:
-        return self._events([(ev.event, _parsed(ev.data)) for ev in events], final)
-
-    def _events(self, events: list[tuple[str | None, Any]], final: bool) -> bytes:
         out: list[bytes] = []
-        for name, d in events:
+        for name, d, block in events:
             if d is None:
-                continue  # no data (an event line alone): nothing to translate
-            if type(d) is not dict:  # UNREADABLE, or JSON that is not an object
-                if final:  # the cut-off remains of a last event: not a protocol error
-                    break
-                self.skipped += 1  # an event that cannot be read is skipped, not fatal
-                continue
-            mark = len(out)
-            try:
-                self._event(d.get("type") or name, d, out)
-            except (KeyError, TypeError, AttributeError):
-                del out[mark:]
-                self.skipped += 1
+                out.append(self._handle(self._decoder.feed(block)))
+            else:
+                self._one(d.get("type") or name, d, out)
             if self._done:
                 break
         return b"".join(out)
 
-    def _event(self, kind: str, d: dict, out: list[bytes]) -> None:
+    def _handle(self, events: list[SSEEvent], final: bool = False) -> bytes:
+        out: list[bytes] = []
+        for ev in events:
+            try:
+                d = loads(ev.data)
+                kind = d.get("type") or ev.event
+            except (ValueError, AttributeError):
+                if final:  # the cut-off remains of a last event: not a protocol error
+                    break
+                self.skipped += 1  # an event that cannot be read is skipped, not fatal
+                continue
+            self._one(kind, d, out)
+            if self._done:
+                break
+        return b"".join(out)
+
+    def _one(self, kind: str | None, d: dict, out: list[bytes]) -> None:
+        """One event read; one that has not the shape its type says is skipped."""
+        mark = len(out)
+        try:
+            self._event(kind, d, out)
+        except (KeyError, TypeError, AttributeError):
+            del out[mark:]
+            self.skipped += 1
+
+    def _event(self, kind: str | None, d: dict, out: list[bytes]) -> None:
         if kind == "content_block_delta":
             delta = d["delta"]
             dt = delta["type"]
@@ -940,11 +950,3 @@ class OpenAIToAnthropicStream:
 
     def _finish(self, reason: str) -> bytes:
         return self._head + b'{},"logprobs":null,"finish_reason":"' + reason.encode() + b'"}]}\n\n'
-
-
-def _parsed(data: str) -> Any:
-    """An event's data as JSON, or :data:`~trio_gateway.providers.watch.UNREADABLE`."""
-    try:
-        return loads(data)
-    except ValueError:
-        return UNREADABLE
