@@ -1,7 +1,7 @@
 """A committed stream's end (idle timer, shutdown) never interrupts a send to its client.
 
 The stream is taken from the runtime's dispatcher and pumped into a client whose
-send is slow, over real sockets to a fake provider.
+send is slow, over real sockets to a fake provider, in virtual time.
 """
 
 from __future__ import annotations
@@ -59,40 +59,44 @@ async def committed(s) -> StreamBody:
     return response.body
 
 
-async def test_a_slow_client_is_not_the_providers_idleness():
+async def test_a_slow_client_is_not_the_providers_idleness(autojump_clock):
     """A client that takes longer than the idle budget to take an event: the stream goes on
     (before, it ended with an idle timeout counted against the target)."""
-    async with setup([{}], lambda f: one_target(f, idle_timeout=0.3)) as s:
-        client = SlowClient(slow=2, seconds=0.8)
+    async with setup([{}], lambda f: one_target(f, idle_timeout=5)) as s:
+        client = SlowClient(slow=2, seconds=20)
         await (await committed(s)).pump(client.send)
         assert client.events()[-1] == (None, "[DONE]")
         actor = s.gateway.runtime.table.dispatchers[s.upstream_id].actors[0]
         assert actor.failures == 0 and actor.recent[-1][1] == "ok"
 
 
-async def test_an_idle_stall_after_a_slow_send_ends_the_stream_and_the_send_finishes():
+async def test_an_idle_stall_after_a_slow_send_ends_the_stream_and_the_send_finishes(
+    autojump_clock,
+):
     async with setup(
-        [{"faults": [Fault.stall_stream(30, after_chunks=3)]}],
-        lambda f: one_target(f, idle_timeout=0.3),
+        [{"faults": [Fault.stall_stream(600, after_chunks=3)]}],
+        lambda f: one_target(f, idle_timeout=5),
+        timeout=1200,
     ) as s:
-        client = SlowClient(slow=2, seconds=0.8)
+        client = SlowClient(slow=2, seconds=20)
         await (await committed(s)).pump(client.send)
         assert client.sends == len(client.chunks)  # every send finished
         events = client.events()
         assert (
-            "no content from the provider for 0.3 s"
-            in json.loads(events[-1][1])["error"]["message"]
+            "no content from the provider for 5 s" in json.loads(events[-1][1])["error"]["message"]
         )
         assert all(json.loads(data)["choices"] for _, data in events[:-1])
 
 
-async def test_a_shutdown_during_a_send_lets_it_finish_then_ends_the_stream():
-    async with setup([{"faults": [Fault.stall_stream(30, after_chunks=4)]}], one_target) as s:
+async def test_a_shutdown_during_a_send_lets_it_finish_then_ends_the_stream(autojump_clock):
+    async with setup(
+        [{"faults": [Fault.stall_stream(600, after_chunks=4)]}], one_target, timeout=1200
+    ) as s:
         end = s.gateway.runtime.end_streams
-        client = SlowClient(slow=2, seconds=0.5, meanwhile=end.set)
+        client = SlowClient(slow=2, seconds=10, meanwhile=end.set)
         started = trio.current_time()
         await (await committed(s)).pump(client.send)
-        assert trio.current_time() - started < 5  # not the provider's 30 s stall
+        assert 10 <= trio.current_time() - started < 11  # the send, not the provider's stall
         assert client.sends == len(client.chunks) == 3  # two chunks, then the end
         events = client.events()
         assert json.loads(events[-1][1])["error"]["message"].startswith(
@@ -100,7 +104,9 @@ async def test_a_shutdown_during_a_send_lets_it_finish_then_ends_the_stream():
         )
 
 
-async def test_a_stream_never_sent_is_settled_and_its_provider_response_closed():
+async def test_a_stream_never_sent_is_settled_and_its_provider_response_closed(
+    autojump_clock,
+):
     """The client left between the commit and the response's start: nothing is pumped."""
     async with setup([{}], one_target) as s:
         actor = s.gateway.runtime.table.dispatchers[s.upstream_id].actors[0]
