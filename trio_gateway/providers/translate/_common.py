@@ -15,6 +15,7 @@ from trio_gateway.errors import (
     ValidationFailed,
 )
 from trio_gateway.providers.formats import ApiFormat, dialect_type, error_body, status_for_type
+from trio_gateway.providers.sse import SSEDecoder, SSEEvent
 
 #: Compact JSON, non-ASCII kept as is (orjson: see :mod:`trio_gateway.jsonio`).
 dumps = jsonio.dumps
@@ -211,3 +212,40 @@ def stream_failure(kind: str | None, message: str | None) -> UpstreamError:
     status = status_for_type(kind, 502)
     error = StreamRequestError if status < 500 and status != 429 else StreamErrorEvent
     return error(message or "the provider reported an error mid-stream")
+
+
+# --- streams ---------------------------------------------------------------------------
+
+
+class ParsedEvents:
+    """``feed_events`` for a stream translator that reads SSE with an :class:`SSEDecoder`.
+
+    The target actor's :class:`~trio_gateway.providers.watch.StreamWatch`
+    (``events=True``) has parsed each event it released already: ``(name, payload,
+    block)``. An event with a payload (a JSON object) goes to ``_one`` as is; any
+    other (a keep-alive, ``[DONE]``, data that cannot be read) is read from its block
+    by ``_handle``, as ``feed`` would have read it. So a translator gives the same
+    bytes whichever way it is fed, and parses each event once when fed this way.
+    """
+
+    _decoder: SSEDecoder
+    _done: bool
+
+    def feed_events(self, events: list[tuple[str | None, dict | None, bytes]]) -> bytes:
+        if self._done:
+            return b""
+        out: list[bytes] = []
+        for name, payload, block in events:
+            if payload is None:
+                out.append(self._handle(self._decoder.feed(block)))
+            else:
+                self._one(name, payload, out)
+            if self._done:
+                break
+        return b"".join(out)
+
+    def _handle(self, events: list[SSEEvent], final: bool = False) -> bytes:
+        raise NotImplementedError
+
+    def _one(self, name: str | None, payload: dict, out: list[bytes]) -> None:
+        raise NotImplementedError

@@ -16,6 +16,7 @@ from trio_gateway.errors import UpstreamError, UpstreamProtocolError
 from trio_gateway.providers.formats import ApiFormat, stream_error_event
 from trio_gateway.providers.sse import SSEDecoder, SSEEvent
 from trio_gateway.providers.translate._common import (
+    ParsedEvents,
     anthropic_usage,
     debug,
     dumpb,
@@ -486,7 +487,7 @@ _THINKING = b"thinking"
 _TOOL = b"tool_use"
 
 
-class AnthropicToOpenAIStream:
+class AnthropicToOpenAIStream(ParsedEvents):
     """OpenAI chat-completion chunks in, Anthropic Messages events out.
 
     Theory of operation
@@ -567,24 +568,6 @@ class AnthropicToOpenAIStream:
 
     # --- chunks --------------------------------------------------------------------
 
-    def feed_events(self, events: list[tuple[str | None, dict | None, bytes]]) -> bytes:
-        """Like :meth:`feed`, for the events a
-        :class:`~trio_gateway.providers.watch.StreamWatch` released and parsed
-        (``events=True``): ``(name, payload, block)``; an event without a payload (a
-        keep-alive, ``[DONE]``, one that cannot be read) is read from its block, as
-        :meth:`feed` would."""
-        if self._done:
-            return b""
-        out: list[bytes] = []
-        for _, chunk, block in events:
-            if chunk is None:
-                out.append(self._handle(self._decoder.feed(block)))
-            else:
-                self._one(chunk, out)
-            if self._done:
-                break
-        return b"".join(out)
-
     def _handle(self, events: list[SSEEvent], final: bool = False) -> bytes:
         out: list[bytes] = []
         for ev in events:
@@ -603,12 +586,12 @@ class AnthropicToOpenAIStream:
                     break
                 self.skipped += 1  # an event that cannot be read is skipped, not fatal
                 continue
-            self._one(chunk, out)
+            self._one(None, chunk, out)
             if self._done:
                 break
         return b"".join(out)
 
-    def _one(self, chunk: Any, out: list[bytes]) -> None:
+    def _one(self, name: str | None, chunk: Any, out: list[bytes]) -> None:
         """One chunk read; one that has not the shape of a chunk is skipped."""
         mark = len(out)
         try:

@@ -17,6 +17,7 @@ from trio_gateway.errors import UpstreamError, UpstreamProtocolError
 from trio_gateway.providers.formats import ApiFormat, stream_error_event
 from trio_gateway.providers.sse import SSEDecoder, SSEEvent
 from trio_gateway.providers.translate._common import (
+    ParsedEvents,
     debug,
     dumpb,
     dumps,
@@ -702,7 +703,7 @@ class _Tool:
         self.args_sent = False
 
 
-class OpenAIToAnthropicStream:
+class OpenAIToAnthropicStream(ParsedEvents):
     """Anthropic Messages events in, OpenAI chat-completion chunks out.
 
     Theory of operation
@@ -777,44 +778,29 @@ class OpenAIToAnthropicStream:
 
     # --- events ------------------------------------------------------------------------
 
-    def feed_events(self, events: list[tuple[str | None, dict | None, bytes]]) -> bytes:
-        """Like :meth:`feed`, for the events a
-        :class:`~trio_gateway.providers.watch.StreamWatch` released and parsed
-        (``events=True``): ``(name, payload, block)``; an event without a payload is
-        read from its block, as :meth:`feed` would."""
-        if self._done:
-            return b""
-        out: list[bytes] = []
-        for name, d, block in events:
-            if d is None:
-                out.append(self._handle(self._decoder.feed(block)))
-            else:
-                self._one(d.get("type") or name, d, out)
-            if self._done:
-                break
-        return b"".join(out)
-
     def _handle(self, events: list[SSEEvent], final: bool = False) -> bytes:
         out: list[bytes] = []
         for ev in events:
             try:
                 d = loads(ev.data)
-                kind = d.get("type") or ev.event
-            except (ValueError, AttributeError):
+            except ValueError:
+                d = None
+            if not isinstance(d, dict):
                 if final:  # the cut-off remains of a last event: not a protocol error
                     break
                 self.skipped += 1  # an event that cannot be read is skipped, not fatal
                 continue
-            self._one(kind, d, out)
+            self._one(ev.event, d, out)
             if self._done:
                 break
         return b"".join(out)
 
-    def _one(self, kind: str | None, d: dict, out: list[bytes]) -> None:
-        """One event read; one that has not the shape its type says is skipped."""
+    def _one(self, name: str | None, d: dict, out: list[bytes]) -> None:
+        """One event read (typed by its ``type``, else its ``event`` name); one that has
+        not the shape its type says is skipped."""
         mark = len(out)
         try:
-            self._event(kind, d, out)
+            self._event(d.get("type") or name, d, out)
         except (KeyError, TypeError, AttributeError):
             del out[mark:]
             self.skipped += 1
