@@ -200,44 +200,43 @@ class StreamWatch:
 
     def _block(self, block: bytes) -> tuple[bool, bool]:
         """Classify one event; returns (release it, it carries content)."""
-        released, content, event = self._judge(block)
+        event, data = _fields(block)
+        self._payload = None
+        released, content = self._judge(event, data)
         if released and self.events is not None:
             name = None if event is None else event.decode("utf-8", "replace")
             self.events.append((name, self._payload, block))
         return released, content
 
-    def _judge(self, block: bytes) -> tuple[bool, bool, bytes | None]:
-        """(release it, it carries content, its event name) of one event."""
-        event, data = _fields(block)
-        self._payload = None
+    def _judge(self, event: bytes | None, data: bytes | None) -> tuple[bool, bool]:
+        """(release it, it carries content) of one event."""
         try:
             kind, detail = self._classify(self, event, data)
         except (TypeError, AttributeError, KeyError, ValueError):
             kind, detail = "malformed", None  # valid JSON, but not the shape of an event
-        if kind == "malformed":
             self._payload = None  # the translator reads it itself
         if kind == "usage":
             if self.hide_usage:
-                return False, False, event  # asked for by the gateway, not the client
+                return False, False  # asked for by the gateway, not the client
             kind = "content"
         if kind == "malformed":
             if self.started:
                 self.malformed += 1
-                return True, False, event
+                return True, False
             self.error = MALFORMED
-            return False, False, event
+            return False, False
         if kind == "error":
             self.error = detail or "error"
-            return True, True, event
+            return True, True
         if kind == "done":
             self.complete = True
-            return True, True, event
+            return True, True
         if kind == "content":
             self.started = True
             if detail == "finish":
                 self.finished = True
-            return True, True, event
-        return True, False, event
+            return True, True
+        return True, False
 
 
 def _fields(block: bytes) -> tuple[bytes | None, bytes | None]:
