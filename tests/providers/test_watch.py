@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trio_gateway.providers.formats import ApiFormat
+from trio_gateway.providers.passthrough import PassthroughStream
 from trio_gateway.providers.watch import MALFORMED, StreamWatch
 
 ROLE = b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
@@ -197,3 +198,14 @@ def test_an_event_without_end_is_cut_off():
     watch = StreamWatch(ApiFormat.OPENAI)
     watch.feed(b"data: " + b"x" * (MAX_EVENT + 1))
     assert watch.error == MALFORMED
+
+
+def test_a_passthrough_stream_gets_its_missing_terminator_once():
+    """The finish reason in a last event without its blank line, then the close: the
+    relay finishes the stream when it commits and again at its end; one terminator."""
+    watch = StreamWatch(ApiFormat.OPENAI)
+    stream = PassthroughStream(ApiFormat.OPENAI, watch)
+    watch.feed(b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}')
+    assert watch.flush()[1] and watch.finished and not watch.complete
+    assert stream.finish() == b"data: [DONE]\n\n"
+    assert stream.finish() == b""

@@ -33,8 +33,10 @@ class PassthroughStream:
         return data
 
     def finish(self) -> bytes:
+        """The terminator, once, for a stream that gave its finish reason without it."""
         watch = self._watch
-        if watch is not None and watch.finished and not watch.complete:
+        if not self.complete and watch is not None and watch.finished and not watch.complete:
+            self.complete = True
             return TERMINATORS[self._format]
         return b""
 
