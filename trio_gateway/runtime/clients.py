@@ -14,14 +14,12 @@ connection pool: a thousand targets on one provider hold one pool, not a thousan
 The actors send through the transport itself, not an ``httpx2.AsyncClient``: a
 client's per-request layers (auth, redirects, cookies, default headers, event
 hooks) would cost about 0.1 ms of CPU per request for nothing the gateway uses.
-Each transport is wrapped in a :class:`~trio_gateway.runtime.injection.FaultTransport`
-(a gateway's fault injection acts there).
 
 A transport is acquired when an actor is made and released when that actor has
 finished for good; the last release closes it, in the pool's own nursery. Each
 actor bounds its own requests in flight, so the pools are not bounded.
 
-Every client's transport is wrapped in a
+Every transport is wrapped in a
 :class:`~trio_gateway.runtime.injection.FaultTransport`: a request that carries an
 injected fault (a gateway's fault injection on live traffic) gets it there, in front
 of the provider call; any other goes straight through.
@@ -110,14 +108,12 @@ class ClientPool:
 
     async def acquire(self, url: str) -> httpx2.AsyncBaseTransport:
         """The shared transport for ``url``'s origin; :meth:`release` it when done."""
-        key = origin_of(url)
-        if key not in self._clients:
-            context = await verifying_context() if key[0] == "https" else _NO_TLS
-            if key not in self._clients:  # another task may have made it meanwhile
-                self._clients[key] = _Shared(self._new_transport(context))
-        shared = self._clients[key]
-        shared.users += 1
-        return shared.transport
+        transport = self.acquire_nowait(url)
+        if transport is None:  # an https origin, before the TLS context is loaded
+            await verifying_context()
+            transport = self.acquire_nowait(url)
+            assert transport is not None
+        return transport
 
     def release(self, url: str) -> None:
         key = origin_of(url)

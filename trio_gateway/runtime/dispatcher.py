@@ -504,7 +504,11 @@ class Dispatcher:
             hide_usage=hide_usage,
             usage=wants_usage,
             end=self.end_streams,
-            on_end=partial(_stream_ended, observe, charge) if wants_usage else None,
+            on_end=(
+                partial(_stream_ended, observe, charge)
+                if wants_usage and request.stream
+                else None  # only a committed stream ends after the attempt
+            ),
         )
         if not actor.submit(job, started):
             error = TargetBusy("the target's queue is full")

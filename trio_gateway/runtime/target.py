@@ -25,10 +25,11 @@ answer for the client: a success, or the client's own error), :class:`Failed` (a
 error answer), or :class:`Committed` (a stream with content: status, headers and
 the body, which reads the provider and sends each event on as it is pumped into
 the client, and settles the attempt when it ends; its idle timer and the
-shutdown's end are kept by :class:`~trio_gateway.runtime.ending.EndStreams`). When the requester is cancelled (the client left), the
-provider call is aborted at once, connection included, and the attempt says
-nothing about the target. A bug of ours in an attempt fails it over
-(``internal_error``) without touching the actor.
+shutdown's end are kept by :class:`~trio_gateway.runtime.ending.EndStreams`).
+When the requester is cancelled (the client left), the provider call is aborted
+at once, connection included, and the attempt says nothing about the target. A
+bug of ours in an attempt fails it over (``internal_error``) without touching the
+actor.
 
 :meth:`run` is the actor's own task: the probe loop (the recovery check of an
 ejected target when its out-period is over, and active probes every ``interval``
@@ -110,6 +111,7 @@ from trio_gateway.providers.translate import ResponsesPassthroughStream, Transla
 from trio_gateway.providers.translate.responses import next_sequence_number
 from trio_gateway.providers.usage import Usage, usage_of
 from trio_gateway.providers.watch import MALFORMED, StreamWatch
+from trio_gateway.runtime.clients import CONNECT_TIMEOUT_S, SAFETY_TIMEOUT_S
 from trio_gateway.runtime.ending import EndStreams, StreamWait
 from trio_gateway.runtime.injection import EXTENSION, ArmedFault, Injection, check_fault
 
@@ -128,7 +130,12 @@ CHECK_PROMPT = "ping"
 CHECK_USER_AGENT = f"trio-gateway/{__version__} (health check)"
 CHECK_HEADERS = (("user-agent", CHECK_USER_AGENT),)
 #: httpx2's own timeouts, a safety net only: the attempt's budgets cancel first.
-TIMEOUTS = {"connect": 10.0, "read": 3600.0, "write": 3600.0, "pool": 3600.0}
+TIMEOUTS = {
+    "connect": CONNECT_TIMEOUT_S,
+    "read": SAFETY_TIMEOUT_S,
+    "write": SAFETY_TIMEOUT_S,
+    "pool": SAFETY_TIMEOUT_S,
+}
 #: Response headers of a provider that a client may care about and that stay true
 #: through the gateway (others describe the provider's own connection).
 PASSED_RESPONSE_HEADERS = frozenset(
@@ -490,7 +497,7 @@ class TargetActor:
             result = await self._exchange(job, ended.append)
             if isinstance(result, Committed):
                 await result.body.pump(_ignore)  # read it to its end: it judges itself
-                error = ended[0] if ended else None
+                error = ended[0]  # the pump settles the attempt however it ends
             elif isinstance(result, Failed):
                 error = result.error
         except Exception as exc:  # an unusable check is a failed check, never a crash
@@ -641,7 +648,7 @@ class TargetActor:
                 headers = passed_headers(
                     response.headers, response.headers.get("content-type", JSON_TYPE)
                 )
-            self._observe_first_byte(budget)
+            self._observe_first_byte(budget, trio.current_time())
             return Whole(Answer(status, headers, client_body), usage)
         if meaning is Meaning.CREDENTIAL:
             return Failed(CredentialRejected(status, self.target.id))
@@ -682,8 +689,7 @@ class TargetActor:
             self._idle.set()
         self._settle(job, error, trio.current_time() - began)
 
-    def _observe_first_byte(self, budget: AttemptBudget) -> None:
-        now = trio.current_time()
+    def _observe_first_byte(self, budget: AttemptBudget, now: float) -> None:
         self.latency_estimate.observe(now - budget.started, now)
 
     def _settle(self, job: Job, error: AttemptError | None, elapsed: float) -> None:
@@ -763,8 +769,8 @@ class _Relay:
     :meth:`open` reads until the first content (the commit) or a failure, in the
     requester's task, each wait for the provider under its own cancel scope; then
     :meth:`pump` sends the stream to the client, in the same task, its waits kept by
-    the runtime's :class:`~trio_gateway.runtime.ending.EndStreams` (idle timer,
-    shutdown) under one cancel scope that never interrupts a send. The pump settles
+    the job's :class:`~trio_gateway.runtime.ending.EndStreams` (the runtime's; a
+    recovery check's: the actor's own) (idle timer, shutdown) under one cancel scope that never interrupts a send. The pump settles
     the attempt, closes the provider's response and tells ``job.on_end`` when the
     stream is over, however it ends; :meth:`discard` and :meth:`dropped` do it for a
     stream that is never pumped.
@@ -861,7 +867,7 @@ class _Relay:
                 return self._failed(StreamIncomplete("the stream ended before its first content"))
         now = trio.current_time()
         self.budget.content(now)
-        self.actor.latency_estimate.observe(now - self.budget.started, now)
+        self.actor._observe_first_byte(self.budget, now)
         headers = passed_headers(self.response.headers, SSE_TYPE)
         return Committed(self.response.status_code, headers, StreamBody(self, b"".join(held)))
 
@@ -921,7 +927,7 @@ class _Relay:
                 if end.is_set():
                     how, outcome = "shutdown", AttemptAbandoned("the gateway is shutting down")
                     await send(
-                        stream_end_event(job.api, "service_unavailable", SHUTTING_DOWN, last)
+                        _stream_end_event(job.api, "service_unavailable", SHUTTING_DOWN, last)
                     )
                     return
                 failure = budget.expired()
@@ -1013,7 +1019,7 @@ class StreamBody:
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def stream_end_event(api: Api, type: str, message: str, last: bytes) -> bytes:
+def _stream_end_event(api: Api, type: str, message: str, last: bytes) -> bytes:
     """An error event ending a committed stream of ``api``; ``last``: the bytes sent last
     (a Responses event carries the next sequence number)."""
     if api is Api.RESPONSES:

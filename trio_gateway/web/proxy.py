@@ -13,7 +13,9 @@ caller's dialect with an ``X-Request-Id``.
 
 The proxy is a plain ASGI app (:class:`ProxyApp`), not a Quart one: a request goes
 from its ASGI messages to the dispatcher and back with no framework in between (only
-``/healthz`` and ``/readyz`` are Quart's). Only lookups happen here: the route table was compiled when the configuration
+``/healthz`` and ``/readyz`` are Quart's).
+
+Only lookups happen here: the route table was compiled when the configuration
 changed, the body is parsed once and forwarded as the bytes it came as unless
 the model or the dialect changes. Of the client's headers only an explicit set
 per dialect is forwarded (:data:`FORWARDED`).
@@ -225,8 +227,9 @@ def _health_app(readiness: Readiness, max_body: int) -> QuartTrio:
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
         wanted, _ = _headers(request.scope["headers"])
-        fmt = client_format(request.path) or _dialect(wanted)
-        status, headers, body = render(fmt, from_http_exception(error), _request_id(wanted))
+        status, headers, body = render(
+            _dialect(wanted), from_http_exception(error), _request_id(wanted)
+        )  # the health paths are no API's: the dialect is the headers'.
         return Response(body, status=status, headers=headers)
 
     return app
@@ -631,8 +634,7 @@ WANTED = frozenset(
 def _headers(raw: Iterable[tuple[bytes, bytes]]) -> tuple[dict[str, str], list[tuple[str, str]]]:
     """One pass over the raw request headers: those the proxy reads, those it may forward.
 
-    Straight from the ASGI scope: werkzeug's case-insensitive lookups cost a scan
-    per lookup, and the proxy needs half a dozen.
+    Straight from the ASGI scope, once: the proxy reads half a dozen of them.
     """
     wanted: dict[str, str] = {}
     candidates: list[tuple[str, str]] = []

@@ -33,7 +33,8 @@ whether the body is complete, whether an answer has started. From them:
     bytes, until the body deadline); the connection then serves the next request.
     If a bound is hit first, the connection is closed after the answer. The app
     must read ``receive`` to the end meanwhile: Quart does for every request, in
-    the background, keeping at most ``MAX_CONTENT_LENGTH`` bytes.
+    the background, keeping at most ``MAX_CONTENT_LENGTH`` bytes; the proxy's
+    ``ProxyApp`` reads what it needs and discards the rest (``_Call._discard``).
 
   Unread body bytes are never left to be parsed as the next request.
 * **Shutting down** (``closing()`` true): every answer says ``Connection: close``.
@@ -42,8 +43,9 @@ hypercorn 0.18 workaround
 -------------------------
 hypercorn settles a connection after a response (close it, or re-arm its
 keep-alive timer) in the task that sent the app's last message, right after
-telling the app the request is over (``http.disconnect``). quart-trio answers
-that by cancelling its request nursery, which holds that very task, so the close
+telling the app the request is over (``http.disconnect``). quart-trio (and the
+proxy's ``ProxyApp``, which does as it did) answers that by cancelling its request
+nursery, which holds that very task, so the close
 or the timer re-arm is cancelled at its first checkpoint
 (``hypercorn/protocol/h11.py``, ``H11Protocol._maybe_recycle``). Then a
 connection that must close stays open (``Connection: close``, early answers: the
@@ -109,8 +111,8 @@ _DISCONNECT: Message = {"type": "http.disconnect"}
 class ConnectionLimits:
     """What one app accepts of a request, before and besides what its routes check."""
 
-    #: The app's own body limit (Quart's ``MAX_CONTENT_LENGTH``); also the most an
-    #: early answer reads and discards to keep the connection.
+    #: The app's own body limit (Quart's ``MAX_CONTENT_LENGTH``, ``ProxyApp.max_body``);
+    #: also the most an early answer reads and discards to keep the connection.
     max_body: int
     body_timeout: float = BODY_TIMEOUT_S
     max_headers: int = MAX_HEADERS
