@@ -47,8 +47,11 @@ class Instance:
 
 
 @asynccontextmanager
-async def open_instance(args: Sequence[str], log: Path) -> AsyncIterator[Instance]:
-    """Start ``trio-gateway serve ARGS``; yield it once its banner is out; SIGTERM it after.
+async def open_instance(
+    args: Sequence[str], log: Path, env: dict[str, str] | None = None
+) -> AsyncIterator[Instance]:
+    """Start ``trio-gateway serve ARGS`` (in ``env``, else this process's environment);
+    yield it once its banner is out; SIGTERM it after.
 
     Its stderr (the log) goes to ``log``; the test fails if it does not exit 0 on SIGTERM.
     """
@@ -70,6 +73,7 @@ async def open_instance(args: Sequence[str], log: Path) -> AsyncIterator[Instanc
             ],
             stdout=subprocess.PIPE,
             stderr=log_fd,
+            env=env,
         )
     finally:
         os.close(log_fd)

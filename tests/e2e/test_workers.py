@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +12,7 @@ import trio
 import yaml
 
 from tests.e2e.conftest import KEY, config, target
+from tests.e2e.instances import open_instance
 from trio_gateway.serve import SAFETY_NET_S
 from trio_gateway.testing.fake import open_fake_provider
 
@@ -31,43 +29,6 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
-async def start_two_workers(
-    path: Path, store_args: list[str], env: dict[str, str] | None = None
-) -> tuple[trio.Process, str, str]:
-    """``trio-gateway serve --workers 2`` on ``path``: the process, its admin and proxy URLs
-    (read from its banner, once it has applied the configuration)."""
-    process = await trio.lowlevel.open_process(
-        [
-            sys.executable,
-            "-m",
-            "trio_gateway",
-            "serve",
-            "--workers",
-            "2",
-            *store_args,
-            "--config",
-            str(path),
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--proxy-listen",
-            "127.0.0.1:0",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    text = ""
-    try:
-        while "gateway 'e2e'" not in text:
-            text += (await process.stdout.receive_some()).decode()
-    except BaseException:
-        process.kill()
-        raise
-    admin = re.search(r"admin API: (\S+)/api/v1", text).group(1)
-    proxy = re.search(r"proxy: +(\S+)", text).group(1)
-    return process, admin, proxy
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store_args(request: pytest.FixtureRequest, tmp_path: Path) -> list[str]:
     if request.param == "sqlite":
@@ -82,8 +43,10 @@ async def test_two_workers_serve_one_port_and_follow_admin_writes(tmp_path, stor
         async with open_fake_provider(name="f", api_key="sk-fake-0") as fake:
             path = tmp_path / "gateway.yaml"
             path.write_text(yaml.safe_dump(config([target(fake, default_model="gpt-4o-mini")])))
-            process, admin, proxy = await start_two_workers(path, store_args)
-            try:
+            async with open_instance(
+                ["--workers", "2", *store_args, "--config", str(path)], tmp_path / "gateway.log"
+            ) as instance:
+                process, admin, proxy = instance.process, instance.admin_url, instance.proxy_url
                 while not children_of(process.pid):  # noqa: ASYNC110
                     await trio.sleep(0.05)
                 await trio.sleep(1.5)  # the child loads the store and starts serving
@@ -121,9 +84,6 @@ async def test_two_workers_serve_one_port_and_follow_admin_writes(tmp_path, stor
                                 response = await client.post("/v1/chat/completions", json=body)
                                 streak = streak + 1 if response.status_code == expected else 0
                             assert time.monotonic() - written < SAFETY_NET_S / 2
-            finally:
-                process.terminate()
-                await process.wait()
             assert process.returncode == 0
             assert children_of(process.pid) == []
 
@@ -140,12 +100,12 @@ async def test_one_scrape_shows_the_metrics_of_every_worker(tmp_path):
         async with open_fake_provider(name="f", api_key="sk-fake-0") as fake:
             path = tmp_path / "gateway.yaml"
             path.write_text(yaml.safe_dump(config([target(fake, default_model="gpt-4o-mini")])))
-            process, admin, proxy = await start_two_workers(
-                path,
-                ["--data-dir", str(tmp_path / "data")],
+            async with open_instance(
+                ["--workers", "2", "--data-dir", str(tmp_path / "data"), "--config", str(path)],
+                tmp_path / "gateway.log",
                 env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(shared)},
-            )
-            try:
+            ) as instance:
+                process, admin, proxy = instance.process, instance.admin_url, instance.proxy_url
                 while not children_of(process.pid):  # noqa: ASYNC110
                     await trio.sleep(0.05)
                 await trio.sleep(1.5)  # the child loads the store and starts serving
@@ -189,9 +149,6 @@ async def test_one_scrape_shows_the_metrics_of_every_worker(tmp_path):
                     )
                     assert 0 < own < 60
                 assert not (shared / "counter_1.db").exists()  # an earlier run's: wiped
-            finally:
-                process.terminate()
-                await process.wait()
             assert process.returncode == 0
 
 
@@ -219,8 +176,10 @@ async def test_a_keys_rate_limit_holds_across_two_workers(tmp_path, store_args):
         async with open_fake_provider(name="f", api_key="sk-fake-0") as fake:
             path = tmp_path / "gateway.yaml"
             path.write_text(yaml.safe_dump(limited_config(fake, 10)))
-            process, _, proxy = await start_two_workers(path, store_args)
-            try:
+            async with open_instance(
+                ["--workers", "2", *store_args, "--config", str(path)], tmp_path / "gateway.log"
+            ) as instance:
+                process, proxy = instance.process, instance.proxy_url
                 body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}
                 no_reuse = httpx2.Limits(max_keepalive_connections=0)
                 async with httpx2.AsyncClient(
@@ -251,7 +210,4 @@ async def test_a_keys_rate_limit_holds_across_two_workers(tmp_path, store_args):
                     f"\n{len(passed)} of 30 passed; answered by process:",
                     {p: sum(served_by(r) == p for r in responses) for p in seen},
                 )
-            finally:
-                process.terminate()
-                await process.wait()
             assert process.returncode == 0
