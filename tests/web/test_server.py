@@ -8,6 +8,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+import trio.testing
 
 from trio_gateway.web.server import (
     MAX_HEAD_BYTES,
