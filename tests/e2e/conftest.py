@@ -16,6 +16,11 @@ from trio_gateway.testing.fake import FakeProvider, Fault, open_fake_provider
 from trio_gateway.testing.harness import open_gateway
 
 KEY = "tgk_e2e_test_key_0123456789"
+#: For raw-HTTP tests: the chat path, and the headers of a JSON request with the key.
+CHAT = "/v1/chat/completions"
+WITH_KEY = [("X-Api-Key", KEY), ("Content-Type", "application/json")]
+#: A target nothing listens for: for cases the gateway answers by itself.
+UNREACHABLE = {"provider": "openai", "base_url": "http://127.0.0.1:9"}
 TIMEOUT = 60
 
 

@@ -21,7 +21,7 @@ import trio
 from quart import Response
 from quart_trio import QuartTrio
 
-from tests.e2e.conftest import KEY, config, setup, target
+from tests.e2e.conftest import CHAT, KEY, UNREACHABLE, WITH_KEY, config, setup, target
 from tests.e2e.rawhttp import Answer, RawConnection, head
 from tests.e2e.rawhttp import request as whole
 from trio_gateway.testing.fake import open_fake_provider
@@ -36,11 +36,9 @@ TIME_LIMIT = 60  # virtual seconds: only a hang gets near it
 PROMPT = json.dumps(
     {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * 20_000}]}
 ).encode()
-CHAT = "/v1/chat/completions"
-WITH_KEY = [("X-Api-Key", KEY), ("Content-Type", "application/json")]
 NEXT = whole("GET", "/v1/models", headers=[("X-Api-Key", KEY)])
 # The target is never called: every case here is answered by the gateway itself.
-CONFIG = config([{"provider": "openai", "base_url": "http://127.0.0.1:9"}])
+CONFIG = config([UNREACHABLE])
 
 
 @asynccontextmanager
@@ -298,22 +296,23 @@ async def test_a_client_closing_after_an_answer_is_closed_at_once_not_at_the_kee
 ):
     """The server's end closes when the client's does (hypercorn 0.18's trio worker kept
     it open, a descriptor in CLOSE-WAIT, for the whole keep-alive timeout)."""
-    async with open_fake_provider() as fake:
-        async with open_gateway(config([target(fake)]), keep_alive_timeout=KEEP_ALIVE) as gw:
-            body = json.dumps(
-                {
-                    "model": "gpt-4o-mini",
-                    "messages": [{"role": "user", "content": "x"}],
-                    "stream": stream,
-                }
-            )
-            conn = await RawConnection.open(gw.proxy_url)
-            await conn.send(whole("POST", CHAT, body.encode(), WITH_KEY))
-            answer = await conn.answer()
-            assert answer is not None and answer.status == 200
-            await conn.half_close()
-            with trio.fail_after(KEEP_ALIVE / 2):
-                assert await conn.closed()
+    with trio.fail_after(TIME_LIMIT):
+        async with open_fake_provider() as fake:
+            async with open_gateway(config([target(fake)]), keep_alive_timeout=KEEP_ALIVE) as gw:
+                body = json.dumps(
+                    {
+                        "model": "gpt-4o-mini",
+                        "messages": [{"role": "user", "content": "x"}],
+                        "stream": stream,
+                    }
+                )
+                conn = await RawConnection.open(gw.proxy_url)
+                await conn.send(whole("POST", CHAT, body.encode(), WITH_KEY))
+                answer = await conn.answer()
+                assert answer is not None and answer.status == 200
+                await conn.half_close()
+                with trio.fail_after(KEEP_ALIVE / 2):
+                    assert await conn.closed()
 
 
 async def test_a_half_close_after_an_answer_closes_the_connection(autojump_clock):

@@ -14,15 +14,13 @@ import logging
 
 import trio
 
-from tests.e2e.conftest import KEY, config, target
+from tests.e2e.conftest import CHAT, KEY, UNREACHABLE, WITH_KEY, config, target
 from tests.e2e.rawhttp import RawConnection, head
 from tests.e2e.rawhttp import request as whole
 from trio_gateway.testing.fake import open_fake_provider
 from trio_gateway.testing.harness import open_gateway
 
 TIME_LIMIT = 60
-CHAT = "/v1/chat/completions"
-WITH_KEY = [("X-Api-Key", KEY), ("Content-Type", "application/json")]
 PROMPT = json.dumps(
     {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * 2_000}]}
 ).encode()
@@ -30,9 +28,7 @@ PROMPT = json.dumps(
 
 async def test_a_head_request_gets_the_status_and_length_but_no_body(autojump_clock):
     with trio.fail_after(TIME_LIMIT):
-        async with open_gateway(
-            config([{"provider": "openai", "base_url": "http://127.0.0.1:9"}])
-        ) as gw:
+        async with open_gateway(config([UNREACHABLE])) as gw:
             conn = await RawConnection.open(gw.proxy_url)
             await conn.send(whole("GET", CHAT, headers=WITH_KEY))
             got = await conn.answer("GET")
@@ -74,7 +70,7 @@ async def test_a_client_leaving_mid_body_sends_nothing_to_a_provider(autojump_cl
 async def test_a_body_over_the_limit_is_refused_in_the_clients_format(autojump_clock):
     with trio.fail_after(TIME_LIMIT):
         async with open_gateway(
-            config([{"provider": "openai", "base_url": "http://127.0.0.1:9"}]),
+            config([UNREACHABLE]),
             proxy_max_body=1000,
         ) as gw:
             conn = await RawConnection.open(gw.proxy_url)
@@ -90,9 +86,7 @@ async def test_a_body_over_the_limit_is_refused_in_the_clients_format(autojump_c
 async def test_query_strings_are_read_and_the_health_paths_are_quarts(autojump_clock):
     listed = {"default_model": "gpt-4o-mini", "models": ["gpt-4o-mini", "gpt-4o"]}
     with trio.fail_after(TIME_LIMIT):
-        async with open_gateway(
-            config([{"provider": "openai", "base_url": "http://127.0.0.1:9", **listed}])
-        ) as gw:
+        async with open_gateway(config([{**UNREACHABLE, **listed}])) as gw:
             conn = await RawConnection.open(gw.proxy_url)
             anthropic = [("X-Api-Key", KEY), ("anthropic-version", "2023-06-01")]
             await conn.send(whole("GET", "/v1/models?limit=0", headers=anthropic))
