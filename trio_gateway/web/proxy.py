@@ -242,40 +242,40 @@ class _ClientLeft(Exception):
 class _Call:
     """One proxied request, from its ASGI scope to its last ASGI message."""
 
-    __slots__ = ("_nursery", "app", "body_done", "receive", "scope", "send")
+    __slots__ = ("_nursery", "app", "body_done", "declared", "receive", "scope", "send")
 
     def __init__(self, app: ProxyApp, scope: Scope, receive: Receive, send: Send) -> None:
         self.app, self.scope, self.receive, self.send = app, scope, receive, send
         self.body_done = False
+        #: The body's ``Content-Length`` (h11 checked it), when the client declared one.
+        self.declared: str | None = None
         self._nursery: trio.Nursery | None = None
 
     async def run(self) -> None:
         app, scope = self.app, self.scope
         path = scope["path"]
         method = scope["method"]
-        fmt = client_format(path)
         wanted, candidates = _headers(scope["headers"])
+        self.declared = wanted.get("content-length")
+        #: The client's dialect: its path's, else its headers' (a model list's path).
+        dialect = client_format(path) or _dialect(wanted)
         request_id = _request_id(wanted)
         record = (
-            app.telemetry.begin(request_id, method, path, scope, fmt or _dialect(wanted))
-            if app.observed
-            else None
+            app.telemetry.begin(request_id, method, path, scope, dialect) if app.observed else None
         )
         if record is not None and app.tracing:
             record.traceparent = next((v for n, v in candidates if n == "traceparent"), None)
         found: Any = record if record is not None else Resolution()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            answer = await self._answer(wanted, candidates, request_id, fmt, found, record)
+            answer = await self._answer(wanted, candidates, request_id, dialect, found, record)
             status, headers, body = answer
             key = found.key
             runtime = app.runtime
             if key is not None and key.id in runtime.limiter.keys:
                 # Every response of a limited key: its limits as they stand, in the
                 # client's naming.
-                headers.extend(
-                    runtime.limiter.headers(key.id, (fmt or _dialect(wanted)) is ApiFormat.OPENAI)
-                )
+                headers.extend(runtime.limiter.headers(key.id, dialect is ApiFormat.OPENAI))
             if isinstance(body, bytes):
                 if record is not None:
                     record.finish(status, len(body))
@@ -289,7 +289,7 @@ class _Call:
         wanted: dict[str, str],
         candidates: list[tuple[str, str]],
         request_id: str,
-        fmt: ApiFormat | None,
+        dialect: ApiFormat,
         found: Any,
         record: RequestRecord | None,
     ) -> Answer:
@@ -312,7 +312,7 @@ class _Call:
                     found.gateway,
                     found.key is not None,
                     found.endpoint,
-                    wanted,
+                    dialect,
                     request_id,
                     scope,
                 )
@@ -331,7 +331,7 @@ class _Call:
                     record.refused_by = error.limit
                 elif isinstance(error, ModelNotAllowed):
                     record.refused_by = "model"
-            return render(fmt or _dialect(wanted), error, request_id)
+            return render(dialect, error, request_id)
         except _ClientLeft:
             # Nobody to answer: the request ends here, as when the watch cancels it.
             self._nursery.cancel_scope.cancel()  # type: ignore[union-attr]
@@ -346,7 +346,7 @@ class _Call:
             if record is not None:
                 record.error = InternalError.type
             return render(
-                fmt or _dialect(wanted),
+                dialect,
                 InternalError("internal error; see the gateway log"),
                 request_id,
             )
@@ -362,10 +362,9 @@ class _Call:
         """The whole body (at most ``max_body`` bytes); then the watch for the client's
         leaving starts. :class:`PayloadTooLarge` beyond the limit."""
         limit = self.app.max_body
-        for name, value in self.scope["headers"]:
-            if name == b"content-length" and int(value) > limit:
-                # Refused before it is read: the connection guard then closes.
-                raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+        if self.declared is not None and int(self.declared) > limit:
+            # Refused before it is read: the connection guard then closes.
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
         receive = self.receive
         chunks: list[bytes] = []
         size = 0
@@ -626,6 +625,7 @@ WANTED = frozenset(
         "host",
         "anthropic-version",
         "content-encoding",
+        "content-length",
         FAULT_HEADER,
     }
 )
@@ -730,7 +730,7 @@ def _models(
     gateway: GatewayRoute,
     keyed: bool,
     endpoint: str,
-    wanted: dict[str, str],
+    dialect: ApiFormat,
     request_id: str,
     scope: Scope,
 ) -> Answer:
@@ -741,7 +741,6 @@ def _models(
     base = path[: len(path) - len(endpoint)] + "/v1"
     lists = gateway.models.get(base)
     listed = ModelList() if lists is None else lists.keyed if keyed else lists.public
-    dialect = _dialect(wanted)
 
     def ejected(upstream_id: str, index: int) -> bool:
         dispatcher = table.dispatchers.get(upstream_id)
