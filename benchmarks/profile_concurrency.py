@@ -44,7 +44,7 @@ def main() -> int:
         ]
         out = Path(os.environ.get("PROFILE_DIR", tmp))
         out.mkdir(parents=True, exist_ok=True)
-        found: dict[tuple[str, str], dict] = {}
+        found: dict[tuple[str, str], dict | None] = {}
         try:
             for case in cases:
                 for server in servers:
@@ -58,13 +58,9 @@ def main() -> int:
             lo, hi = (c.id for c in cases)
             for name in ("floor", "gateway"):
                 a, b = found[name, lo], found[name, hi]
-                fa = {e["frame"]: e["us_per_req"] for e in a["packages"]}
-                fb = {e["frame"]: e["us_per_req"] for e in b["packages"]}
-                print(f"\n{name}: µs/request by package, {lo} -> {hi}")
-                for n in sorted(set(fa) | set(fb), key=lambda n: -(fb.get(n, 0) - fa.get(n, 0))):
-                    print(
-                        f"  {n:<22} {fa.get(n, 0):6.0f} -> {fb.get(n, 0):6.0f} ({fb.get(n, 0) - fa.get(n, 0):+.0f})"
-                    )
+                if a is None or b is None:
+                    continue  # no py-spy: run.profile said so
+                print(f"\n{name}:\n" + run.package_diff(a, b, f"{lo} → {hi}"))
     return 0
 
 

@@ -988,12 +988,12 @@ def profile(env: Env, server: Server, case: Case, args, out_dir: Path) -> dict |
     return summary
 
 
-def package_diff(floor: dict, gateway: dict) -> str:
-    """Own CPU time per request by package, gateway against floor (µs)."""
+def package_diff(floor: dict, gateway: dict, labels: str = "floor → gateway") -> str:
+    """Own CPU time per request by package, the second profile against the first (µs)."""
     f = {e["frame"]: e["us_per_req"] for e in floor["packages"]}
     g = {e["frame"]: e["us_per_req"] for e in gateway["packages"]}
     names = sorted(set(f) | set(g), key=lambda n: -(g.get(n, 0) - f.get(n, 0)))
-    lines = ["  own µs/request by package: floor → gateway (difference)"]
+    lines = [f"  own µs/request by package: {labels} (difference)"]
     lines += [
         f"  {n:<20} {f.get(n, 0):6.0f} → {g.get(n, 0):6.0f}  ({g.get(n, 0) - f.get(n, 0):+.0f})"
         for n in names
