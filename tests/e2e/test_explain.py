@@ -171,7 +171,7 @@ async def test_a_key_of_another_gateway_is_not_explained_here():
         assert "belongs to gateway 'other'" in response.text
 
 
-async def test_a_target_whose_queue_is_full_is_skipped_as_the_request_would_skip_it():
+async def test_a_target_whose_queue_is_full_is_skipped_as_the_request_would_skip_it(autojump_clock):
     def busy(fakes):
         return config(
             [

@@ -163,7 +163,7 @@ async def test_a_parked_target_says_its_retry_after():
         assert value(samples, "trio_gateway_ejections_total", target=primary) == 0
 
 
-async def test_in_flight_counts_a_request_while_it_runs():
+async def test_in_flight_counts_a_request_while_it_runs(autojump_clock):
     async with setup([{"faults": [Fault.latency(1.0)]}], lambda f: config([target(f[0])])) as s:
         (only,) = s.target_ids()
         async with trio.open_nursery() as nursery:
@@ -355,7 +355,7 @@ async def test_the_access_log_line_of_a_failover_holds_the_trail_and_no_secret(a
     assert f'"target":"{primary}"' in plain and '"outcome":"503"' in plain
 
 
-async def test_a_streams_line_is_written_when_the_stream_is_over(access_lines):
+async def test_a_streams_line_is_written_when_the_stream_is_over(access_lines, autojump_clock):
     _, structured = access_lines
     slow = [Fault.stall_stream(0.5, after_chunks=2)]
     async with setup([{"faults": slow}], lambda f: config([target(f[0])])) as s:
@@ -450,7 +450,7 @@ async def test_a_request_span_with_one_child_per_attempt(spans):
     assert second.end_time == request.end_time  # the answering attempt lasts to the end
 
 
-async def test_the_request_span_lasts_as_long_as_the_stream(spans):
+async def test_the_request_span_lasts_as_long_as_the_stream(spans, autojump_clock):
     tracing, exporter = spans
     slow = [Fault.stall_stream(0.4, after_chunks=2)]
     async with setup([{"faults": slow}], lambda f: config([target(f[0])]), tracing=tracing) as s:

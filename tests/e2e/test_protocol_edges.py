@@ -67,7 +67,9 @@ async def test_a_provider_that_closes_badly_after_its_terminator_served_a_comple
     assert health[ids[0]].health.consecutive_failures == 0
 
 
-async def test_a_provider_that_lingers_after_its_terminator_does_not_hold_the_client():
+async def test_a_provider_that_lingers_after_its_terminator_does_not_hold_the_client(
+    autojump_clock,
+):
     async def body() -> AsyncIterator[bytes]:
         yield TOKEN + DONE
         await trio.sleep(3600)

@@ -201,7 +201,7 @@ async def test_unknown_model_is_a_400_when_the_upstream_rejects_them():
         assert s.fakes[0].requests == []
 
 
-async def test_editing_adding_and_removing_targets_under_load_loses_nothing():
+async def test_editing_adding_and_removing_targets_under_load_loses_nothing(autojump_clock):
     # Each answer takes 50 ms, so every edit lands while requests are in flight.
     slow = {"faults": [Fault.latency(0.05)]}
     async with setup([slow, slow, slow], lambda fakes: two_openai(fakes[:2])) as s:

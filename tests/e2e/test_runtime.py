@@ -17,7 +17,7 @@ def one_target(fakes, **fields):
     return config([target(fakes[0], default_model="gpt-4o-mini", models=["gpt-4o-mini"], **fields)])
 
 
-async def test_a_full_target_answers_429_with_retry_after():
+async def test_a_full_target_answers_429_with_retry_after(autojump_clock):
     async with setup(
         [{"faults": [Fault.latency(1.0)]}], lambda f: one_target(f, max_in_flight=1)
     ) as s:
@@ -39,7 +39,7 @@ async def test_a_full_target_answers_429_with_retry_after():
         assert len(s.fakes[0].requests) == 2
 
 
-async def test_overflow_goes_to_the_next_target():
+async def test_overflow_goes_to_the_next_target(autojump_clock):
     async with setup(
         [{"faults": [Fault.latency(1.0)]}, {}],
         lambda f: config(

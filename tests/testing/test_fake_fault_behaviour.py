@@ -161,7 +161,7 @@ async def test_a_fraction_of_requests(client: httpx2.AsyncClient, fake: FakeProv
     assert 8 <= codes.count(500) <= 32 and set(codes) == {200, 500}
 
 
-async def test_time_window(client: httpx2.AsyncClient, fake: FakeProvider) -> None:
+async def test_time_window(client: httpx2.AsyncClient, fake: FakeProvider, autojump_clock) -> None:
     fake.set_faults(Fault.error(503, window=(0, 0.4)))
     with trio.fail_after(TIMEOUT):
         inside = await client.post("/v1/chat/completions", json=chat(), headers=OPENAI)
@@ -170,7 +170,7 @@ async def test_time_window(client: httpx2.AsyncClient, fake: FakeProvider) -> No
     assert (inside.status_code, after.status_code) == (503, 200)
 
 
-async def test_flapping(client: httpx2.AsyncClient, fake: FakeProvider) -> None:
+async def test_flapping(client: httpx2.AsyncClient, fake: FakeProvider, autojump_clock) -> None:
     fake.set_faults(Fault.flap(down=0.4, up=30))
     with trio.fail_after(TIMEOUT):
         down = await client.post("/v1/chat/completions", json=chat(), headers=OPENAI)
@@ -407,7 +407,7 @@ async def test_a_client_leaving_mid_stream_is_seen(
     assert fake.statistics().disconnected == 1
 
 
-async def test_stopping_is_not_held_up_by_hung_requests() -> None:
+async def test_stopping_is_not_held_up_by_hung_requests(autojump_clock) -> None:
     errors: list[str] = []
 
     async def call(client: httpx2.AsyncClient, url: str) -> None:
